@@ -1,0 +1,1 @@
+"""Scheduling jobs: admission of cpu/memory and the local (embedded) engine."""

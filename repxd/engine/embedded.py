@@ -1,0 +1,134 @@
+"""The embedded default: plan a selection against a base path and run it in this process."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ..config import Config, Resources, TargetConfig, parse_memory, state_home
+from ..errors import ConfigError
+from ..exec.artifacts import sync_artifacts
+from ..exec.job import JobContext, execute_job
+from ..exec.layout import OutputLayout
+from ..exec.runtimes import Runtime, choose_execution_type, make_runtime
+from ..lab.graph import Outcome, closure, select, topological_order
+from ..lab.loader import load_lab
+from ..lab.model import Lab
+from .admission import Admission
+from .local import LocalEngine, Reporter, RunSummary
+
+
+def resolve_target(config: Config, name: str | None) -> tuple[str, TargetConfig | None]:
+    """The named target, else config's submission_target, else `local` if configured."""
+    name = name or config.submission_target or "local"
+    target = config.targets.get(name)
+    if target is None and name != "local":
+        known = ", ".join(sorted(config.targets)) or "none configured"
+        raise ConfigError(f"unknown target {name!r} (targets: {known}); define [targets.{name}] in config.toml")
+    if target is not None and (target.address or target.default_scheduler != "local"):
+        raise ConfigError(f"target {name!r} uses {'ssh' if target.address else target.default_scheduler}, which this version cannot run yet; use a local target")
+    return name, target
+
+
+def base_path_for(target: TargetConfig | None, override: Path | None) -> Path:
+    if override is not None:
+        return override.resolve()
+    if target is not None:
+        return target.base_path.expanduser().resolve()
+    return state_home() / "local"
+
+
+def machine_memory() -> int:
+    try:
+        with open("/proc/meminfo") as fh:
+            for line in fh:
+                if line.startswith("MemTotal:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+
+
+@dataclass
+class Plan:
+    lab: Lab
+    layout: OutputLayout
+    target_name: str
+    target: TargetConfig | None
+    selected: list[str]
+    closure: set[str]
+    outcomes: dict[str, Outcome]
+    to_run: list[str] = field(default_factory=list)
+
+
+def open_lab(lab_path: Path, base: Path, verify: bool = True) -> Lab:
+    return load_lab(lab_path, verify=verify, unpack_dir=OutputLayout(base).cache / "labs")
+
+
+def plan_run(lab: Lab, base: Path, specs: list[str], target_name: str, target: TargetConfig | None) -> Plan:
+    layout = OutputLayout(base)
+    selected = select(lab, specs)
+    needed = closure(lab, selected)
+    outcomes = layout.outcomes(needed)
+    to_run = [j for j in topological_order(lab, needed) if outcomes.get(j) is not Outcome.OK]
+    return Plan(lab, layout, target_name, target, selected, needed, outcomes, to_run)
+
+
+@dataclass
+class ExecutionOptions:
+    concurrency: int | None = None
+    mem: str | None = None
+    continue_on_failure: bool = False
+    runtime: str | None = None
+    resources: Resources = field(default_factory=Resources)
+
+
+class EmbeddedRun:
+    """Runs a Plan: syncs artifacts, prepares runtimes, drives the LocalEngine."""
+
+    def __init__(self, plan: Plan, options: ExecutionOptions, reporter: Reporter | None = None) -> None:
+        self.plan = plan
+        self.options = options
+        self.reporter = reporter or Reporter()
+        total_cpus = len(os.sched_getaffinity(0))
+        local = plan.target.local if plan.target else None
+        slots = options.concurrency or (local.local_concurrency if local and local.local_concurrency else total_cpus)
+        if slots < 1:
+            raise ConfigError("-j must be at least 1")
+        mem = parse_memory(options.mem) if options.mem else machine_memory()
+        self.admission = Admission(slots, total_cpus, mem)
+        self.runtimes: dict[str | None, Runtime] = {}
+        self.engine: LocalEngine | None = None
+
+    def _runtime(self, image: str | None) -> Runtime:
+        if image not in self.runtimes:
+            kind = choose_execution_type(self.plan.target, self.options.runtime, image is not None)
+            runtime = make_runtime(kind, self.plan.lab, self.plan.layout, image)
+            runtime.prepare()
+            self.runtimes[image] = runtime
+        return self.runtimes[image]
+
+    def prepare(self) -> None:
+        """Everything that can fail before the first job: artifacts and runtimes."""
+        sync_artifacts(self.plan.lab, self.plan.layout)
+        for image in {self.plan.lab.image_of(j) for j in self.plan.to_run}:
+            self._runtime(image)
+
+    async def _execute(self, job_id: str, on_first_launch) -> object:
+        lab = self.plan.lab
+        job = lab.jobs[job_id]
+        resources = self.options.resources.for_job(job_id, job.resource_hints, self.plan.target_name)
+        worker = self.options.resources.worker_for(job_id, self.plan.target_name)
+        ctx = JobContext(lab, self.plan.layout, self._runtime(lab.image_of(job_id)), self.admission,
+                         resources, worker, on_first_launch)
+        return await execute_job(ctx, job)
+
+    async def run(self) -> RunSummary:
+        self.engine = LocalEngine(self.plan.lab, self.plan.to_run, self._execute, self.admission,
+                                  self.options.continue_on_failure, self.reporter)
+        return await self.engine.run()
+
+    def cancel(self) -> None:
+        if self.engine is not None:
+            self.engine.cancel()

@@ -1,0 +1,132 @@
+"""The embedded engine: runs a selection's DAG on this machine with cpu/memory admission.
+
+Semantics follow upstream's local scheduler: ready jobs start as admission allows; a failure
+blocks its dependents; without `continue_on_failure` the first failure stops new launches while
+running jobs finish."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from ..lab.graph import dependents_map
+from ..lab.model import Lab
+from .admission import Admission, AdmissionClosed
+
+
+@dataclass
+class RunSummary:
+    planned: list[str]
+    succeeded: list[str] = field(default_factory=list)
+    failed: dict[str, str] = field(default_factory=dict)
+    blocked: list[str] = field(default_factory=list)
+    not_started: list[str] = field(default_factory=list)
+    cancelled: bool = False
+    seconds: float = 0.0
+
+    @property
+    def ok(self) -> bool:
+        return not self.failed and not self.blocked and not self.not_started and not self.cancelled
+
+
+class Reporter:
+    """Progress callbacks; the CLI renders them."""
+
+    def started(self, job_id: str) -> None: ...
+    def finished(self, job_id: str, ok: bool, seconds: float, reason: str | None) -> None: ...
+
+
+@dataclass
+class LocalEngine:
+    lab: Lab
+    plan: list[str]
+    execute: Callable  # async (job_id, on_first_launch) -> JobResult
+    admission: Admission
+    continue_on_failure: bool = False
+    reporter: Reporter = field(default_factory=Reporter)
+
+    def __post_init__(self) -> None:
+        self._tasks: set[asyncio.Task] = set()
+        self._cancelled = False
+
+    def cancel(self) -> None:
+        """Stop now: nothing new starts, running jobs are stopped and left without markers."""
+        self._cancelled = True
+        self.admission.close()
+        for task in self._tasks:
+            task.cancel()
+
+    async def run(self) -> RunSummary:
+        start = time.monotonic()
+        planned = set(self.plan)
+        summary = RunSummary(list(self.plan))
+        dependents = dependents_map(self.lab, planned)
+        waiting = {j: sum(1 for d in self.lab.jobs[j].deps if d in planned) for j in planned}
+        done: set[str] = set()
+        finished = asyncio.Queue()
+
+        def launch(job_id: str) -> None:
+            task = asyncio.create_task(self._one(job_id, finished))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+
+        def block(job_id: str) -> None:
+            stack = [job_id]
+            while stack:
+                for child in dependents[stack.pop()]:
+                    if child not in done:
+                        done.add(child)
+                        summary.blocked.append(child)
+                        stack.append(child)
+
+        for job_id in self.plan:
+            if waiting[job_id] == 0:
+                launch(job_id)
+        running = sum(1 for j in self.plan if waiting[j] == 0)
+        while running:
+            job_id, result = await finished.get()
+            running -= 1
+            done.add(job_id)
+            if result is None:
+                summary.not_started.append(job_id)
+                continue
+            if result.ok:
+                summary.succeeded.append(job_id)
+            else:
+                summary.failed[job_id] = result.reason or "failed"
+                if not self.continue_on_failure:
+                    self.admission.close()
+            for child in dependents[job_id]:
+                if child in done:
+                    continue
+                if result.ok or job_id in self.lab.jobs[child].soft_deps:
+                    waiting[child] -= 1
+                    if waiting[child] == 0:
+                        if self.admission.closed:
+                            done.add(child)
+                            summary.not_started.append(child)
+                        else:
+                            launch(child)
+                            running += 1
+                else:
+                    done.add(child)
+                    summary.blocked.append(child)
+                    block(child)
+        summary.not_started.extend(j for j in self.plan if j not in done)
+        summary.cancelled = self._cancelled
+        summary.seconds = time.monotonic() - start
+        return summary
+
+    async def _one(self, job_id: str, finished: asyncio.Queue) -> None:
+        started = time.monotonic()
+        result = None
+        try:
+            if not self.admission.closed:
+                result = await self.execute(job_id, lambda: self.reporter.started(job_id))
+                self.reporter.finished(job_id, result.ok, time.monotonic() - started, result.reason)
+        except (AdmissionClosed, asyncio.CancelledError):
+            result = None
+        finally:
+            finished.put_nowait((job_id, result))

@@ -1,0 +1,104 @@
+"""Running one job under the job contract (lab-format §5–6): directories, inputs.json,
+parameters.json, logs, markers and the completion log."""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ..config import parse_memory
+from ..engine.admission import Admission
+from ..lab.graph import Outcome
+from ..lab.model import Job, Lab
+from .inputs import resolve_inputs
+from .launcher import run_process
+from .layout import FAIL, SUCCESS, OutputLayout, clear_markers, write_json_atomic, write_marker
+from .runtimes import Runtime
+
+
+@dataclass
+class JobContext:
+    lab: Lab
+    layout: OutputLayout
+    runtime: Runtime
+    admission: Admission
+    resources: dict[str, Any] = field(default_factory=dict)
+    worker_resources: dict[str, Any] = field(default_factory=dict)
+    on_first_launch: Callable[[], None] | None = None
+
+    def launched(self) -> None:
+        """Called when a process of the job gets admitted; reports the job as running once."""
+        if self.on_first_launch is not None:
+            callback, self.on_first_launch = self.on_first_launch, None
+            callback()
+
+    def request(self, worker: bool = False) -> tuple[int, int]:
+        res = self.worker_resources if worker and self.worker_resources else self.resources
+        cpus = int(res.get("cpus-per-task") or 1)
+        mem = parse_memory(res["mem"]) if res.get("mem") else 0
+        return cpus, mem
+
+
+@dataclass
+class JobResult:
+    job_id: str
+    ok: bool
+    reason: str | None = None
+
+
+def script_path(ctx: JobContext, exe_path: str) -> Path:
+    """Scripts run from the Lab's copy under `<base>/artifacts/`, as on any target."""
+    return ctx.layout.artifacts / exe_path
+
+
+async def run_step(ctx: JobContext, script: Path, out: Path, repx: Path, inputs_json: Path,
+                   params_json: Path, *, worker: bool = False) -> int:
+    """Launch one process of the contract `<script> OUT INPUTS PARAMS` under admission; logs in `repx`."""
+    invocation = ctx.runtime.invocation(script, out, repx, [str(out), str(inputs_json), str(params_json)])
+    cpus, mem = ctx.request(worker)
+    async with ctx.admission.hold(cpus, mem):
+        ctx.launched()
+        return await run_process(invocation, repx / "stdout.log", repx / "stderr.log")
+
+
+def prepare_dirs(out: Path, repx: Path, *, fresh_out: bool) -> None:
+    if fresh_out and out.exists():
+        shutil.rmtree(out)
+    out.mkdir(parents=True, exist_ok=True)
+    repx.mkdir(parents=True, exist_ok=True)
+    clear_markers(repx)
+    for log in ("stdout.log", "stderr.log"):
+        (repx / log).write_bytes(b"")
+
+
+def finish(ctx: JobContext, job_id: str, repx: Path, ok: bool, reason: str | None = None) -> JobResult:
+    if not ok and reason:
+        with open(repx / "stderr.log", "a") as fh:
+            fh.write(f"repx: {reason}\n")
+    write_marker(repx, SUCCESS if ok else FAIL)
+    ctx.layout.append_completion(job_id, Outcome.OK if ok else Outcome.FAIL)
+    return JobResult(job_id, ok, reason)
+
+
+async def execute_job(ctx: JobContext, job: Job) -> JobResult:
+    """Run `job` to a SUCCESS or FAIL marker. Raises CancelledError/AdmissionClosed without
+    writing any marker when the run stops before the job finishes."""
+    if job.is_scatter_gather:
+        from .scatter import execute_scatter_gather
+
+        return await execute_scatter_gather(ctx, job)
+    layout = ctx.layout
+    out, repx = layout.out_dir(job.id), layout.repx_dir(job.id)
+    prepare_dirs(out, repx, fresh_out=True)
+    write_json_atomic(repx / "inputs.json", resolve_inputs(ctx.lab, job, layout))
+    write_json_atomic(repx / "parameters.json", job.params)
+    status = await run_step(ctx, script_path(ctx, job.executables["main"].path), out, repx,
+                            repx / "inputs.json", repx / "parameters.json")
+    return finish(ctx, job.id, repx, status == 0, None if status == 0 else exit_reason(status))
+
+
+def exit_reason(status: int) -> str:
+    return f"killed by signal {-status}" if status < 0 else f"exited with status {status}"

@@ -1,0 +1,122 @@
+"""The output layout under a target's base path (lab-format §6) and its completion evidence."""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterable
+from pathlib import Path
+
+from ..lab.graph import Outcome
+
+SUCCESS = "SUCCESS"
+FAIL = "FAIL"
+COMPLETIONS = "completions.jsonl"
+
+
+class OutputLayout:
+    """Paths of one base path: `artifacts/`, `outputs/<jobId>/{out,repx}`, `cache/`."""
+
+    def __init__(self, base: Path) -> None:
+        self.base = Path(base)
+        self.artifacts = self.base / "artifacts"
+        self.outputs = self.base / "outputs"
+        self.cache = self.base / "cache"
+        self.completions = self.outputs / COMPLETIONS
+
+    def job_root(self, job_id: str) -> Path:
+        return self.outputs / job_id
+
+    def out_dir(self, job_id: str) -> Path:
+        return self.outputs / job_id / "out"
+
+    def repx_dir(self, job_id: str) -> Path:
+        return self.outputs / job_id / "repx"
+
+    # ---- evidence ------------------------------------------------------------------------
+
+    def read_completions(self) -> dict[str, Outcome] | None:
+        """The last outcome per job from completions.jsonl; None when the file is absent.
+        Corrupt lines (a crash mid-append, manual edits) are skipped."""
+        try:
+            data = self.completions.read_bytes()
+        except FileNotFoundError:
+            return None
+        outcomes: dict[str, Outcome] = {}
+        for line in data.splitlines():
+            try:
+                record = json.loads(line)
+                outcomes[record["id"]] = Outcome(record["s"])
+            except (ValueError, KeyError, TypeError):
+                continue
+        return outcomes
+
+    def scan_markers(self, job_ids: Iterable[str]) -> dict[str, Outcome]:
+        outcomes = {}
+        for job_id in job_ids:
+            repx = self.repx_dir(job_id)
+            if (repx / SUCCESS).exists():
+                outcomes[job_id] = Outcome.OK
+            elif (repx / FAIL).exists():
+                outcomes[job_id] = Outcome.FAIL
+        return outcomes
+
+    def outcomes(self, job_ids: Iterable[str]) -> dict[str, Outcome]:
+        """Outcomes of `job_ids`. completions.jsonl is read first (one file instead of a stat per job);
+        a success it records counts only while the job's SUCCESS marker still exists, so a deleted
+        output directory makes the job run again."""
+        job_ids = list(job_ids)
+        logged = self.read_completions()
+        if logged is None:
+            return self.scan_markers(job_ids)
+        outcomes = {}
+        for job_id in job_ids:
+            outcome = logged.get(job_id)
+            if outcome is Outcome.OK and not (self.repx_dir(job_id) / SUCCESS).exists():
+                continue
+            if outcome is None:
+                # A marker written by a tool that does not log completions still counts.
+                repx = self.repx_dir(job_id)
+                if (repx / SUCCESS).exists():
+                    outcome = Outcome.OK
+                elif (repx / FAIL).exists():
+                    outcome = Outcome.FAIL
+            if outcome is Outcome.FAIL and not self.job_root(job_id).exists():
+                continue
+            if outcome is not None:
+                outcomes[job_id] = outcome
+        return outcomes
+
+    # ---- writing -------------------------------------------------------------------------
+
+    def append_completion(self, job_id: str, outcome: Outcome) -> None:
+        """One line per completion, written with a single O_APPEND write so concurrent writers
+        never interleave within a line."""
+        line = json.dumps({"id": job_id, "s": outcome.value}, separators=(",", ":")) + "\n"
+        self.outputs.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.completions, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        try:
+            os.write(fd, line.encode())
+        finally:
+            os.close(fd)
+
+
+def clear_markers(repx_dir: Path) -> None:
+    for name in (SUCCESS, FAIL):
+        try:
+            (repx_dir / name).unlink()
+        except FileNotFoundError:
+            pass
+
+
+def write_marker(repx_dir: Path, name: str) -> None:
+    """Create a marker atomically: a half-written marker is never visible."""
+    tmp = repx_dir / f".{name}.tmp"
+    tmp.write_text("")
+    os.replace(tmp, repx_dir / name)
+
+
+def write_json_atomic(path: Path, value) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(value, indent=2))
+    os.replace(tmp, path)

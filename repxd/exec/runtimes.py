@@ -1,0 +1,228 @@
+"""Runtimes (lab-format §10): how a job script is started — natively, in bubblewrap, or in a
+podman/docker container built from the run's image. Each returns the command line to launch;
+the launcher (subprocess now, systemd units later) starts it."""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import shutil
+import subprocess
+import tarfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ..config import TargetConfig
+from ..errors import ConfigError, LabError
+from ..lab.model import Lab
+from .layout import OutputLayout
+
+SANDBOX_PATH = "/usr/local/bin:/usr/bin:/bin:/usr/sbin:/sbin"
+
+
+class RuntimeError_(Exception):
+    """A runtime could not be prepared (image extraction or load failed)."""
+
+
+@dataclass
+class Invocation:
+    argv: list[str]
+    env: dict[str, str]
+    cwd: Path
+
+
+@dataclass
+class Runtime:
+    """Base: native execution. Subclasses wrap the script's command line."""
+
+    name = "native"
+    layout: OutputLayout
+    host_tool_dirs: list[str] = field(default_factory=list)
+
+    def prepare(self) -> None:
+        """One-time work before the first job (image extraction, image load)."""
+
+    def invocation(self, script: Path, out: Path, repx: Path, args: list[str]) -> Invocation:
+        inherited = os.environ.get("PATH", SANDBOX_PATH)
+        env = dict(os.environ)
+        env["PATH"] = os.pathsep.join([*self.host_tool_dirs, inherited])
+        return Invocation([str(script), *args], env, out)
+
+
+def _host_tool_dirs(lab: Lab, layout: OutputLayout) -> list[str]:
+    tools = layout.artifacts / "host-tools"
+    src = lab.root / "host-tools"
+    if not src.is_dir():
+        return []
+    return [str(tools / entry.name / "bin") for entry in sorted(src.iterdir()) if (entry / "bin").is_dir()]
+
+
+@contextmanager
+def _locked(lock_path: Path) -> Iterator[None]:
+    lock_path.parent.mkdir(parents=True, exist_ok=True)
+    with open(lock_path, "a") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+def image_dir(lab: Lab, image: str) -> Path:
+    """The unpacked docker-archive of `image`; a legacy `image/` subdirectory is accepted."""
+    path = lab.root / image
+    if not (path / "manifest.json").is_file() and (path / "image" / "manifest.json").is_file():
+        path = path / "image"
+    return path
+
+
+def read_image_manifest(path: Path) -> dict:
+    try:
+        entries = json.loads((path / "manifest.json").read_text())
+        entry = entries[0]
+        entry["Layers"], entry.get("RepoTags", [None])[0]
+        return entry
+    except (OSError, ValueError, LookupError, TypeError) as exc:
+        raise LabError(f"image {path}: manifest.json is not a docker-archive manifest ({exc})") from None
+
+
+@dataclass
+class BwrapRuntime(Runtime):
+    name = "bwrap"
+    image: Path = Path()
+
+    @property
+    def rootfs(self) -> Path:
+        return self.layout.cache / "images" / self.image.name / "rootfs"
+
+    def prepare(self) -> None:
+        if shutil.which("bwrap") is None:
+            raise ConfigError("execution type bwrap needs the `bwrap` program (install bubblewrap), or choose --runtime native")
+        rootfs = self.rootfs
+        with _locked(rootfs.parent / "lock"):
+            if not (rootfs.parent / "complete").exists():
+                partial = rootfs.parent / "rootfs.partial"
+                shutil.rmtree(partial, ignore_errors=True)
+                partial.mkdir(parents=True)
+                for layer in read_image_manifest(self.image)["Layers"]:
+                    _apply_layer(self.image / layer, partial)
+                shutil.rmtree(rootfs, ignore_errors=True)
+                os.replace(partial, rootfs)
+                (rootfs.parent / "complete").touch()
+            # Mount points for the binds below; the rootfs itself is mounted read-only.
+            for mount_point in ("tmp", "dev", "proc", str(self.layout.base).lstrip("/")):
+                (rootfs / mount_point).mkdir(parents=True, exist_ok=True)
+
+    def invocation(self, script: Path, out: Path, repx: Path, args: list[str]) -> Invocation:
+        base = str(self.layout.base)
+        path = ":".join([*self.host_tool_dirs, SANDBOX_PATH])
+        argv = [
+            "bwrap", "--unshare-all", "--die-with-parent", "--new-session",
+            "--ro-bind", str(self.rootfs), "/",
+            "--dev", "/dev", "--proc", "/proc", "--tmpfs", "/tmp",
+            "--ro-bind", base, base,
+            "--bind", str(out), str(out), "--bind", str(repx), str(repx),
+            "--clearenv", "--setenv", "PATH", path, "--setenv", "HOME", "/tmp",
+            "--chdir", str(out), "--", str(script), *args,
+        ]
+        return Invocation(argv, {"PATH": os.environ.get("PATH", SANDBOX_PATH)}, out)
+
+
+def _apply_layer(layer_tar: Path, dest: Path) -> None:
+    """Extract one image layer, honouring OCI whiteouts (`.wh.<name>`, `.wh..wh..opq`)."""
+    with tarfile.open(layer_tar) as tf:
+        members = []
+        for m in tf.getmembers():
+            name = Path(m.name)
+            if name.name == ".wh..wh..opq":
+                target = dest / name.parent
+                if target.is_dir():
+                    for child in target.iterdir():
+                        shutil.rmtree(child) if child.is_dir() and not child.is_symlink() else child.unlink()
+                continue
+            if name.name.startswith(".wh."):
+                victim = dest / name.parent / name.name[4:]
+                if victim.is_dir() and not victim.is_symlink():
+                    shutil.rmtree(victim)
+                elif victim.exists() or victim.is_symlink():
+                    victim.unlink()
+                continue
+            members.append(m)
+        tf.extractall(dest, members=members, filter="tar")
+
+
+@dataclass
+class ContainerRuntime(Runtime):
+    """podman and docker share one code path; only the program differs."""
+
+    program: str = "podman"
+
+    @property
+    def name(self) -> str:  # type: ignore[override]
+        return self.program
+    image: Path = Path()
+
+    @property
+    def tag(self) -> str:
+        tags = read_image_manifest(self.image).get("RepoTags") or []
+        if not tags:
+            raise LabError(f"image {self.image} has no RepoTags; podman/docker need a tag to run it")
+        return tags[0]
+
+    def prepare(self) -> None:
+        if shutil.which(self.program) is None:
+            raise ConfigError(f"execution type {self.program} needs the `{self.program}` program, or choose --runtime native")
+        tag = self.tag
+        with _locked(self.layout.cache / "images" / f"{self.image.name}.{self.program}.lock"):
+            if self._image_present(tag):
+                return
+            archive = self.layout.cache / "images" / f"{self.image.name}.tar"
+            with tarfile.open(archive, "w") as tf:
+                for entry in sorted(self.image.iterdir()):
+                    tf.add(entry, arcname=entry.name)
+            try:
+                result = subprocess.run([self.program, "load", "-i", str(archive)], capture_output=True, text=True)
+            finally:
+                archive.unlink(missing_ok=True)
+            if result.returncode != 0:
+                raise RuntimeError_(f"{self.program} load of {self.image.name} failed: {result.stderr.strip()[-500:]}")
+
+    def _image_present(self, tag: str) -> bool:
+        probe = [self.program, "image", "exists", tag] if self.program == "podman" else [self.program, "image", "inspect", tag]
+        return subprocess.run(probe, capture_output=True).returncode == 0
+
+    def invocation(self, script: Path, out: Path, repx: Path, args: list[str]) -> Invocation:
+        base = str(self.layout.base)
+        argv = [self.program, "run", "--rm", "--network", "none",
+                "--volume", f"{base}:{base}", "--workdir", str(out), self.tag, str(script), *args]
+        return Invocation(argv, dict(os.environ), out)
+
+
+RUNTIMES = ("native", "bwrap", "podman", "docker")
+
+
+def choose_execution_type(target: TargetConfig | None, requested: str | None, has_image: bool) -> str:
+    """`requested` (command line), else the target's `default_execution_type`, else the first of its
+    `execution_types`, else native. A run without an image always runs natively."""
+    if not has_image:
+        return "native"
+    allowed = target.execution_types("local") if target else []
+    chosen = requested or (target.default_execution_type if target else None) or (allowed[0] if allowed else "native")
+    if chosen not in RUNTIMES:
+        raise ConfigError(f"unknown runtime {chosen!r}; choose one of {', '.join(RUNTIMES)}")
+    if allowed and chosen not in allowed:
+        raise ConfigError(f"runtime {chosen!r} is not in this target's execution_types {allowed}; add it there or pick one of them")
+    return chosen
+
+
+def make_runtime(kind: str, lab: Lab, layout: OutputLayout, image: str | None) -> Runtime:
+    tools = _host_tool_dirs(lab, layout)
+    if kind == "native" or image is None:
+        return Runtime(layout, tools)
+    img = image_dir(lab, image)
+    if kind == "bwrap":
+        return BwrapRuntime(layout, tools, img)
+    return ContainerRuntime(layout, tools, program=kind, image=img)

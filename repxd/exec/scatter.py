@@ -1,0 +1,116 @@
+"""Scatter-gather jobs (lab-format §7): scatter, a step DAG per work item, gather."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from graphlib import CycleError, TopologicalSorter
+from pathlib import Path
+
+from ..lab.model import Job
+from .inputs import resolve_inputs
+from .job import JobContext, JobResult, exit_reason, finish, prepare_dirs, run_step, script_path
+from .layout import SUCCESS, write_json_atomic, write_marker
+
+
+def _step_order(job: Job) -> list[str]:
+    graph = {name[5:]: set(exe.deps) for name, exe in job.executables.items() if name.startswith("step-")}
+    try:
+        return list(TopologicalSorter(graph).static_order())
+    except CycleError:
+        raise ValueError(f"the steps of {job.id} form a cycle") from None
+
+
+async def execute_scatter_gather(ctx: JobContext, job: Job) -> JobResult:
+    layout = ctx.layout
+    root, repx, out = layout.job_root(job.id), layout.repx_dir(job.id), layout.out_dir(job.id)
+    prepare_dirs(out, repx, fresh_out=True)
+    static_inputs = resolve_inputs(ctx.lab, job, layout)
+    write_json_atomic(repx / "inputs.json", static_inputs)
+    write_json_atomic(repx / "parameters.json", job.params)
+    inputs_json, params_json = repx / "inputs.json", repx / "parameters.json"
+
+    scatter_out, scatter_repx = root / "scatter" / "out", root / "scatter" / "repx"
+    items_path = scatter_out / "work_items.json"
+    if not ((scatter_repx / SUCCESS).exists() and items_path.exists()):
+        prepare_dirs(scatter_out, scatter_repx, fresh_out=True)
+        status = await run_step(ctx, script_path(ctx, job.executables["scatter"].path), scatter_out,
+                                scatter_repx, inputs_json, params_json)
+        if status != 0:
+            return finish(ctx, job.id, repx, False, f"scatter {exit_reason(status)} (see scatter/repx/stderr.log)")
+        if not items_path.exists():
+            return finish(ctx, job.id, repx, False, "scatter succeeded but wrote no $out/work_items.json")
+        write_marker(scatter_repx, SUCCESS)
+    try:
+        items = json.loads(items_path.read_text())
+        if not isinstance(items, list):
+            raise ValueError("not a JSON array")
+    except ValueError as exc:
+        return finish(ctx, job.id, repx, False, f"scatter/out/work_items.json is invalid: {exc}")
+
+    order = _step_order(job)
+    branches = [_run_branch(ctx, job, root / f"branch-{i}", item, order, static_inputs, params_json)
+                for i, item in enumerate(items)]
+    failures = [r for r in await asyncio.gather(*branches) if r]
+    if failures:
+        return finish(ctx, job.id, repx, False, f"{len(failures)} of {len(items)} branches failed; first: {failures[0]}")
+
+    sink = _sink_step(job, order)
+    sink_outputs = job.executables[f"step-{sink}"].outputs
+    manifest = [{name: tmpl.replace("$out", str(root / f"branch-{i}" / f"step-{sink}" / "out"))
+                 for name, tmpl in sink_outputs.items()} for i in range(len(items))]
+    write_json_atomic(repx / "worker_outs_manifest.json", manifest)
+    gather_inputs = dict(static_inputs)
+    gather_inputs["worker__outs"] = str(repx / "worker_outs_manifest.json")
+    for mapping in job.executables["gather"].inputs:
+        if mapping.job_id == "self" and mapping.source_output:
+            template = job.executables["scatter"].outputs.get(mapping.source_output, "")
+            gather_inputs[mapping.target_input] = template.replace("$out", str(scatter_out))
+    write_json_atomic(repx / "gather_inputs.json", gather_inputs)
+    status = await run_step(ctx, script_path(ctx, job.executables["gather"].path), out, repx,
+                            repx / "gather_inputs.json", params_json)
+    return finish(ctx, job.id, repx, status == 0, None if status == 0 else f"gather {exit_reason(status)}")
+
+
+def _sink_step(job: Job, order: list[str]) -> str:
+    depended = {d for name, exe in job.executables.items() if name.startswith("step-") for d in exe.deps}
+    sinks = [s for s in order if s not in depended]
+    return sinks[-1]
+
+
+async def _run_branch(ctx: JobContext, job: Job, branch: Path, item, order: list[str],
+                      static_inputs: dict[str, str], params_json: Path) -> str | None:
+    """Run one branch's steps in order; returns a failure description or None."""
+    branch_repx = branch / "repx"
+    branch_repx.mkdir(parents=True, exist_ok=True)
+    item_path = branch_repx / "work_item.json"
+    item_json = json.dumps(item, separators=(",", ":"))
+    if item_path.exists() and item_path.read_text() != item_json:
+        for marker in branch.glob(f"step-*/repx/{SUCCESS}"):
+            marker.unlink()  # a changed work item invalidates the branch's finished steps
+    item_path.write_text(item_json)
+    for step in order:
+        exe = job.executables[f"step-{step}"]
+        step_out, step_repx = branch / f"step-{step}" / "out", branch / f"step-{step}" / "repx"
+        if (step_repx / SUCCESS).exists():
+            continue
+        prepare_dirs(step_out, step_repx, fresh_out=True)
+        inputs: dict[str, str] = {}
+        for mapping in exe.inputs:
+            source = mapping.source or ""
+            if source == "scatter:work_item":
+                inputs[mapping.target_input] = str(item_path)
+            elif source.startswith("step:") and mapping.source_output:
+                dep = source[5:]
+                template = job.executables[f"step-{dep}"].outputs.get(mapping.source_output, "")
+                inputs[mapping.target_input] = template.replace("$out", str(branch / f"step-{dep}" / "out"))
+            elif mapping.job_id and mapping.target_input in static_inputs:
+                inputs[mapping.target_input] = static_inputs[mapping.target_input]
+        write_json_atomic(step_repx / "inputs.json", inputs)
+        status = await run_step(ctx, script_path(ctx, exe.path), step_out, step_repx,
+                                step_repx / "inputs.json", params_json, worker=True)
+        if status != 0:
+            write_marker(step_repx, "FAIL")
+            return f"{branch.name} step {step} {exit_reason(status)} (see {branch.name}/step-{step}/repx/stderr.log)"
+        write_marker(step_repx, SUCCESS)
+    return None

@@ -1,0 +1,1 @@
+"""Lab definition: models, loading, graph, writer and the analysis API."""

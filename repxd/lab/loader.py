@@ -1,0 +1,287 @@
+"""Loading and verifying Labs (lab-format §1–4), from a directory or a `.tar` of one.
+
+Every problem becomes one `LabError` sentence naming the file and the fix."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import tarfile
+from collections import deque
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path, PurePosixPath
+
+from pydantic import BaseModel, ValidationError
+
+from ..errors import LabError
+from .model import Job, Lab, Run
+from .models import Manifest, RootMetadata, RunMetadata
+
+MANIFEST_SUFFIX = "lab-metadata.json"
+
+
+def load_lab(path: str | os.PathLike, *, verify: bool = True, unpack_dir: Path | None = None) -> Lab:
+    """Load the Lab at `path` (a directory or a `.tar`); tar Labs are unpacked into `unpack_dir`."""
+    path = Path(path)
+    if not path.exists():
+        raise LabError(f"Lab not found: {path} does not exist (pass the directory `nix build` produced, or its .tar)")
+    if path.is_file():
+        if unpack_dir is None:
+            raise LabError(f"{path} is a tar Lab; an unpack directory is needed to run it")
+        path = unpack_tar_lab(path, unpack_dir)
+    root = path.resolve()
+    manifest_path = _find_manifest(root)
+    manifest = _parse(Manifest, manifest_path, root)
+    for entry in manifest.files:
+        _check_relative(entry.path, f"{_rel(manifest_path, root)} lists")
+    if verify:
+        verify_files(root, manifest)
+    root_meta_path = _lab_file(root, manifest.metadata, "the manifest's `metadata`")
+    root_meta = _parse(RootMetadata, root_meta_path, root)
+    return _assemble(root, manifest, root_meta)
+
+
+def _assemble(root: Path, manifest: Manifest, root_meta: RootMetadata) -> Lab:
+    runs: dict[str, Run] = {}
+    run_metas: dict[str, RunMetadata] = {}
+    path_to_run: dict[str, str] = {}
+    for rel in root_meta.runs:
+        meta_path = _lab_file(root, rel, "revision/metadata-top.json `runs`")
+        meta = _parse(RunMetadata, meta_path, root)
+        if meta.name in run_metas:
+            raise LabError(f"{rel}: run name {meta.name!r} is used twice; each run needs its own name")
+        run_metas[meta.name] = meta
+        path_to_run[rel] = meta.name
+    run_paths = {name: rel for rel, name in path_to_run.items()}
+
+    jobs: dict[str, Job] = {}
+    for run_name, meta in run_metas.items():
+        deps: dict[str, str] = {}
+        for dep_path, kind in meta.dependencies.items():
+            dep_run = path_to_run.get(dep_path) or (dep_path if dep_path in run_metas else None)
+            if dep_run is None:
+                raise LabError(f"run {run_name!r} depends on {dep_path!r}, which is not a run of this Lab")
+            deps[dep_run] = kind
+        if meta.image is not None:
+            _check_relative(meta.image, f"run {run_name!r} image")
+            image_dir = root / meta.image
+            if not ((image_dir / "manifest.json").is_file() or (image_dir / "image" / "manifest.json").is_file()):
+                raise LabError(f"run {run_name!r}: image directory {meta.image} has no manifest.json")
+        runs[run_name] = Run(run_name, run_paths[run_name], deps, meta.image, list(meta.jobs))
+        for job_id, spec in meta.jobs.items():
+            if job_id in jobs:
+                raise LabError(f"job {job_id} appears in runs {jobs[job_id].run!r} and {run_name!r}; job ids must be unique")
+            jobs[job_id] = Job(job_id, run_name, spec, ())
+
+    _resolve_dependencies(jobs)
+    _check_job_files(root, jobs)
+    _check_acyclic(jobs)
+
+    groups = dict(root_meta.groups)
+    for group, members in groups.items():
+        for member in members:
+            if member not in runs:
+                raise LabError(f"group {group!r} names run {member!r}, which is not a run of this Lab")
+    return Lab(root, manifest, root_meta, runs, jobs, groups)
+
+
+def _resolve_dependencies(jobs: dict[str, Job]) -> None:
+    for job_id, job in list(jobs.items()):
+        hard: list[str] = []
+        soft: set[str] = set()
+        for exe_name, exe in job.executables.items():
+            for mapping in exe.inputs:
+                dep = mapping.job_id
+                if dep is None or dep == "self":
+                    continue
+                if dep not in jobs:
+                    raise LabError(
+                        f"job {job_id} ({exe_name}) maps input {mapping.target_input!r} from job {dep}, "
+                        "which is not in this Lab; rebuild the Lab so every referenced job is included"
+                    )
+                if mapping.dependency_type == "soft":
+                    soft.add(dep)
+                elif dep not in hard:
+                    hard.append(dep)
+        soft -= set(hard)
+        jobs[job_id] = Job(job_id, job.run, job.spec, tuple(hard) + tuple(sorted(soft)), frozenset(soft))
+
+
+def _check_job_files(root: Path, jobs: dict[str, Job]) -> None:
+    for job_id, job in jobs.items():
+        _check_relative(job_id, "job id")
+        if not (root / "jobs" / job_id).is_dir():
+            raise LabError(f"job {job_id} has no directory jobs/{job_id} in the Lab; the Lab is incomplete")
+        for exe_name, exe in job.executables.items():
+            exe_path = _lab_file(root, exe.path, f"job {job_id} executable {exe_name!r}")
+            if not os.access(exe_path, os.X_OK):
+                raise LabError(f"job {job_id} executable {exe.path} is not executable (mode {exe_path.stat().st_mode & 0o777:o})")
+        if job.is_scatter_gather:
+            names = set(job.executables)
+            if not {"scatter", "gather"} <= names or not any(n.startswith("step-") for n in names):
+                raise LabError(f"scatter-gather job {job_id} needs executables scatter, step-<name> and gather; it has {sorted(names)}")
+            for exe_name, exe in job.executables.items():
+                for dep in exe.deps:
+                    if f"step-{dep}" not in names and dep not in names:
+                        raise LabError(f"job {job_id} step {exe_name!r} depends on unknown step {dep!r}")
+
+
+def _check_acyclic(jobs: dict[str, Job]) -> None:
+    indegree = {job_id: len(job.deps) for job_id, job in jobs.items()}
+    dependents: dict[str, list[str]] = {job_id: [] for job_id in jobs}
+    for job_id, job in jobs.items():
+        for dep in job.deps:
+            dependents[dep].append(job_id)
+    queue = deque(j for j, n in indegree.items() if n == 0)
+    seen = 0
+    while queue:
+        current = queue.popleft()
+        seen += 1
+        for child in dependents[current]:
+            indegree[child] -= 1
+            if indegree[child] == 0:
+                queue.append(child)
+    if seen != len(jobs):
+        cycle = sorted(j for j, n in indegree.items() if n > 0)
+        shown = ", ".join(cycle[:4]) + (" …" if len(cycle) > 4 else "")
+        raise LabError(f"the jobs' dependencies form a cycle ({len(cycle)} jobs involved: {shown}); a Lab must be a DAG")
+
+
+# ---- files ---------------------------------------------------------------------------------
+
+
+def _find_manifest(root: Path) -> Path:
+    lab_dir = root / "lab"
+    candidates = sorted(lab_dir.glob(f"*{MANIFEST_SUFFIX}")) if lab_dir.is_dir() else []
+    if not candidates:
+        raise LabError(f"{root} is not a Lab: no lab/*{MANIFEST_SUFFIX} manifest (is this the output of `nix build`?)")
+    return candidates[0]
+
+
+def _check_relative(rel: str, what: str) -> None:
+    p = PurePosixPath(rel)
+    if p.is_absolute() or ".." in p.parts or rel == "":
+        raise LabError(f"{what} path {rel!r} must be relative and stay inside the Lab (no '..', no leading '/')")
+
+
+def _lab_file(root: Path, rel: str, what: str) -> Path:
+    _check_relative(rel, what)
+    path = root / rel
+    real = Path(os.path.realpath(path))
+    if real != root and root not in real.parents:
+        raise LabError(f"{what}: {rel} is a symlink leading outside the Lab ({real}); Labs must be self-contained")
+    if not real.is_file():
+        raise LabError(f"{what}: {rel} is missing from the Lab")
+    return path
+
+
+def _rel(path: Path, root: Path) -> str:
+    try:
+        return str(path.relative_to(root))
+    except ValueError:
+        return str(path)
+
+
+def _parse(model: type[BaseModel], path: Path, root: Path):
+    try:
+        return model.model_validate_json(path.read_bytes())
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        where = ".".join(str(p) for p in err["loc"]) or "(top level)"
+        more = f" (and {exc.error_count() - 1} more problems)" if exc.error_count() > 1 else ""
+        raise LabError(f"{_rel(path, root)}: {where}: {err['msg']}{more}") from None
+    except OSError as exc:
+        raise LabError(f"{_rel(path, root)}: cannot read: {exc.strerror}") from None
+
+
+def _sha256(path: Path) -> str:
+    with open(path, "rb") as fh:
+        return hashlib.file_digest(fh, "sha256").hexdigest()
+
+
+def verify_files(root: Path, manifest: Manifest) -> None:
+    """Check every file the manifest lists against its SHA-256, in parallel."""
+
+    def check(entry) -> str | None:
+        path = root / entry.path
+        try:
+            if path.is_symlink():
+                real = Path(os.path.realpath(path))
+                if real != root and root not in real.parents:
+                    return f"{entry.path} is a symlink leading outside the Lab ({real}); Labs must be self-contained"
+            digest = _sha256(path)
+        except FileNotFoundError:
+            return f"{entry.path} is listed in the manifest but missing from the Lab"
+        except OSError as exc:
+            return f"{entry.path}: cannot read ({exc.strerror})"
+        if digest != entry.sha256:
+            return f"{entry.path} has SHA-256 {digest[:16]}…, the manifest says {entry.sha256[:16]}…; the Lab was modified or corrupted (rebuild it, or pass --no-verify to run it anyway)"
+        return None
+
+    workers = min(32, (os.cpu_count() or 2) * 4)
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        for problem in pool.map(check, manifest.files, chunksize=256):
+            if problem:
+                raise LabError(problem)
+
+
+# ---- tar Labs ------------------------------------------------------------------------------
+
+
+def unpack_tar_lab(tar_path: Path, unpack_dir: Path) -> Path:
+    """Unpack a tar Lab after checking every member; returns the Lab root inside `unpack_dir`.
+
+    Unpacking is keyed by the tar's size and mtime so repeated runs reuse the tree."""
+    st = tar_path.stat()
+    dest = unpack_dir / f"{tar_path.stem}-{st.st_size:x}-{int(st.st_mtime):x}"
+    done = dest / ".repx-unpacked"
+    try:
+        tf = tarfile.open(tar_path)
+    except (tarfile.TarError, OSError) as exc:
+        raise LabError(f"{tar_path} is neither a Lab directory nor a readable tar ({exc})") from None
+    with tf:
+        members = tf.getmembers()
+        prefix = _tar_prefix(members, tar_path)
+        for m in members:
+            _check_tar_member(m, tar_path)
+        if not done.exists():
+            dest.mkdir(parents=True, exist_ok=True)
+            tf.extractall(dest, filter="tar")
+            done.touch()
+    return dest / prefix if prefix else dest
+
+
+def _tar_prefix(members: list[tarfile.TarInfo], tar_path: Path) -> str:
+    for m in members:
+        parts = PurePosixPath(m.name).parts
+        if parts and parts[0] == ".":
+            parts = parts[1:]
+        if "lab" in parts and parts[-1].endswith(MANIFEST_SUFFIX):
+            idx = parts.index("lab")
+            return "/".join(parts[:idx])
+    raise LabError(f"{tar_path} contains no lab/*{MANIFEST_SUFFIX}; it is not a tar of a Lab")
+
+
+def _check_tar_member(m: tarfile.TarInfo, tar_path: Path) -> None:
+    name = PurePosixPath(m.name)
+    if name.is_absolute() or ".." in name.parts:
+        raise LabError(f"{tar_path}: member {m.name!r} escapes the Lab (absolute or '..'); refusing to unpack")
+    if m.issym() or m.islnk():
+        target = PurePosixPath(m.linkname)
+        resolved = target if m.islnk() else name.parent / target
+        if target.is_absolute() or _escapes(resolved):
+            raise LabError(f"{tar_path}: link {m.name!r} -> {m.linkname!r} points outside the Lab; refusing to unpack")
+    elif not (m.isfile() or m.isdir()):
+        raise LabError(f"{tar_path}: member {m.name!r} is a device or fifo; Labs contain only files, directories and links")
+
+
+def _escapes(path: PurePosixPath) -> bool:
+    depth = 0
+    for part in path.parts:
+        if part == "..":
+            depth -= 1
+            if depth < 0:
+                return True
+        elif part != ".":
+            depth += 1
+    return False

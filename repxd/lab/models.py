@@ -1,0 +1,78 @@
+"""Pydantic models of the Lab's JSON files (lab-format §2–4): the boundary with Nix-built Labs."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class _Lenient(BaseModel):
+    # Upstream adds keys over time; unknown keys are ignored, as upstream's loader does.
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+
+class FileEntry(_Lenient):
+    path: str
+    sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
+
+
+class Manifest(_Lenient):
+    files: list[FileEntry] = []
+    labId: str
+    lab_version: str = "1.0.0"
+    metadata: str
+
+
+class RootMetadata(_Lenient):
+    repx_version: str
+    type: Literal["root"] = "root"
+    gitHash: str
+    runs: list[str]
+    groups: dict[str, list[str]] = {}
+
+
+class InputMapping(_Lenient):
+    target_input: str
+    job_id: str | None = None
+    source_output: str | None = None
+    type: Literal["intra-pipeline", "inter-run", "global"] | None = None
+    dependency_type: Literal["hard", "soft"] | None = None
+    source_run: str | None = None
+    source: str | None = None
+    source_key: str | None = None
+
+
+class Executable(_Lenient):
+    path: str
+    inputs: list[InputMapping] = []
+    outputs: dict[str, str] = {}
+    deps: list[str] = []
+
+
+class ResourceHints(BaseModel):
+    # Hints are free-form in upstream (gpus etc. may appear); keep what we don't know.
+    model_config = ConfigDict(extra="allow", frozen=True)
+
+    mem: str | None = None
+    cpus: int | None = None
+    time: str | None = None
+    partition: str | None = None
+    sbatch_opts: list[str] | None = None
+
+
+class JobSpec(_Lenient):
+    name: str
+    stage_type: Literal["simple", "scatter-gather", "worker", "gather"] = "simple"
+    params: dict[str, Any] = {}
+    executables: dict[str, Executable]
+    resource_hints: ResourceHints | None = None
+
+
+class RunMetadata(_Lenient):
+    type: Literal["run"] = "run"
+    name: str
+    gitHash: str | None = None
+    dependencies: dict[str, Literal["hard", "soft"]] = {}
+    image: str | None = None
+    jobs: dict[str, JobSpec] = {}

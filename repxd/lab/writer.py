@@ -1,0 +1,313 @@
+"""Write Labs in the upstream format from Python, with upstream's job ids (lab-format §1–4, §11).
+
+Used by the tests, the benchmarks and `examples/labs/`. A Lab is described with `LabWriter`,
+`RunWriter.job` and `RunWriter.scatter_gather`, then written with `LabWriter.write`:
+
+    lab = LabWriter()
+    sim = lab.run("simulation")
+    a = sim.job("produce", PRODUCE_SH, params={"n": 3}, outputs={"data": "$out/numbers.txt"})
+    sim.job("total", TOTAL_SH, inputs={"numbers": a.output("data")}, outputs={"sum": "$out/sum.txt"})
+    lab.write(Path("my-lab"))
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import itertools
+import json
+import os
+import shutil
+import tarfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .ids import compact_json, job_hash, ordered_mapping
+
+REPX_VERSION = "0.5.0"
+
+
+@dataclass(frozen=True)
+class JobOutput:
+    """An input wired from another job's named output."""
+
+    job: JobRef
+    output: str
+
+
+@dataclass(frozen=True)
+class JobRef:
+    id: str
+    outputs: tuple[str, ...]
+
+    def output(self, name: str) -> JobOutput:
+        if name not in self.outputs:
+            raise ValueError(f"job {self.id} has no output {name!r} (it has {list(self.outputs)})")
+        return JobOutput(self, name)
+
+
+@dataclass
+class Step:
+    """One step of a scatter-gather stage. Inputs: "worker__item" (the work item), or
+    `StepOutput`, or a `JobOutput` from outside the stage."""
+
+    script: str
+    inputs: dict[str, Any] = field(default_factory=dict)
+    outputs: dict[str, str] = field(default_factory=dict)
+    deps: list[str] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class StepOutput:
+    step: str
+    output: str
+
+
+WORK_ITEM = "worker__item"
+
+
+def sweep(**axes: list[Any]) -> list[dict[str, Any]]:
+    """The cartesian product of parameter axes: sweep(a=[1, 2], b=["x"]) -> [{a:1,b:x}, {a:2,b:x}]."""
+    names = sorted(axes)
+    return [dict(zip(names, combo, strict=True)) for combo in itertools.product(*(axes[n] for n in names))]
+
+
+def _mapping(**keys: Any) -> dict[str, Any]:
+    return dict(sorted(ordered_mapping(keys).items()))
+
+
+@dataclass
+class _JobEntry:
+    dir_name: str
+    metadata: dict[str, Any]
+    files: dict[str, tuple[bytes, int]]  # path inside jobs/<dir>/ -> (content, mode)
+    deps: list[str]
+
+
+class RunWriter:
+    def __init__(self, lab: LabWriter, name: str, image: ImageSpec | None) -> None:
+        self._lab = lab
+        self.name = name
+        self.image = image
+        self.dependencies: dict[str, str] = {}
+        self.jobs: dict[str, _JobEntry] = {}
+
+    def depends_on(self, other: RunWriter, kind: str = "hard") -> None:
+        """An inter-run dependency: this run's first stages get `metadata__<other>` and `store__base`."""
+        self.dependencies[other.name] = kind
+
+    def _inter_run_mappings(self, wants_inter_run: bool) -> list[dict[str, Any]]:
+        if not wants_inter_run:
+            return []
+        mappings = []
+        for run_name, kind in sorted(self.dependencies.items()):
+            mappings.append(_mapping(type="inter-run", source_run=run_name, dependency_type=kind, target_input=f"metadata__{run_name}"))
+        if self.dependencies:
+            mappings.append(_mapping(type="global", source_value="store_base", target_input="store__base"))
+        return mappings
+
+    def _external_mappings(self, inputs: dict[str, Any]) -> tuple[list[dict[str, Any]], list[str]]:
+        mappings, deps = [], []
+        for target, source in sorted(inputs.items()):
+            if isinstance(source, JobOutput):
+                mappings.append(_mapping(type="intra-pipeline", job_id=source.job.id, source_output=source.output, target_input=target, dependency_type="hard"))
+                deps.append(source.job.id)
+        return mappings, sorted(set(deps))
+
+    def job(self, pname: str, script: str, *, version: str = "1.0", params: dict[str, Any] | None = None,
+            inputs: dict[str, JobOutput] | None = None, outputs: dict[str, str] | None = None,
+            resources: dict[str, Any] | None = None) -> JobRef:
+        """A simple stage job running `script` as `<script> OUT_DIR INPUTS_JSON PARAMETERS_JSON`."""
+        params = params or {}
+        inputs = inputs or {}
+        outputs = outputs or {}
+        mappings, deps = self._external_mappings(inputs)
+        mappings += self._inter_run_mappings(not deps)
+        short = job_hash([f"{pname}-{version}"], params, deps, mappings)
+        dir_name = f"{short}-{pname}-{version}"
+        exe = {"inputs": mappings, "outputs": dict(sorted(outputs.items())), "path": f"jobs/{dir_name}/bin/{pname}"}
+        meta = {"name": f"{pname}-{version}", "stage_type": "simple", "params": params, "executables": {"main": exe}}
+        if resources:
+            meta["resource_hints"] = resources
+        files = {f"bin/{pname}": (script.encode(), 0o755)}
+        self._add(dir_name, meta, files, deps, params)
+        return JobRef(dir_name, tuple(outputs))
+
+    def scatter_gather(self, pname: str, *, scatter: str, steps: dict[str, Step], gather: str,
+                       version: str = "1.0", params: dict[str, Any] | None = None,
+                       inputs: dict[str, JobOutput] | None = None, outputs: dict[str, str] | None = None,
+                       resources: dict[str, Any] | None = None) -> JobRef:
+        """A scatter-gather stage: `scatter` writes `$out/work_items.json`; each item runs the step DAG;
+        `gather` gets `worker__outs` (the sink step's outputs, one {output: path} object per branch)
+        and writes `outputs`."""
+        params = params or {}
+        inputs = inputs or {}
+        outputs = outputs or {}
+        ext_mappings, deps = self._external_mappings(inputs)
+        ext_mappings += self._inter_run_mappings(not deps)
+        executables: dict[str, Any] = {
+            "scatter": {"inputs": ext_mappings, "outputs": {"work_items": "$out/work_items.json"}, "path": ""},
+        }
+        identities = [f"{pname}-scatter-{version}"]
+        for step_name in sorted(steps):
+            step = steps[step_name]
+            step_mappings = []
+            for target, source in sorted(step.inputs.items()):
+                if source == WORK_ITEM:
+                    step_mappings.append(_mapping(source="scatter:work_item", target_input=target, type="intra-pipeline", dependency_type="hard"))
+                elif isinstance(source, StepOutput):
+                    step_mappings.append(_mapping(source=f"step:{source.step}", source_output=source.output, target_input=target, type="intra-pipeline", dependency_type="hard"))
+                elif isinstance(source, JobOutput):
+                    step_mappings.append(_mapping(type="intra-pipeline", job_id=source.job.id, source_output=source.output, target_input=target, dependency_type="hard"))
+                    deps = sorted(set(deps) | {source.job.id})
+                else:
+                    raise ValueError(f"step {step_name!r} input {target!r}: use WORK_ITEM, StepOutput or JobOutput")
+            entry: dict[str, Any] = {"inputs": step_mappings, "outputs": dict(sorted(step.outputs.items())), "path": ""}
+            if step.deps:
+                entry["deps"] = sorted(step.deps)
+            executables[f"step-{step_name}"] = entry
+            identities.append(f"{pname}-step-{step_name}-{version}")
+        identities.append(f"{pname}-gather-{version}")
+        sinks = [n for n in steps if not any(n in other.deps for other in steps.values())]
+        if len(sinks) != 1 or len(steps[sinks[0]].outputs) != 1:
+            raise ValueError(f"stage {pname!r}: exactly one sink step with exactly one output is needed (sinks: {sinks})")
+        sink_output = next(iter(steps[sinks[0]].outputs))
+        executables["gather"] = {
+            "inputs": [_mapping(source="runner:worker_outputs", source_key=sink_output, target_input="worker__outs")],
+            "outputs": dict(sorted(outputs.items())),
+            "path": "",
+        }
+        all_mappings = [m for exe in executables.values() for m in exe["inputs"]]
+        short = job_hash(identities, params, deps, all_mappings)
+        dir_name = f"{short}-{pname}-{version}"
+        files = {f"bin/{pname}-scatter": (scatter.encode(), 0o755), f"bin/{pname}-gather": (gather.encode(), 0o755)}
+        executables["scatter"]["path"] = f"jobs/{dir_name}/bin/{pname}-scatter"
+        executables["gather"]["path"] = f"jobs/{dir_name}/bin/{pname}-gather"
+        for step_name, step in steps.items():
+            files[f"bin/{pname}-step-{step_name}"] = (step.script.encode(), 0o755)
+            executables[f"step-{step_name}"]["path"] = f"jobs/{dir_name}/bin/{pname}-step-{step_name}"
+        executables = {name: dict(sorted(exe.items())) for name, exe in sorted(executables.items())}
+        meta = {"name": f"{pname}-{version}", "stage_type": "scatter-gather", "params": params, "executables": executables}
+        if resources:
+            meta["resource_hints"] = resources
+        self._add(dir_name, meta, files, deps, params)
+        return JobRef(dir_name, tuple(outputs))
+
+    def _add(self, dir_name: str, meta: dict[str, Any], files: dict[str, tuple[bytes, int]], deps: list[str], params: dict[str, Any]) -> None:
+        for exe in meta["executables"].values():
+            exe.update(dict(sorted(exe.items())))
+        files[f"{meta['name'].rsplit('-', 1)[0]}-parameters.json"] = (compact_json(params).encode(), 0o644)
+        files["nix-input-dependencies.json"] = (json.dumps(deps).encode(), 0o644)
+        self.jobs[dir_name] = _JobEntry(dir_name, meta, files, deps)
+
+
+@dataclass(frozen=True)
+class ImageSpec:
+    """A container image from a root filesystem directory, stored as an unpacked docker-archive."""
+
+    rootfs: Path
+    tag: str = "repx-job:latest"
+
+
+class LabWriter:
+    def __init__(self, git_hash: str = "0" * 40, repx_version: str = REPX_VERSION) -> None:
+        self.git_hash = git_hash
+        self.repx_version = repx_version
+        self.runs: dict[str, RunWriter] = {}
+        self.groups: dict[str, list[str]] = {}
+
+    def run(self, name: str, image: ImageSpec | None = None) -> RunWriter:
+        if name in self.runs:
+            raise ValueError(f"run {name!r} exists already")
+        self.runs[name] = RunWriter(self, name, image)
+        return self.runs[name]
+
+    def group(self, name: str, runs: list[RunWriter]) -> None:
+        self.groups[name] = [r.name for r in runs]
+
+    def write(self, dest: Path) -> Path:
+        """Write the Lab directory at `dest` (replaced if it exists); returns `dest`."""
+        dest = Path(dest)
+        if dest.exists():
+            shutil.rmtree(dest)
+        (dest / "lab").mkdir(parents=True)
+        (dest / "revision").mkdir()
+        (dest / "readme").mkdir()
+        (dest / "readme" / "README.md").write_text("# Lab written by repxd.lab.writer\n")
+        run_paths = {}
+        for run in self.runs.values():
+            image_rel = _write_image(dest, run.image) if run.image else None
+            for entry in run.jobs.values():
+                job_dir = dest / "jobs" / entry.dir_name
+                for rel, (content, mode) in entry.files.items():
+                    path = job_dir / rel
+                    path.parent.mkdir(parents=True, exist_ok=True)
+                    path.write_bytes(content)
+                    path.chmod(mode)
+            run_meta: dict[str, Any] = {"type": "run", "name": run.name, "gitHash": self.git_hash,
+                                        "dependencies": {f"revision/metadata-{d}.json": k for d, k in sorted(run.dependencies.items())}}
+            if image_rel:
+                run_meta["image"] = image_rel
+            run_meta["jobs"] = {e.dir_name: e.metadata for e in run.jobs.values()}
+            run_paths[run.name] = f"revision/metadata-{run.name}.json"
+            (dest / run_paths[run.name]).write_text(json.dumps(run_meta, indent=2))
+        top = {"repx_version": self.repx_version, "type": "root", "gitHash": self.git_hash, "runs": list(run_paths.values())}
+        if self.groups:
+            top["groups"] = self.groups
+        (dest / "revision" / "metadata-top.json").write_text(json.dumps(top, indent=2))
+        files = _hash_tree(dest)
+        lab_id = hashlib.sha256(compact_json(files).encode()).hexdigest()[:32]
+        manifest = {"files": files, "labId": lab_id, "lab_version": "1.0.0", "metadata": "revision/metadata-top.json"}
+        (dest / "lab" / "lab-metadata.json").write_text(json.dumps(manifest, indent=1))
+        return dest
+
+    def write_tar(self, dest: Path, *, prefix: str = "result") -> Path:
+        """Write the Lab as a tar with every member under `prefix/`."""
+        tree = Path(str(dest) + ".d")
+        self.write(tree)
+        with tarfile.open(dest, "w") as tf:
+            tf.add(tree, arcname=prefix)
+        shutil.rmtree(tree)
+        return Path(dest)
+
+
+def _hash_tree(root: Path) -> list[dict[str, str]]:
+    files = []
+    for dirpath, _dirs, names in os.walk(root):
+        for name in names:
+            path = Path(dirpath) / name
+            rel = path.relative_to(root).as_posix()
+            if rel.startswith("lab/"):
+                continue
+            files.append({"path": rel, "sha256": hashlib.sha256(path.read_bytes()).hexdigest()})
+    return sorted(files, key=lambda f: f["path"])
+
+
+def _write_image(dest: Path, image: ImageSpec) -> str:
+    """Pack `image.rootfs` into one layer and write the unpacked docker-archive; returns its Lab path."""
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w", format=tarfile.PAX_FORMAT) as tf:
+        for path in sorted(image.rootfs.rglob("*")):
+            info = tf.gettarinfo(str(path), arcname=path.relative_to(image.rootfs).as_posix())
+            info.mtime, info.uid, info.gid, info.uname, info.gname = 0, 0, 0, "", ""
+            if info.isfile():
+                with open(path, "rb") as fh:
+                    tf.addfile(info, fh)
+            else:
+                tf.addfile(info)
+    layer = buf.getvalue()
+    layer_hash = hashlib.sha256(layer).hexdigest()
+    config = {"architecture": "amd64", "os": "linux", "config": {"Env": ["PATH=/usr/local/bin:/usr/bin:/bin"]},
+              "rootfs": {"type": "layers", "diff_ids": [f"sha256:{layer_hash}"]}}
+    config_bytes = json.dumps(config, sort_keys=True).encode()
+    config_hash = hashlib.sha256(config_bytes).hexdigest()
+    image_rel = f"images/{config_hash[:32]}-{image.tag.split(':')[0].replace('/', '-')}"
+    image_dir = dest / image_rel
+    if not image_dir.exists():
+        (image_dir / layer_hash).mkdir(parents=True)
+        (image_dir / layer_hash / "layer.tar").write_bytes(layer)
+        (image_dir / f"{config_hash}.json").write_bytes(config_bytes)
+        manifest = [{"Config": f"{config_hash}.json", "RepoTags": [image.tag], "Layers": [f"{layer_hash}/layer.tar"]}]
+        (image_dir / "manifest.json").write_text(json.dumps(manifest))
+    return image_rel
