@@ -124,9 +124,21 @@ class EmbeddedRun:
                          resources, worker, on_first_launch)
         return await execute_job(ctx, job)
 
+    def _inter_run_order(self) -> dict[str, dict[str, bool]]:
+        lab = self.plan.lab
+        after: dict[str, dict[str, bool]] = {}
+        for job_id in self.plan.to_run:
+            for exe in lab.jobs[job_id].executables.values():
+                for mapping in exe.inputs:
+                    if mapping.source_run in lab.runs and mapping.type == "inter-run":
+                        soft = mapping.dependency_type == "soft"
+                        for other in lab.runs[mapping.source_run].job_ids:
+                            after.setdefault(job_id, {})[other] = soft
+        return after
+
     async def run(self) -> RunSummary:
         self.engine = LocalEngine(self.plan.lab, self.plan.to_run, self._execute, self.admission,
-                                  self.options.continue_on_failure, self.reporter)
+                                  self.options.continue_on_failure, self.reporter, self._inter_run_order())
         return await self.engine.run()
 
     def cancel(self) -> None:

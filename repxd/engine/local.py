@@ -11,7 +11,6 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from ..lab.graph import dependents_map
 from ..lab.model import Lab
 from .admission import Admission, AdmissionClosed
 
@@ -46,6 +45,9 @@ class LocalEngine:
     admission: Admission
     continue_on_failure: bool = False
     reporter: Reporter = field(default_factory=Reporter)
+    # Extra "runs after" edges (job -> {predecessor: is_soft}): inter-run dependencies order a
+    # dependent run's first stages after the other run's jobs when both are in the plan.
+    after: dict[str, dict[str, bool]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self._tasks: set[asyncio.Task] = set()
@@ -62,8 +64,17 @@ class LocalEngine:
         start = time.monotonic()
         planned = set(self.plan)
         summary = RunSummary(list(self.plan))
-        dependents = dependents_map(self.lab, planned)
-        waiting = {j: sum(1 for d in self.lab.jobs[j].deps if d in planned) for j in planned}
+        preds: dict[str, dict[str, bool]] = {}
+        for j in planned:
+            job = self.lab.jobs[j]
+            edges = {d: d in job.soft_deps for d in job.deps if d in planned}
+            edges.update({d: soft for d, soft in self.after.get(j, {}).items() if d in planned and d != j})
+            preds[j] = edges
+        dependents: dict[str, list[str]] = {j: [] for j in planned}
+        for j, edges in preds.items():
+            for d in edges:
+                dependents[d].append(j)
+        waiting = {j: len(preds[j]) for j in planned}
         done: set[str] = set()
         finished = asyncio.Queue()
 
@@ -101,7 +112,7 @@ class LocalEngine:
             for child in dependents[job_id]:
                 if child in done:
                     continue
-                if result.ok or job_id in self.lab.jobs[child].soft_deps:
+                if result.ok or preds[child][job_id]:
                     waiting[child] -= 1
                     if waiting[child] == 0:
                         if self.admission.closed:

@@ -1,0 +1,55 @@
+"""Options shared by the commands that open a Lab against a base path."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import click
+
+from repxd.config import Config, TargetConfig, load_config
+from repxd.engine.embedded import base_path_for, open_lab, resolve_target
+from repxd.errors import RepxError
+from repxd.exec.layout import OutputLayout
+from repxd.lab.model import Lab
+
+
+def default_lab() -> str | None:
+    """`$REPX_LAB`, else `./result` (what `nix build` leaves) when it exists."""
+    return os.environ.get("REPX_LAB") or ("result" if Path("result").exists() else None)
+
+
+def lab_options(func):
+    options = [
+        click.option("--lab", "lab_path", type=click.Path(path_type=Path), default=default_lab,
+                     help="Lab directory or .tar (default: $REPX_LAB, else ./result)."),
+        click.option("--base-path", type=click.Path(path_type=Path), help="Where outputs live (default: the target's base_path)."),
+        click.option("--target", help="Target from config.toml (default: local)."),
+        click.option("--config", "config_path", type=click.Path(path_type=Path, dir_okay=False),
+                     help="config.toml (default: $XDG_CONFIG_HOME/repx/config.toml)."),
+        click.option("--no-verify", is_flag=True, help="Skip the SHA-256 check of the Lab's files."),
+    ]
+    for option in reversed(options):
+        func = option(func)
+    return func
+
+
+@dataclass
+class Session:
+    lab: Lab
+    layout: OutputLayout
+    config: Config
+    target_name: str
+    target: TargetConfig | None
+
+
+def open_session(lab_path: Path | None, base_path: Path | None, target: str | None,
+                 config_path: Path | None, no_verify: bool) -> Session:
+    if lab_path is None:
+        raise RepxError("no Lab given: pass --lab PATH (the directory `nix build` produced), or set REPX_LAB")
+    config = load_config(config_path)
+    target_name, target_cfg = resolve_target(config, target)
+    base = base_path_for(target_cfg, base_path)
+    lab = open_lab(lab_path, base, verify=not no_verify)
+    return Session(lab, OutputLayout(base), config, target_name, target_cfg)

@@ -1,0 +1,255 @@
+"""Looking at a Lab and its outputs: list, show, log, trace-params."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import click
+
+from repxd.errors import SelectionError
+from repxd.exec.inputs import resolve_inputs, resolve_output
+from repxd.exec.layout import FAIL, SUCCESS
+from repxd.lab.graph import JobStatus, dependents_map, statuses
+from repxd.lab.model import Lab
+
+from .common import Session, lab_options, open_session
+from .table import print_table
+
+
+def one_job(lab: Lab, spec: str) -> str:
+    if spec in lab.jobs:
+        return spec
+    matches = [j for j in lab.jobs if j.startswith(spec)]
+    if len(matches) == 1:
+        return matches[0]
+    if matches:
+        shown = "\n  ".join(sorted(matches)[:10])
+        raise SelectionError(f"job-id prefix {spec!r} is ambiguous; it matches {len(matches)} jobs:\n  {shown}")
+    raise SelectionError(f"no job id starts with {spec!r} (see `repxctl list jobs`)")
+
+
+def all_statuses(session: Session) -> dict[str, JobStatus]:
+    lab = session.lab
+    return statuses(lab, lab.jobs, session.layout.outcomes(lab.jobs))
+
+
+@click.group("list")
+def list_() -> None:
+    """List runs, jobs, groups or a job's dependencies."""
+
+
+@list_.command("runs")
+@lab_options
+@click.option("--json", "as_json", is_flag=True)
+def list_runs(as_json, **kw) -> None:
+    """The Lab's runs with their job counts and progress."""
+    session = open_session(**kw)
+    status = all_statuses(session)
+    rows = []
+    for run in session.lab.runs.values():
+        done = sum(1 for j in run.job_ids if status[j] is JobStatus.SUCCEEDED)
+        rows.append({"run": run.name, "jobs": len(run.job_ids), "succeeded": done,
+                     "depends_on": sorted(run.dependencies), "image": run.image})
+    if as_json:
+        click.echo(json.dumps(rows, indent=2))
+    else:
+        print_table(["RUN", "JOBS", "SUCCEEDED", "DEPENDS ON", "IMAGE"],
+                    [[r["run"], r["jobs"], r["succeeded"], ",".join(r["depends_on"]) or "-", r["image"] or "-"] for r in rows])
+
+
+@list_.command("groups")
+@lab_options
+@click.option("--json", "as_json", is_flag=True)
+def list_groups(as_json, **kw) -> None:
+    """The Lab's groups (select one with @name)."""
+    lab = open_session(**kw).lab
+    if as_json:
+        click.echo(json.dumps(lab.groups, indent=2))
+    else:
+        print_table(["GROUP", "RUNS"], [[f"@{g}", ", ".join(runs)] for g, runs in lab.groups.items()])
+
+
+@list_.command("jobs")
+@lab_options
+@click.option("--run", "run_name", help="Only jobs of this run.")
+@click.option("--stage", help="Only jobs whose stage name contains this.")
+@click.option("--status", type=click.Choice([s.value for s in JobStatus], case_sensitive=False), help="Only jobs in this state.")
+@click.option("--param", "param_filters", multiple=True, metavar="KEY=VALUE", help="Only jobs with this parameter value (repeatable).")
+@click.option("--json", "as_json", is_flag=True)
+def list_jobs(run_name, stage, status, param_filters, as_json, **kw) -> None:
+    """Jobs with their run, stage, status and parameters."""
+    session = open_session(**kw)
+    lab = session.lab
+    if run_name and run_name not in lab.runs:
+        raise SelectionError(f"unknown run {run_name!r}; runs: {', '.join(sorted(lab.runs))}")
+    wanted = {}
+    for item in param_filters:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise click.BadParameter(f"{item!r} is not KEY=VALUE", param_hint="--param")
+        wanted[key] = value
+    state = all_statuses(session)
+    rows = []
+    for job_id, job in lab.jobs.items():
+        if run_name and job.run != run_name or stage and stage not in job.name:
+            continue
+        if status and state[job_id].value.lower() != status.lower():
+            continue
+        if any(key not in job.params or _param_text(job.params[key]) != value for key, value in wanted.items()):
+            continue
+        rows.append({"id": job_id, "run": job.run, "stage": job.name, "stage_type": job.stage_type,
+                     "status": state[job_id].value, "params": job.params})
+    if as_json:
+        click.echo(json.dumps(rows, indent=2))
+    else:
+        print_table(["JOB", "RUN", "STAGE", "STATUS", "PARAMS"],
+                    [[r["id"], r["run"], r["stage"], r["status"], json.dumps(r["params"], separators=(",", ":"))] for r in rows])
+
+
+def _param_text(value) -> str:
+    return value if isinstance(value, str) else json.dumps(value)
+
+
+@list_.command("deps")
+@click.argument("job")
+@lab_options
+@click.option("--json", "as_json", is_flag=True)
+def list_deps(job, as_json, **kw) -> None:
+    """A job's direct dependencies and dependents."""
+    session = open_session(**kw)
+    lab = session.lab
+    job_id = one_job(lab, job)
+    state = all_statuses(session)
+    dependents = dependents_map(lab, lab.jobs)[job_id]
+    if as_json:
+        click.echo(json.dumps({"job": job_id, "dependencies": list(lab.jobs[job_id].deps), "dependents": dependents}, indent=2))
+        return
+    rows = [["depends on", d, state[d].value] for d in lab.jobs[job_id].deps]
+    rows += [["needed by", d, state[d].value] for d in dependents]
+    click.echo(job_id)
+    print_table(["RELATION", "JOB", "STATUS"], rows)
+
+
+@click.group()
+def show() -> None:
+    """Show one job, or where its outputs are."""
+
+
+@show.command("job")
+@click.argument("job")
+@lab_options
+@click.option("--json", "as_json", is_flag=True)
+def show_job(job, as_json, **kw) -> None:
+    """Everything about one job: status, parameters, inputs, outputs, resources and paths."""
+    session = open_session(**kw)
+    lab, layout = session.lab, session.layout
+    job_id = one_job(lab, job)
+    j = lab.jobs[job_id]
+    record = {
+        "id": job_id, "run": j.run, "stage": j.name, "stage_type": j.stage_type,
+        "status": all_statuses(session)[job_id].value, "params": j.params,
+        "dependencies": list(j.deps), "inputs": resolve_inputs(lab, j, layout),
+        "outputs": {k: resolve_output(lab, layout, job_id, k) for k in j.outputs},
+        "resource_hints": j.resource_hints, "output_dir": str(layout.job_root(job_id)),
+        "executables": {name: exe.path for name, exe in j.executables.items()},
+    }
+    if as_json:
+        click.echo(json.dumps(record, indent=2))
+        return
+    for key, value in record.items():
+        if isinstance(value, dict | list):
+            click.echo(f"{key}:")
+            for item in value.items() if isinstance(value, dict) else enumerate(value):
+                click.echo(f"  {item[0] if isinstance(value, dict) else '-'}{':' if isinstance(value, dict) else ''} {item[1]}")
+            if not value:
+                click.echo("  (none)")
+        else:
+            click.echo(f"{key}: {value}")
+
+
+@show.command("output")
+@click.argument("job")
+@click.argument("key", required=False)
+@lab_options
+@click.option("--cat", is_flag=True, help="Print the output file's content instead of its path.")
+@click.option("--json", "as_json", is_flag=True)
+def show_output(job, key, cat, as_json, **kw) -> None:
+    """Paths of a job's outputs (or the path of KEY; --cat prints its content)."""
+    session = open_session(**kw)
+    lab, layout = session.lab, session.layout
+    job_id = one_job(lab, job)
+    outputs = {k: resolve_output(lab, layout, job_id, k) for k in lab.jobs[job_id].outputs}
+    if key is not None:
+        if key not in outputs:
+            raise SelectionError(f"job {job_id} has no output {key!r}; it has: {', '.join(outputs) or 'none'}")
+        path = Path(outputs[key])
+        if cat:
+            if not path.is_file():
+                raise SelectionError(f"{path} does not exist yet (job status: {all_statuses(session)[job_id].value})")
+            click.echo(path.read_text(), nl=False)
+        else:
+            click.echo(json.dumps({key: str(path)}) if as_json else path)
+        return
+    if as_json:
+        click.echo(json.dumps(outputs, indent=2))
+    else:
+        print_table(["OUTPUT", "PATH", "EXISTS"], [[k, p, "yes" if Path(p).exists() else "no"] for k, p in outputs.items()])
+
+
+@click.command()
+@click.argument("job")
+@lab_options
+@click.option("-f", "--follow", is_flag=True, help="Keep printing until the job finishes.")
+@click.option("--stderr", "use_stderr", is_flag=True, help="Show stderr.log instead of stdout.log.")
+def log(job, follow, use_stderr, **kw) -> None:
+    """Print a job's stdout (or --stderr) log."""
+    session = open_session(**kw)
+    job_id = one_job(session.lab, job)
+    repx = session.layout.repx_dir(job_id)
+    path = repx / ("stderr.log" if use_stderr else "stdout.log")
+    if not path.exists() and not follow:
+        raise SelectionError(f"job {job_id} has no log yet ({path} does not exist); has it run?")
+    position = 0
+    while True:
+        if path.exists():
+            with open(path, "rb") as fh:
+                fh.seek(position)
+                chunk = fh.read()
+                position += len(chunk)
+                if chunk:
+                    click.echo(chunk.decode(errors="replace"), nl=False)
+        finished = (repx / SUCCESS).exists() or (repx / FAIL).exists()
+        if not follow or (finished and path.exists() and path.stat().st_size == position):
+            return
+        time.sleep(0.25)
+
+
+@click.command("trace-params")
+@click.argument("job")
+@lab_options
+@click.option("--json", "as_json", is_flag=True)
+def trace_params(job, as_json, **kw) -> None:
+    """Effective parameters of a job and which job each comes from (own parameters win)."""
+    lab = open_session(**kw).lab
+    job_id = one_job(lab, job)
+    provenance: dict[str, tuple[object, str]] = {}
+    memo: dict[str, dict[str, tuple[object, str]]] = {}
+
+    def effective(jid: str) -> dict[str, tuple[object, str]]:
+        if jid not in memo:
+            merged: dict[str, tuple[object, str]] = {}
+            for dep in lab.jobs[jid].deps:
+                merged.update(effective(dep))
+            merged.update({k: (v, jid) for k, v in lab.jobs[jid].params.items()})
+            memo[jid] = merged
+        return memo[jid]
+
+    provenance = effective(job_id)
+    if as_json:
+        click.echo(json.dumps({k: {"value": v, "from": src} for k, (v, src) in sorted(provenance.items())}, indent=2))
+        return
+    click.echo(job_id)
+    print_table(["PARAM", "VALUE", "FROM"], [[k, json.dumps(v), "(own)" if src == job_id else src]
+                                            for k, (v, src) in sorted(provenance.items())])

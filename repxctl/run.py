@@ -1,0 +1,101 @@
+"""repxctl run: execute a selection of a Lab (embedded engine)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import signal
+import sys
+from pathlib import Path
+
+import click
+
+from repxd.config import load_resources
+from repxd.engine.embedded import EmbeddedRun, ExecutionOptions, plan_run
+from repxd.exec.gcroots import register_root
+from repxd.exec.runtimes import RUNTIMES
+
+from .common import lab_options, open_session
+from .render import LiveReporter, PlainReporter
+
+
+@click.command()
+@click.argument("specs", nargs=-1, required=True)
+@lab_options
+@click.option("--resources", "resources_path", type=click.Path(path_type=Path, dir_okay=False, exists=True),
+              help="resources.toml merged over the user's and ./resources.toml.")
+@click.option("-j", "--jobs", "concurrency", type=click.IntRange(min=1), help="Jobs at once (default: the target's local_concurrency, else the CPU count).")
+@click.option("--mem", help="Memory to admit jobs against, e.g. 8G (default: the machine's RAM).")
+@click.option("--continue-on-failure", is_flag=True, help="Keep launching independent jobs after a failure.")
+@click.option("--runtime", type=click.Choice(RUNTIMES), help="Override the target's execution type for runs with an image.")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON summary instead of progress.")
+def run(specs, lab_path, base_path, target, config_path, no_verify, resources_path, concurrency, mem,
+        continue_on_failure, runtime, as_json) -> None:
+    """Run SPECS (run names, @groups or job-id prefixes) and everything they depend on.
+
+    Jobs that already succeeded under the base path are not run again. Exit status: 0 when every
+    selected job succeeded, 1 when a job failed, 2 for a usage, config or Lab error."""
+    session = open_session(lab_path, base_path, target, config_path, no_verify)
+    plan = plan_run(session.lab, session.layout.base, list(specs), session.target_name, session.target)
+    options = ExecutionOptions(concurrency, mem, continue_on_failure, runtime, load_resources(resources_path))
+    done_before = len(plan.closure) - len(plan.to_run)
+    if not plan.to_run:
+        _finish(as_json, plan, None, f"Nothing to do: all {len(plan.closure)} jobs of the selection have succeeded "
+                                     f"(outputs under {plan.layout.outputs}).")
+        return
+    embedded = EmbeddedRun(plan, options)
+    log_dir = plan.layout.repx_dir
+    if as_json:
+        reporter = None
+    elif sys.stderr.isatty():
+        reporter = LiveReporter(len(plan.to_run), log_dir)
+    else:
+        reporter = PlainReporter(len(plan.to_run), log_dir)
+    if reporter is not None:
+        embedded.reporter = reporter
+        click.echo(f"Running {len(plan.to_run)} of {len(plan.closure)} jobs ({done_before} already succeeded) "
+                   f"on target {plan.target_name} at {plan.layout.base}, {embedded.admission.slots} at once.", err=True)
+    embedded.prepare()
+    register_root(plan.layout, plan.lab)
+    signalled: list[int] = []
+
+    async def main():
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, lambda s=sig: (signalled.append(s), embedded.cancel()))
+        return await embedded.run()
+
+    summary = asyncio.run(main())
+    if isinstance(reporter, LiveReporter):
+        reporter.close()
+    if summary.cancelled:
+        message = f"Cancelled: {len(summary.succeeded)} jobs finished; stopped jobs left no markers."
+    else:
+        parts = [f"{len(summary.succeeded)} succeeded", f"{len(summary.failed)} failed"]
+        if summary.blocked:
+            parts.append(f"{len(summary.blocked)} blocked by failures")
+        if summary.not_started:
+            parts.append(f"{len(summary.not_started)} not started (stopped after the first failure; --continue-on-failure runs them)")
+        message = f"Done in {summary.seconds:.1f}s: " + ", ".join(parts) + "."
+    _finish(as_json, plan, summary, message)
+    if summary.cancelled:
+        sys.exit(128 + (signalled[0] if signalled else signal.SIGINT))
+    if not summary.ok:
+        sys.exit(1)
+
+
+def _finish(as_json: bool, plan, summary, message: str) -> None:
+    if not as_json:
+        click.echo(message, err=summary is not None)
+        return
+    record = {
+        "lab": plan.lab.lab_id, "base_path": str(plan.layout.base), "target": plan.target_name,
+        "selected": len(plan.closure), "already_succeeded": len(plan.closure) - len(plan.to_run),
+        "executed": 0, "succeeded": [], "failed": {}, "blocked": [], "not_started": [], "cancelled": False, "seconds": 0.0,
+    }
+    if summary is not None:
+        record.update(executed=len(summary.succeeded) + len(summary.failed), succeeded=summary.succeeded,
+                      failed=summary.failed, blocked=summary.blocked, not_started=summary.not_started,
+                      cancelled=summary.cancelled, seconds=round(summary.seconds, 3))
+    record["ok"] = not (record["failed"] or record["blocked"] or record["not_started"] or record["cancelled"])
+    click.echo(json.dumps(record, indent=2))

@@ -1,0 +1,76 @@
+"""repxctl viz: the Lab's DAG as Graphviz, coloured by status."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import click
+
+from repxd.errors import RepxError
+from repxd.lab.graph import JobStatus, closure, select
+
+from .common import lab_options, open_session
+from .inspect import all_statuses
+
+COLOURS = {
+    JobStatus.SUCCEEDED: "#b7e4c7", JobStatus.FAILED: "#f4a3a3", JobStatus.RUNNING: "#ffe08a",
+    JobStatus.QUEUED: "#ffe08a", JobStatus.PENDING: "#dde6f5", JobStatus.BLOCKED: "#e0e0e0",
+}
+
+
+def to_dot(lab, job_ids, state) -> str:
+    lines = ["digraph lab {", '  rankdir=LR; node [shape=box, style="rounded,filled", fontname="sans"];']
+    for run in lab.runs.values():
+        members = [j for j in run.job_ids if j in job_ids]
+        if not members:
+            continue
+        lines.append(f"  subgraph {json.dumps('cluster_' + run.name)} {{ label={json.dumps(run.name)};")
+        for j in members:
+            job = lab.jobs[j]
+            params = ", ".join(f"{k}={v}" for k, v in job.params.items())
+            label = f"{job.name}\\n{j[:8]}" + (f"\\n{params}" if params else "")
+            lines.append(f'    {json.dumps(j)} [label="{label}", fillcolor="{COLOURS[state[j]]}"];')
+        lines.append("  }")
+    for j in job_ids:
+        for dep in lab.jobs[j].deps:
+            if dep in job_ids:
+                style = ' [style=dashed]' if dep in lab.jobs[j].soft_deps else ""
+                lines.append(f"  {json.dumps(dep)} -> {json.dumps(j)}{style};")
+    for run in lab.runs.values():
+        for dep_run in run.dependencies:
+            if run.job_ids and lab.runs[dep_run].job_ids:
+                lines.append(f"  {json.dumps(lab.runs[dep_run].job_ids[-1])} -> {json.dumps(run.job_ids[0])} [style=dotted, label=\"run\"];")
+    lines.append("}")
+    return "\n".join(lines) + "\n"
+
+
+@click.command()
+@click.argument("specs", nargs=-1)
+@lab_options
+@click.option("-o", "--output", type=click.Path(path_type=Path, dir_okay=False), help="Write here (default: stdout for dot).")
+@click.option("--format", "fmt", type=click.Choice(["dot", "svg", "png"]), help="Default: from -o's suffix, else dot.")
+def viz(specs, output, fmt, **kw) -> None:
+    """Draw the DAG of SPECS (default: the whole Lab) with Graphviz."""
+    session = open_session(**kw)
+    lab = session.lab
+    job_ids = closure(lab, select(lab, specs)) if specs else set(lab.jobs)
+    fmt = fmt or (output.suffix.lstrip(".") if output and output.suffix.lstrip(".") in ("svg", "png") else "dot")
+    dot = to_dot(lab, job_ids, all_statuses(session))
+    if fmt == "dot":
+        if output:
+            output.write_text(dot)
+        else:
+            sys.stdout.write(dot)
+        return
+    if output is None:
+        raise RepxError(f"--format {fmt} writes a binary file; pass -o FILE")
+    if shutil.which("dot") is None:
+        raise RepxError(f"rendering {fmt} needs Graphviz's `dot` (apt install graphviz), or use --format dot")
+    result = subprocess.run(["dot", f"-T{fmt}", "-o", str(output)], input=dot, text=True, capture_output=True)
+    if result.returncode != 0:
+        raise RepxError(f"dot failed: {result.stderr.strip()}")
+    click.echo(f"wrote {output} ({len(job_ids)} jobs)", err=True)
