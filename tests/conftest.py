@@ -1,0 +1,64 @@
+"""Shared fixtures: real programs (bwrap, podman, graphviz), a busybox image, example Labs.
+
+A test needing a program that is missing skips with one line; with REPX_REQUIRE_SYSTEM_TESTS=1
+(CI) it fails instead."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "examples" / "labs"))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+REQUIRE_SYSTEM = os.environ.get("REPX_REQUIRE_SYSTEM_TESTS") == "1"
+
+
+def require_program(name: str) -> str:
+    path = shutil.which(name)
+    if path is None:
+        message = f"{name} is not installed (apt install it; .ci/run does)"
+        if REQUIRE_SYSTEM:
+            pytest.fail(f"REPX_REQUIRE_SYSTEM_TESTS=1 but {message}")
+        pytest.skip(message)
+    return path
+
+
+@pytest.fixture(scope="session")
+def busybox_rootfs(tmp_path_factory) -> Path:
+    """A minimal root filesystem: static busybox and its applet links."""
+    busybox = Path(require_program("busybox")).resolve()
+    check = subprocess.run(["file", "-b", str(busybox)], capture_output=True, text=True)
+    if check.returncode == 0 and "dynamically linked" in check.stdout:
+        pytest.fail(f"{busybox} is dynamically linked; install busybox-static")
+    rootfs = tmp_path_factory.mktemp("busybox-rootfs")
+    (rootfs / "bin").mkdir()
+    shutil.copy2(busybox, rootfs / "bin" / "busybox")
+    applets = subprocess.run([str(busybox), "--list"], capture_output=True, text=True, check=True).stdout.split()
+    for applet in applets:
+        if applet != "busybox":
+            (rootfs / "bin" / applet).symlink_to("busybox")
+    (rootfs / "usr" / "bin").mkdir(parents=True)
+    (rootfs / "usr" / "bin" / "env").symlink_to("/bin/busybox")
+    (rootfs / "etc").mkdir()
+    (rootfs / "etc" / "repx-test-image").write_text("busybox\n")
+    return rootfs
+
+
+@pytest.fixture(scope="session")
+def podman_env(tmp_path_factory) -> dict[str, str]:
+    """Environment for podman on this machine: runc (crun rejects its hybrid cgroups) and no
+    default ulimits (root lacks CAP_SYS_RESOURCE here). Real hosts need neither."""
+    require_program("podman")
+    require_program("runc")
+    conf = tmp_path_factory.mktemp("podman") / "containers.conf"
+    conf.write_text('[containers]\ndefault_ulimits = []\n[engine]\nruntime = "runc"\n')
+    env = dict(os.environ)
+    env["CONTAINERS_CONF"] = str(conf)
+    return env
