@@ -39,10 +39,7 @@ def sync_artifacts(lab: Lab, layout: OutputLayout) -> int:
 
 def _place(src: Path, dest: Path) -> None:
     tmp = dest.with_name(f".{dest.name}.repx-tmp")
-    try:
-        tmp.unlink()
-    except FileNotFoundError:
-        pass
+    tmp.unlink(missing_ok=True)
     try:
         os.link(src, tmp, follow_symlinks=True)
     except OSError:

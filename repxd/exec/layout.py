@@ -103,10 +103,7 @@ class OutputLayout:
 
 def clear_markers(repx_dir: Path) -> None:
     for name in (SUCCESS, FAIL):
-        try:
-            (repx_dir / name).unlink()
-        except FileNotFoundError:
-            pass
+        (repx_dir / name).unlink(missing_ok=True)
 
 
 def write_marker(repx_dir: Path, name: str) -> None:
