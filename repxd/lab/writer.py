@@ -94,7 +94,10 @@ class RunWriter:
         self.jobs: dict[str, _JobEntry] = {}
 
     def depends_on(self, other: RunWriter, kind: str = "hard") -> None:
-        """An inter-run dependency: this run's first stages get `metadata__<other>` and `store__base`."""
+        """An inter-run dependency: this run's first stages get `metadata__<other>` and `store__base`.
+        Declare it before adding jobs, since those inputs are part of a job's identity."""
+        if self.jobs:
+            raise ValueError(f"run {self.name!r}: call depends_on() before adding jobs")
         self.dependencies[other.name] = kind
 
     def _inter_run_mappings(self, wants_inter_run: bool) -> list[dict[str, Any]]:
@@ -195,8 +198,6 @@ class RunWriter:
         return JobRef(dir_name, tuple(outputs))
 
     def _add(self, dir_name: str, meta: dict[str, Any], files: dict[str, tuple[bytes, int]], deps: list[str], params: dict[str, Any]) -> None:
-        for exe in meta["executables"].values():
-            exe.update(dict(sorted(exe.items())))
         files[f"{meta['name'].rsplit('-', 1)[0]}-parameters.json"] = (compact_json(params).encode(), 0o644)
         files["nix-input-dependencies.json"] = (json.dumps(deps).encode(), 0o644)
         self.jobs[dir_name] = _JobEntry(dir_name, meta, files, deps)
