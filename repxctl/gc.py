@@ -10,7 +10,8 @@ import click
 
 from repxd.config import load_config
 from repxd.engine.embedded import base_path_for, resolve_target
-from repxd.exec.gcroots import collect, drop_root, garbage, list_roots
+from repxd.errors import RepxError
+from repxd.exec.gcroots import Root, collect, drop_root, garbage, list_roots
 from repxd.exec.layout import OutputLayout
 
 from .table import print_table
@@ -36,14 +37,34 @@ def gc(base_path, target, config_path, dry_run, show_roots, drop, as_json) -> No
             print_table(["LAB", "JOBS", "REGISTERED", "PATH"],
                         [[r.lab_id, len(r.jobs), time.strftime("%Y-%m-%d %H:%M", time.localtime(r.registered)), r.lab] for r in roots])
         return
-    for lab_id in drop:
-        if not dry_run and not drop_root(layout, lab_id):
-            raise click.BadParameter(f"no root for Lab {lab_id!r} (see `repxctl gc --roots`)", param_hint="--drop-root")
-    doomed = garbage(layout)
-    freed = 0 if dry_run else collect(doomed)
+    roots = list_roots(layout)
+    dropped = {_one_root(roots, spec) for spec in drop}
+    if dry_run:
+        # What dropping those roots would free, without forgetting them.
+        kept = {job for r in roots if r.lab_id not in dropped for job in r.jobs}
+        orphans = {layout.job_root(job) for r in roots if r.lab_id in dropped for job in r.jobs if job not in kept}
+        doomed = sorted(set(garbage(layout)) | {p for p in orphans if p.is_dir()})
+    else:
+        for lab_id in dropped:
+            drop_root(layout, lab_id)
+        doomed = garbage(layout)
+    try:
+        freed = 0 if dry_run else collect(doomed)
+    except OSError as exc:
+        raise RepxError(f"cannot delete {exc.filename}: {exc.strerror}") from None
     if as_json:
         click.echo(json.dumps({"dry_run": dry_run, "deleted": [p.name for p in doomed], "bytes_freed": freed}, indent=2))
         return
     for path in doomed:
         click.echo(f"{'would delete' if dry_run else 'deleted'} {path}")
     click.echo(f"{len(doomed)} output directories {'to delete' if dry_run else f'deleted, {freed} bytes freed'}.", err=True)
+
+
+def _one_root(roots: list[Root], spec: str) -> str:
+    """The Lab id a --drop-root value names: exactly, or as the prefix of exactly one root."""
+    matches = [r.lab_id for r in roots if r.lab_id == spec] or [r.lab_id for r in roots if spec and r.lab_id.startswith(spec)]
+    if len(matches) == 1:
+        return matches[0]
+    if matches:
+        raise RepxError(f"--drop-root {spec!r} is ambiguous; it matches the roots {', '.join(sorted(matches))}")
+    raise RepxError(f"no root for Lab {spec!r} (see `repxctl gc --roots`)")

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import click
 
-from repxd.errors import SelectionError
+from repxd.errors import RepxError, SelectionError
 from repxd.exec.inputs import resolve_inputs, resolve_output
 from repxd.exec.layout import FAIL, SUCCESS
 from repxd.lab.graph import JobStatus, dependents_map, statuses
@@ -25,7 +25,7 @@ def one_job(lab: Lab, spec: str) -> str:
     if len(matches) == 1:
         return matches[0]
     if matches:
-        shown = "\n  ".join(sorted(matches)[:10])
+        shown = "\n  ".join(sorted(matches)[:10]) + ("\n  …" if len(matches) > 10 else "")
         raise SelectionError(f"job-id prefix {spec!r} is ambiguous; it matches {len(matches)} jobs:\n  {shown}")
     raise SelectionError(f"no job id starts with {spec!r} (see `repxctl list jobs`)")
 
@@ -122,7 +122,7 @@ def list_deps(job, as_json, **kw) -> None:
     lab = session.lab
     job_id = one_job(lab, job)
     state = all_statuses(session)
-    dependents = dependents_map(lab, lab.jobs)[job_id]
+    dependents = sorted(dependents_map(lab, lab.jobs)[job_id])
     if as_json:
         click.echo(json.dumps({"job": job_id, "dependencies": list(lab.jobs[job_id].deps), "dependents": dependents}, indent=2))
         return
@@ -186,9 +186,15 @@ def show_output(job, key, cat, as_json, **kw) -> None:
             raise SelectionError(f"job {job_id} has no output {key!r}; it has: {', '.join(outputs) or 'none'}")
         path = Path(outputs[key])
         if cat:
+            if path.is_dir():
+                raise SelectionError(f"{path} is a directory; --cat prints files (list it with `ls`)")
             if not path.is_file():
                 raise SelectionError(f"{path} does not exist yet (job status: {all_statuses(session)[job_id].value})")
-            click.echo(path.read_text(), nl=False)
+            try:
+                data = path.read_bytes()  # bytes as they are: outputs need not be UTF-8
+            except OSError as exc:
+                raise RepxError(f"cannot read {path}: {exc.strerror}") from None
+            click.echo(data, nl=False)
         else:
             click.echo(json.dumps({key: str(path)}) if as_json else path)
         return
@@ -214,14 +220,19 @@ def log(job, follow, use_stderr, **kw) -> None:
     position = 0
     while True:
         if path.exists():
-            with open(path, "rb") as fh:
-                fh.seek(position)
-                chunk = fh.read()
-                position += len(chunk)
-                if chunk:
-                    click.echo(chunk.decode(errors="replace"), nl=False)
+            try:
+                with open(path, "rb") as fh:
+                    if fh.seek(0, 2) < position:
+                        position = 0  # truncated: the job started again; print the new log
+                    fh.seek(position)
+                    chunk = fh.read()
+            except OSError as exc:
+                raise RepxError(f"cannot read {path}: {exc.strerror}") from None
+            position += len(chunk)
+            if chunk:
+                click.echo(chunk, nl=False)  # bytes: a UTF-8 character split across reads stays whole
         finished = (repx / SUCCESS).exists() or (repx / FAIL).exists()
-        if not follow or (finished and path.exists() and path.stat().st_size == position):
+        if not follow or (finished and (not path.exists() or path.stat().st_size == position)):
             return
         time.sleep(0.25)
 

@@ -32,20 +32,27 @@ def to_dot(lab, job_ids, state) -> str:
         for j in members:
             job = lab.jobs[j]
             params = ", ".join(f"{k}={v}" for k, v in job.params.items())
-            label = f"{job.name}\\n{j[:8]}" + (f"\\n{params}" if params else "")
-            lines.append(f'    {json.dumps(j)} [label="{label}", fillcolor="{COLOURS[state[j]]}"];')
+            label = _dot_label([job.name, j[:8]] + ([params] if params else []))
+            lines.append(f'    {json.dumps(j)} [label={label}, fillcolor="{COLOURS[state[j]]}"];')
         lines.append("  }")
-    for j in job_ids:
+    for j in (j for j in lab.jobs if j in job_ids):
         for dep in lab.jobs[j].deps:
             if dep in job_ids:
                 style = ' [style=dashed]' if dep in lab.jobs[j].soft_deps else ""
                 lines.append(f"  {json.dumps(dep)} -> {json.dumps(j)}{style};")
     for run in lab.runs.values():
+        members = [j for j in run.job_ids if j in job_ids]
         for dep_run in run.dependencies:
-            if run.job_ids and lab.runs[dep_run].job_ids:
-                lines.append(f"  {json.dumps(lab.runs[dep_run].job_ids[-1])} -> {json.dumps(run.job_ids[0])} [style=dotted, label=\"run\"];")
+            upstream = [j for j in lab.runs[dep_run].job_ids if j in job_ids]
+            if members and upstream:
+                lines.append(f"  {json.dumps(upstream[-1])} -> {json.dumps(members[0])} [style=dotted, label=\"run\"];")
     lines.append("}")
     return "\n".join(lines) + "\n"
+
+
+def _dot_label(lines: list[str]) -> str:
+    """A quoted Graphviz label of these lines: quotes and backslashes in names and params escaped."""
+    return '"' + "\\n".join(line.replace("\\", "\\\\").replace('"', '\\"') for line in lines) + '"'
 
 
 @click.command()
@@ -58,11 +65,19 @@ def viz(specs, output, fmt, **kw) -> None:
     session = open_session(**kw)
     lab = session.lab
     job_ids = closure(lab, select(lab, specs)) if specs else set(lab.jobs)
-    fmt = fmt or (output.suffix.lstrip(".") if output and output.suffix.lstrip(".") in ("svg", "png") else "dot")
+    if fmt is None and output is not None:
+        suffix = output.suffix.lstrip(".").lower()
+        if suffix not in ("svg", "png", "dot", "gv", ""):
+            raise RepxError(f"cannot tell the format of {output} from its suffix; pass --format dot, svg or png")
+        fmt = {"svg": "svg", "png": "png"}.get(suffix)
+    fmt = fmt or "dot"
     dot = to_dot(lab, job_ids, all_statuses(session))
     if fmt == "dot":
         if output:
-            output.write_text(dot)
+            try:
+                output.write_text(dot)
+            except OSError as exc:
+                raise RepxError(f"cannot write {output}: {exc.strerror}") from None
         else:
             sys.stdout.write(dot)
         return

@@ -7,16 +7,18 @@ import shutil
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from ..config import parse_memory
 from ..engine.admission import Admission
 from ..lab.graph import Outcome
 from ..lab.model import Job, Lab
 from .inputs import resolve_inputs
-from .launcher import run_process
+from .launcher import forget_exit, guarded, spawn_and_wait
 from .layout import FAIL, SUCCESS, OutputLayout, clear_markers, write_json_atomic, write_marker
 from .runtimes import Runtime
+
+T = TypeVar("T")
 
 
 @dataclass
@@ -28,6 +30,7 @@ class JobContext:
     resources: dict[str, Any] = field(default_factory=dict)
     worker_resources: dict[str, Any] = field(default_factory=dict)
     on_first_launch: Callable[[], None] | None = None
+    on_spawn: Callable[[int], None] | None = None
 
     def launched(self) -> None:
         """Called when a process of the job gets admitted; reports the job as running once."""
@@ -55,13 +58,27 @@ def script_path(ctx: JobContext, exe_path: str) -> Path:
 
 
 async def run_step(ctx: JobContext, script: Path, out: Path, repx: Path, inputs_json: Path,
-                   params_json: Path, *, worker: bool = False) -> int:
-    """Launch one process of the contract `<script> OUT INPUTS PARAMS` under admission; logs in `repx`."""
+                   params_json: Path, *, prepare: Callable[[], None], record: Callable[[int], T],
+                   done: Callable[[], T | None] = lambda: None, worker: bool = False) -> T:
+    """Run one process of the contract `<script> OUT INPUTS PARAMS` under admission, logging to
+    `repx`, at most once at a time for this directory. Under the directory's guard: `done()`
+    short-cuts when a concurrent launcher already finished it; an earlier launcher's finished
+    process is adopted; else `prepare()` and start. `record(status)` writes the outcome."""
     invocation = ctx.runtime.invocation(script, out, repx, [str(out), str(inputs_json), str(params_json)])
     cpus, mem = ctx.request(worker)
-    async with ctx.admission.hold(cpus, mem):
+    async with ctx.admission.hold(cpus, mem), guarded(ctx.layout.guard_dir(repx)) as guard:
+        if guard.leftover_status is None:
+            finished = done()
+            if finished is not None:
+                return finished
         ctx.launched()
-        return await run_process(invocation, repx / "stdout.log", repx / "stderr.log")
+        status = guard.leftover_status
+        if status is None:
+            prepare()
+            status = await spawn_and_wait(invocation, repx, guard, ctx.on_spawn)
+        result = record(status)
+        forget_exit(guard.path)
+        return result
 
 
 def prepare_dirs(out: Path, repx: Path, *, fresh_out: bool) -> None:
@@ -92,12 +109,18 @@ async def execute_job(ctx: JobContext, job: Job) -> JobResult:
         return await execute_scatter_gather(ctx, job)
     layout = ctx.layout
     out, repx = layout.out_dir(job.id), layout.repx_dir(job.id)
-    prepare_dirs(out, repx, fresh_out=True)
-    write_json_atomic(repx / "inputs.json", resolve_inputs(ctx.lab, job, layout))
-    write_json_atomic(repx / "parameters.json", job.params)
-    status = await run_step(ctx, script_path(ctx, job.executables["main"].path), out, repx,
-                            repx / "inputs.json", repx / "parameters.json")
-    return finish(ctx, job.id, repx, status == 0, None if status == 0 else exit_reason(status))
+    inputs = resolve_inputs(ctx.lab, job, layout)
+
+    def prepare() -> None:
+        prepare_dirs(out, repx, fresh_out=True)
+        write_json_atomic(repx / "inputs.json", inputs)
+        write_json_atomic(repx / "parameters.json", job.params)
+
+    return await run_step(
+        ctx, script_path(ctx, job.executables["main"].path), out, repx, repx / "inputs.json",
+        repx / "parameters.json", prepare=prepare,
+        record=lambda status: finish(ctx, job.id, repx, status == 0, None if status == 0 else exit_reason(status)),
+        done=lambda: JobResult(job.id, True) if (repx / SUCCESS).exists() else None)
 
 
 def exit_reason(status: int) -> str:

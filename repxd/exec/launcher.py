@@ -1,31 +1,97 @@
-"""Starting a job's process and waiting for it. The subprocess launcher is the embedded default;
-a systemd transient-unit launcher will implement the same `launch` later."""
+"""Starting a job's process and waiting for it, at most once at a time per job directory.
+
+A process runs under a small shell wrapper that holds an flock on `<guard>/lock` (inherited
+from the launcher) for its whole life and writes its exit status to `<guard>/exit` when it ends.
+Guards live under `<base>/cache/guards/`, outside the upstream output layout. So a
+launcher that dies (kill -9, crash, restart) leaves a process that can be adopted: the next
+launcher for the same directory waits for the lock, then reads `.exit` instead of starting the
+job again. This is what makes agent restarts safe; the systemd launcher will use unit names."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import fcntl
 import os
 import signal
+from collections.abc import Callable
+from contextlib import asynccontextmanager
 from pathlib import Path
 
 from .runtimes import Invocation
 
 TERMINATE_GRACE_SECONDS = 10.0
+LOCK_POLL_SECONDS = 0.1
+LOCK_FILE = "lock"
+EXIT_FILE = "exit"
+
+_WRAPPER = 'exit_file=$1; shift; "$@"; status=$?; echo $status > "$exit_file.tmp" && mv "$exit_file.tmp" "$exit_file"; exit $status'
 
 
-async def run_process(invocation: Invocation, stdout: Path, stderr: Path) -> int:
-    """Run to completion with stdout/stderr appended to the given files; returns the exit status
-    (negative for a signal). Cancelling the awaiting task stops the whole process group."""
-    with open(stdout, "ab") as out, open(stderr, "ab") as err:
+def exit_file(guard: Path) -> Path:
+    return guard / EXIT_FILE
+
+
+class Guard:
+    """The held lock of one process directory, and the status an earlier launcher's process left."""
+
+    def __init__(self, path: Path, fd: int) -> None:
+        self.path = path
+        self.fd = fd
+        self.leftover_status = adoptable_status(path)
+
+
+@asynccontextmanager
+async def guarded(path: Path):
+    """Hold the directory's lock for the block, waiting while another process holds it (a process
+    of an earlier or concurrent launcher still running). Record outcomes inside the block, so a
+    waiting launcher sees them once it gets the lock."""
+    path.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path / LOCK_FILE, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    try:
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                await asyncio.sleep(LOCK_POLL_SECONDS)
+        yield Guard(path, fd)
+    finally:
+        os.close(fd)
+
+
+def adoptable_status(guard: Path) -> int | None:
+    """The exit status a finished, not yet recorded process left behind, if any."""
+    try:
+        return int(exit_file(guard).read_text().strip())
+    except (FileNotFoundError, ValueError):
+        return None
+
+
+async def spawn_and_wait(invocation: Invocation, repx: Path, guard: Guard,
+                         on_spawn: Callable[[int], None] | None = None) -> int:
+    """Run `invocation` with stdout/stderr appended to `repx/{stdout,stderr}.log`; the process
+    inherits the guard's lock. Returns the exit status (negative for a signal). Cancelling the
+    awaiting task stops the whole process group."""
+    with open(repx / "stdout.log", "ab") as out, open(repx / "stderr.log", "ab") as err:
         proc = await asyncio.create_subprocess_exec(
-            *invocation.argv, cwd=invocation.cwd, env=invocation.env,
-            stdin=asyncio.subprocess.DEVNULL, stdout=out, stderr=err, start_new_session=True,
+            "/bin/sh", "-c", _WRAPPER, "repx-job", str(exit_file(guard.path)), *invocation.argv,
+            cwd=invocation.cwd, env=invocation.env, stdin=asyncio.subprocess.DEVNULL,
+            stdout=out, stderr=err, start_new_session=True, pass_fds=(guard.fd,),
         )
+    if on_spawn is not None:
+        on_spawn(proc.pid)
     try:
         return await proc.wait()
     except asyncio.CancelledError:
         await asyncio.shield(_stop(proc))
         raise
+
+
+def forget_exit(guard: Path) -> None:
+    """Called once the outcome is recorded (marker written), so it is not adopted again."""
+    with contextlib.suppress(FileNotFoundError):
+        exit_file(guard).unlink()
 
 
 async def _stop(proc: asyncio.subprocess.Process) -> None:

@@ -33,6 +33,10 @@ class OutputLayout:
     def repx_dir(self, job_id: str) -> Path:
         return self.outputs / job_id / "repx"
 
+    def guard_dir(self, repx_dir: Path) -> Path:
+        """Where the launcher keeps the lock and exit status of the process logging to `repx_dir`."""
+        return self.cache / "guards" / repx_dir.relative_to(self.outputs)
+
     # ---- evidence ------------------------------------------------------------------------
 
     def read_completions(self) -> dict[str, Outcome] | None:

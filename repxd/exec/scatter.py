@@ -10,7 +10,7 @@ from pathlib import Path
 from ..lab.model import Job
 from .inputs import resolve_inputs
 from .job import JobContext, JobResult, exit_reason, finish, prepare_dirs, run_step, script_path
-from .layout import SUCCESS, write_json_atomic, write_marker
+from .layout import FAIL, SUCCESS, clear_markers, write_json_atomic, write_marker
 
 
 def _step_order(job: Job) -> list[str]:
@@ -24,7 +24,8 @@ def _step_order(job: Job) -> list[str]:
 async def execute_scatter_gather(ctx: JobContext, job: Job) -> JobResult:
     layout = ctx.layout
     root, repx, out = layout.job_root(job.id), layout.repx_dir(job.id), layout.out_dir(job.id)
-    prepare_dirs(out, repx, fresh_out=True)
+    repx.mkdir(parents=True, exist_ok=True)
+    clear_markers(repx)
     static_inputs = resolve_inputs(ctx.lab, job, layout)
     write_json_atomic(repx / "inputs.json", static_inputs)
     write_json_atomic(repx / "parameters.json", job.params)
@@ -33,14 +34,15 @@ async def execute_scatter_gather(ctx: JobContext, job: Job) -> JobResult:
     scatter_out, scatter_repx = root / "scatter" / "out", root / "scatter" / "repx"
     items_path = scatter_out / "work_items.json"
     if not ((scatter_repx / SUCCESS).exists() and items_path.exists()):
-        prepare_dirs(scatter_out, scatter_repx, fresh_out=True)
         status = await run_step(ctx, script_path(ctx, job.executables["scatter"].path), scatter_out,
-                                scatter_repx, inputs_json, params_json)
+                                scatter_repx, inputs_json, params_json,
+                                prepare=lambda: prepare_dirs(scatter_out, scatter_repx, fresh_out=True),
+                                record=lambda status: _record_step(scatter_repx, status, items_path),
+                                done=lambda: 0 if (scatter_repx / SUCCESS).exists() and items_path.exists() else None)
         if status != 0:
             return finish(ctx, job.id, repx, False, f"scatter {exit_reason(status)} (see scatter/repx/stderr.log)")
         if not items_path.exists():
             return finish(ctx, job.id, repx, False, "scatter succeeded but wrote no $out/work_items.json")
-        write_marker(scatter_repx, SUCCESS)
     try:
         items = json.loads(items_path.read_text())
         if not isinstance(items, list):
@@ -59,17 +61,30 @@ async def execute_scatter_gather(ctx: JobContext, job: Job) -> JobResult:
     sink_outputs = job.executables[f"step-{sink}"].outputs
     manifest = [{name: tmpl.replace("$out", str(root / f"branch-{i}" / f"step-{sink}" / "out"))
                  for name, tmpl in sink_outputs.items()} for i in range(len(items))]
-    write_json_atomic(repx / "worker_outs_manifest.json", manifest)
     gather_inputs = dict(static_inputs)
     gather_inputs["worker__outs"] = str(repx / "worker_outs_manifest.json")
     for mapping in job.executables["gather"].inputs:
         if mapping.job_id == "self" and mapping.source_output:
             template = job.executables["scatter"].outputs.get(mapping.source_output, "")
             gather_inputs[mapping.target_input] = template.replace("$out", str(scatter_out))
-    write_json_atomic(repx / "gather_inputs.json", gather_inputs)
-    status = await run_step(ctx, script_path(ctx, job.executables["gather"].path), out, repx,
-                            repx / "gather_inputs.json", params_json)
-    return finish(ctx, job.id, repx, status == 0, None if status == 0 else f"gather {exit_reason(status)}")
+
+    def prepare_gather() -> None:
+        prepare_dirs(out, repx, fresh_out=True)
+        write_json_atomic(repx / "worker_outs_manifest.json", manifest)
+        write_json_atomic(repx / "gather_inputs.json", gather_inputs)
+
+    return await run_step(
+        ctx, script_path(ctx, job.executables["gather"].path), out, repx, repx / "gather_inputs.json",
+        params_json, prepare=prepare_gather,
+        record=lambda status: finish(ctx, job.id, repx, status == 0, None if status == 0 else f"gather {exit_reason(status)}"),
+        done=lambda: JobResult(job.id, True) if (repx / SUCCESS).exists() else None)
+
+
+def _record_step(repx: Path, status: int, required: Path | None = None) -> int:
+    """Markers of a scatter or step process; a scatter without work items is not a success."""
+    ok = status == 0 and (required is None or required.exists())
+    write_marker(repx, SUCCESS if ok else FAIL)
+    return status
 
 
 def _sink_step(job: Job, order: list[str]) -> str:
@@ -94,7 +109,6 @@ async def _run_branch(ctx: JobContext, job: Job, branch: Path, item, order: list
         step_out, step_repx = branch / f"step-{step}" / "out", branch / f"step-{step}" / "repx"
         if (step_repx / SUCCESS).exists():
             continue
-        prepare_dirs(step_out, step_repx, fresh_out=True)
         inputs: dict[str, str] = {}
         for mapping in exe.inputs:
             source = mapping.source or ""
@@ -106,11 +120,15 @@ async def _run_branch(ctx: JobContext, job: Job, branch: Path, item, order: list
                 inputs[mapping.target_input] = template.replace("$out", str(branch / f"step-{dep}" / "out"))
             elif mapping.job_id and mapping.target_input in static_inputs:
                 inputs[mapping.target_input] = static_inputs[mapping.target_input]
-        write_json_atomic(step_repx / "inputs.json", inputs)
+
+        def prepare(step_out=step_out, step_repx=step_repx, inputs=inputs) -> None:
+            prepare_dirs(step_out, step_repx, fresh_out=True)
+            write_json_atomic(step_repx / "inputs.json", inputs)
+
         status = await run_step(ctx, script_path(ctx, exe.path), step_out, step_repx,
-                                step_repx / "inputs.json", params_json, worker=True)
+                                step_repx / "inputs.json", params_json, prepare=prepare, worker=True,
+                                record=lambda status, step_repx=step_repx: _record_step(step_repx, status),
+                                done=lambda step_repx=step_repx: 0 if (step_repx / SUCCESS).exists() else None)
         if status != 0:
-            write_marker(step_repx, "FAIL")
             return f"{branch.name} step {step} {exit_reason(status)} (see {branch.name}/step-{step}/repx/stderr.log)"
-        write_marker(step_repx, SUCCESS)
     return None
