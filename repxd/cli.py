@@ -1,5 +1,4 @@
-"""repxd: the daemon's command. The service roles (api, scheduler, agent) arrive with the
-service; for now it verifies Labs, which operators use to check a Lab before publishing it."""
+"""repxd: the daemon's command: the service roles, configuration checks and Lab verification."""
 
 from __future__ import annotations
 
@@ -13,6 +12,7 @@ import click
 from . import __version__
 from .errors import RepxError
 from .lab.loader import load_lab
+from .service.settings import load_settings, validation_errors
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -40,6 +40,59 @@ def verify_lab(lab: Path, no_hashes: bool, as_json: bool) -> None:
     else:
         click.echo(f"Lab {summary['lab']}: {summary['runs']} runs, {summary['jobs']} jobs, "
                    f"{summary['files_verified']} files verified.")
+
+
+CONFIG_OPTION = click.option("--config", "config_path", type=click.Path(path_type=Path, dir_okay=False),
+                             help="repxd.toml (default: /etc/repx/repxd.toml when it exists).")
+
+
+def _role(name: str, doc: str):
+    @cli.command(name, help=doc)
+    @CONFIG_OPTION
+    def command(config_path: Path | None) -> None:
+        from .service.roles import start
+
+        try:
+            settings = load_settings(config_path)
+        except RepxError as exc:
+            click.echo(f"repxd: error: {exc}", err=True)
+            sys.exit(exc.exit_code)
+        start(name, settings)
+
+    return command
+
+
+_role("api", "Serve the HTTP API on the Unix socket (and TCP when configured).")
+_role("scheduler", "Place ready jobs on agents; expire lost agents.")
+_role("agent", "Run jobs the scheduler assigns to this host.")
+_role("all", "api, scheduler and agent in one process (the embedded default).")
+
+
+@cli.command("check-config")
+@click.argument("path", type=click.Path(path_type=Path, dir_okay=False))
+def check_config(path: Path) -> None:
+    """Report every error of a repxd.toml with its key; exit 2 if there is one."""
+    import tomllib
+
+    from pydantic import ValidationError
+
+    from .service.settings import Settings
+
+    try:
+        data = tomllib.loads(path.read_text())
+    except OSError as exc:
+        click.echo(f"{path}: cannot read ({exc.strerror})", err=True)
+        sys.exit(2)
+    except tomllib.TOMLDecodeError as exc:
+        click.echo(f"{path}: not valid TOML ({exc})", err=True)
+        sys.exit(2)
+    try:
+        Settings.model_validate(data)
+    except ValidationError as exc:
+        for message in validation_errors(exc, str(path)):
+            click.echo(message, err=True)
+        sys.exit(2)
+    click.echo(f"{path}: OK")
 
 
 def main() -> None:

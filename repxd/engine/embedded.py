@@ -50,6 +50,19 @@ def machine_memory() -> int:
     return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
 
 
+def inter_run_order(lab: Lab, job_ids) -> dict[str, dict[str, bool]]:
+    """job -> {job of a run it depends on: soft?}: a dependent run's first stages start after the
+    other run's jobs when both are being run (inter-run mappings carry no job id)."""
+    after: dict[str, dict[str, bool]] = {}
+    for job_id in job_ids:
+        for exe in lab.jobs[job_id].executables.values():
+            for mapping in exe.inputs:
+                if mapping.type == "inter-run" and mapping.source_run in lab.runs:
+                    for other in lab.runs[mapping.source_run].job_ids:
+                        after.setdefault(job_id, {})[other] = mapping.dependency_type == "soft"
+    return after
+
+
 @dataclass
 class Plan:
     lab: Lab
@@ -124,21 +137,10 @@ class EmbeddedRun:
                          resources, worker, on_first_launch)
         return await execute_job(ctx, job)
 
-    def _inter_run_order(self) -> dict[str, dict[str, bool]]:
-        lab = self.plan.lab
-        after: dict[str, dict[str, bool]] = {}
-        for job_id in self.plan.to_run:
-            for exe in lab.jobs[job_id].executables.values():
-                for mapping in exe.inputs:
-                    if mapping.source_run in lab.runs and mapping.type == "inter-run":
-                        soft = mapping.dependency_type == "soft"
-                        for other in lab.runs[mapping.source_run].job_ids:
-                            after.setdefault(job_id, {})[other] = soft
-        return after
-
     async def run(self) -> RunSummary:
         self.engine = LocalEngine(self.plan.lab, self.plan.to_run, self._execute, self.admission,
-                                  self.options.continue_on_failure, self.reporter, self._inter_run_order())
+                                  self.options.continue_on_failure, self.reporter,
+                                  inter_run_order(self.plan.lab, self.plan.to_run))
         return await self.engine.run()
 
     def cancel(self) -> None:

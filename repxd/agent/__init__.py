@@ -1,0 +1,1 @@
+"""The agent role: registers, heartbeats, claims attempts and runs them."""

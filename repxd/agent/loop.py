@@ -1,0 +1,195 @@
+"""The agent: registers with its inventory, keeps its lease, claims attempts by long-poll and
+runs them through the execution layer. Jobs run in their own sessions and outlive the agent;
+a restarted agent adopts them (see exec.launcher) instead of starting them again."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import socket
+import threading
+import time
+from pathlib import Path
+
+import httpx
+
+from .. import errors
+from ..api.client import ApiError, AsyncApi
+from ..config import Config, parse_memory
+from ..engine.admission import Admission
+from ..engine.embedded import machine_memory, resolve_target
+from ..exec.artifacts import sync_artifacts
+from ..exec.job import JobContext, execute_job
+from ..exec.layout import OutputLayout
+from ..exec.runtimes import choose_execution_type, make_runtime
+from ..lab.loader import load_lab
+from ..observe import notify
+from ..observe.metrics import AgentMetrics
+from ..service.settings import Settings
+
+log = logging.getLogger("repx.agent")
+RETRY_SECONDS = 0.5
+
+
+def inventory(settings: Settings) -> dict:
+    cpus = settings.agent.cpus or len(os.sched_getaffinity(0))
+    mem = parse_memory(settings.agent.mem) if settings.agent.mem else machine_memory()
+    return {"cpus": cpus, "mem": mem, "slots": settings.agent.slots or cpus}
+
+
+class Agent:
+    def __init__(self, settings: Settings, api: AsyncApi, metrics: AgentMetrics | None = None) -> None:
+        self.settings = settings
+        self.api = api
+        self.metrics = metrics or AgentMetrics()
+        self.id = settings.agent.id
+        self.inventory = inventory(settings)
+        self.running: dict[int, asyncio.Task] = {}
+        self.state = "active"
+        self.last_heartbeat = time.monotonic()
+        self._labs: dict[tuple[str, str], object] = {}
+        self._synced: set[tuple[str, str]] = set()
+        self._runtimes: dict[tuple, object] = {}
+        self._context_lock = threading.Lock()
+        # The scheduler admits work; this only bounds processes of scatter-gather fan-out.
+        self.admission = Admission(max(1, self.inventory["slots"]), self.inventory["cpus"], self.inventory["mem"])
+
+    async def _retrying(self, method: str, path: str, json=None, timeout: float | None = None):
+        """Call the API until it answers: it may be restarting."""
+        delay = RETRY_SECONDS
+        while True:
+            try:
+                return await self.api.call(method, path, json, timeout)
+            except (httpx.TransportError, ApiError) as exc:
+                if isinstance(exc, ApiError) and exc.status < 500:
+                    raise
+                log.debug("API unavailable (%s); retrying in %.1fs", exc, delay)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 5.0)
+
+    async def register(self) -> list[int]:
+        reply = await self._retrying("POST", "/v1/agents", {"id": self.id, "host": socket.gethostname(),
+                                                            "inventory": self.inventory, "labels": self.settings.agent.labels})
+        self.state = reply["agent"]["state"]
+        self.last_heartbeat = time.monotonic()
+        return reply["adopt"]
+
+    async def run(self) -> None:
+        adopt = await self.register()
+        for attempt_id in adopt:
+            if attempt_id not in self.running:
+                details = await self._retrying("GET", f"/v1/attempts/{attempt_id}")
+                log.info("re-attaching attempt %s", attempt_id, extra={"job_id": details["job"], "run_id": details["run"]})
+                self._start(details)
+        notify.ready(f"agent {self.id}: {self.inventory['slots']} slots")
+        log.info("agent %s ready: %s", self.id, self.inventory)
+        await asyncio.gather(self._heartbeats(), self._claims(), notify.watchdog_loop(self.healthy))
+
+    def healthy(self) -> bool:
+        return time.monotonic() - self.last_heartbeat < 3 * self.settings.scheduler.lease_seconds
+
+    async def _heartbeats(self) -> None:
+        while True:
+            await asyncio.sleep(self.settings.agent.heartbeat_interval)
+            try:
+                reply = await self.api.call("POST", f"/v1/agents/{self.id}/heartbeat", {"running": list(self.running)})
+            except ApiError as exc:
+                if exc.status == 404:
+                    await self.register()
+                continue
+            except httpx.TransportError:
+                self.metrics.heartbeat_age.set(time.monotonic() - self.last_heartbeat)
+                continue
+            self.last_heartbeat = time.monotonic()
+            self.metrics.heartbeat_age.set(0)
+            self.state = reply["state"]
+            for attempt_id in reply["cancel"]:
+                task = self.running.get(attempt_id)
+                if task is not None:
+                    log.info("cancelling attempt %s", attempt_id)
+                    task.cancel()
+            notify.status(f"{self.state}; {len(self.running)} jobs running")
+
+    async def _claims(self) -> None:
+        while True:
+            free = self.inventory["slots"] - len(self.running)
+            if self.state != "active" or free <= 0:
+                await asyncio.sleep(0.2)
+                continue
+            try:
+                work = await self.api.call("POST", f"/v1/agents/{self.id}/claim", {"max": free, "wait": 20}, timeout=40)
+            except (httpx.TransportError, ApiError) as exc:
+                log.debug("claim failed (%s)", exc)
+                await asyncio.sleep(RETRY_SECONDS)
+                continue
+            for item in work:
+                self._start(item)
+
+    def _start(self, item: dict) -> None:
+        task = asyncio.create_task(self._execute(item))
+        self.running[item["attempt"]] = task
+        self.metrics.running.set(len(self.running))
+        task.add_done_callback(lambda _t, a=item["attempt"]: (self.running.pop(a, None), self.metrics.running.set(len(self.running))))
+
+    def _context(self, item: dict):
+        """Load (cached) the Lab, sync artifacts and prepare the runtime: blocking, run in a thread."""
+        with self._context_lock:
+            return self._context_locked(item)
+
+    def _context_locked(self, item: dict):
+        base = Path(item["base_path"])
+        layout = OutputLayout(base)
+        key = (item["lab_path"], item["base_path"])
+        if key not in self._labs:
+            self._labs[key] = load_lab(item["lab_path"], verify=False, unpack_dir=layout.cache / "labs")
+        lab = self._labs[key]
+        if key not in self._synced:
+            sync_artifacts(lab, layout)
+            self._synced.add(key)
+        image = lab.image_of(item["job"])
+        _name, target = resolve_target(Config(targets=self.settings.targets), item["target"])
+        kind = choose_execution_type(target, item["options"].get("runtime"), image is not None)
+        rkey = (kind, item["lab_path"], item["base_path"], image)
+        if rkey not in self._runtimes:
+            runtime = make_runtime(kind, lab, layout, image)
+            runtime.prepare()
+            self._runtimes[rkey] = runtime
+        return lab, layout, self._runtimes[rkey], target
+
+    async def _execute(self, item: dict) -> None:
+        attempt, job_id = item["attempt"], item["job"]
+        extra = {"run_id": item["run"], "job_id": job_id, "attempt": attempt}
+        started = time.monotonic()
+        try:
+            lab, layout, runtime, _target = await asyncio.to_thread(self._context, item)
+            job = lab.jobs[job_id]
+            resources = self.settings.resources.for_job(job_id, job.resource_hints, item["target"])
+            worker = self.settings.resources.worker_for(job_id, item["target"])
+
+            def spawned(pid: int) -> None:
+                asyncio.get_running_loop().create_task(self._quiet("POST", f"/v1/attempts/{attempt}/handle", {"handle": f"pid:{pid}"}))
+
+            ctx = JobContext(lab, layout, runtime, self.admission, resources, worker, on_spawn=spawned)
+            log.info("running %s", job_id, extra=extra)
+            result = await execute_job(ctx, job)
+            outcome = "succeeded" if result.ok else "failed"
+            report = {"outcome": outcome, "reason": result.reason}
+        except asyncio.CancelledError:
+            report = {"outcome": "cancelled", "reason": "cancelled by user"}
+            outcome = "cancelled"
+        except errors.RepxError as exc:
+            report = {"outcome": "failed", "reason": str(exc)}
+            outcome = "failed"
+        except Exception as exc:  # an infrastructure failure must not kill the agent
+            log.exception("attempt %s failed in the agent", attempt, extra=extra)
+            report = {"outcome": "error", "reason": f"agent error: {exc}"}
+            outcome = "error"
+        self.metrics.durations.labels(outcome).observe(time.monotonic() - started)
+        log.info("attempt %s %s", attempt, outcome, extra=extra)
+        await self._retrying("POST", f"/v1/attempts/{attempt}/report", report)
+
+    async def _quiet(self, method: str, path: str, json) -> None:
+        with contextlib.suppress(httpx.TransportError, ApiError):
+            await self.api.call(method, path, json)

@@ -1,0 +1,1 @@
+"""The HTTP API: runs, jobs, logs, agents, health, metrics and the agents' protocol."""

@@ -1,0 +1,329 @@
+"""The API's routes. Every handler is a thin shell around one store transaction."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from dataclasses import asdict
+from pathlib import Path
+
+from aiohttp import web
+from pydantic import BaseModel, ValidationError
+
+from ..errors import RepxError
+from ..exec.layout import FAIL, SUCCESS, OutputLayout
+from ..observe.metrics import ApiMetrics, exposition
+from ..service.settings import Settings
+from ..service.submit import plan_submission
+from ..store import queries as q
+from ..store.db import AsyncDatabase
+from .auth import Authenticator, Caller, deny, require_admin, require_agent, require_owner
+from .models import (
+    ClaimRequest,
+    HandleRequest,
+    HeartbeatRequest,
+    RegisterRequest,
+    ReportRequest,
+    SubmitRequest,
+)
+from .openapi import openapi_document
+
+CALLER = web.AppKey("caller_factory", Authenticator)
+DB = web.AppKey("db", AsyncDatabase)
+SETTINGS = web.AppKey("settings", Settings)
+METRICS = web.AppKey("metrics", ApiMetrics)
+
+
+def error(status: int, message: str) -> web.Response:
+    return web.json_response({"error": message}, status=status)
+
+
+@web.middleware
+async def observe(request: web.Request, handler):
+    route = request.match_info.route.resource.canonical if request.match_info.route.resource else "unmatched"
+    started = time.perf_counter()
+    try:
+        response = await handler(request)
+    except web.HTTPException as exc:
+        response = exc
+    except RepxError as exc:
+        response = error(400, str(exc))
+    metrics = request.app[METRICS]
+    metrics.requests.labels(route, request.method, str(response.status)).inc()
+    metrics.latency.labels(route).observe(time.perf_counter() - started)
+    if isinstance(response, web.HTTPException):
+        raise response
+    return response
+
+
+async def body(request: web.Request, model: type[BaseModel]):
+    try:
+        raw = await request.read()
+        return model.model_validate_json(raw or b"{}")
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        where = ".".join(str(p) for p in err["loc"]) or "body"
+        raise web.HTTPBadRequest(text=json.dumps({"error": f"{where}: {err['msg']}"}), content_type="application/json") from None
+
+
+def caller(request: web.Request) -> Caller:
+    return request.app[CALLER].caller(request)
+
+
+def db(request: web.Request) -> AsyncDatabase:
+    return request.app[DB]
+
+
+def run_json(run) -> dict:
+    data = asdict(run)
+    data["done"] = run.state not in ("active", "cancelling")
+    return data
+
+
+async def _run_or_404(request: web.Request):
+    run = await db(request).run(q.get_run, db(request).db, request.match_info["run"])
+    if run is None:
+        raise web.HTTPNotFound(text=json.dumps({"error": f"no run {request.match_info['run']!r} (see `repxctl runs`)"}),
+                               content_type="application/json")
+    return run
+
+
+# ---- runs --------------------------------------------------------------------------------
+
+
+async def submit(request: web.Request) -> web.Response:
+    who = caller(request)
+    if not who.may_submit:
+        raise deny(403, f"{who.name} may not submit runs: not a member of the allowed groups {request.app[SETTINGS].api.allowed_groups}")
+    req = await body(request, SubmitRequest)
+    settings = request.app[SETTINGS]
+    run, jobs = await asyncio.to_thread(plan_submission, settings, req.lab, req.selection, req.target,
+                                        req.options.model_dump(), who.uid, who.name)
+    await db(request).run(q.create_run, db(request).db, run, jobs)
+    return web.json_response(run_json(await db(request).run(q.get_run, db(request).db, run.id)), status=201)
+
+
+async def list_runs(request: web.Request) -> web.Response:
+    caller(request)
+    limit = int(request.query.get("limit", "100"))
+    runs = await db(request).run(q.list_runs, db(request).db, limit)
+    return web.json_response([run_json(r) for r in runs])
+
+
+async def show_run(request: web.Request) -> web.Response:
+    caller(request)
+    return web.json_response(run_json(await _run_or_404(request)))
+
+
+async def cancel_run(request: web.Request) -> web.Response:
+    who = caller(request)
+    run = await _run_or_404(request)
+    require_owner(who, run.submitter_uid, run.submitter_name, "cancel")
+    stopping = await db(request).run(q.cancel_run, db(request).db, run.id)
+    return web.json_response({"run": run.id, "stopping_attempts": stopping})
+
+
+async def retry_run(request: web.Request) -> web.Response:
+    who = caller(request)
+    run = await _run_or_404(request)
+    require_owner(who, run.submitter_uid, run.submitter_name, "retry")
+    requeued = await db(request).run(q.retry_run, db(request).db, run.id)
+    return web.json_response({"run": run.id, "requeued": requeued})
+
+
+async def list_jobs(request: web.Request) -> web.Response:
+    caller(request)
+    run_id = request.match_info.get("run") or request.query.get("run")
+    if run_id:
+        run_id = (await _run_or_404(request)).id if "run" in request.match_info else run_id
+    jobs = await db(request).run(q.list_jobs, db(request).db, run_id, request.query.get("state"))
+    return web.json_response([asdict(j) for j in jobs])
+
+
+async def list_attempts(request: web.Request) -> web.Response:
+    caller(request)
+    attempts = await db(request).run(q.list_attempts, db(request).db, request.query.get("run"), request.query.get("job"))
+    return web.json_response([asdict(a) for a in attempts])
+
+
+async def job_log(request: web.Request) -> web.StreamResponse:
+    caller(request)
+    job = request.match_info["job"]
+    rows = await db(request).run(db(request).db.read, "SELECT DISTINCT job_id, base_path FROM jobs WHERE job_id LIKE ? LIMIT 2", (job + "%",))
+    if len(rows) != 1:
+        return error(404 if not rows else 400, f"no job matches {job!r}" if not rows else f"job prefix {job!r} is ambiguous")
+    layout = OutputLayout(Path(rows[0]["base_path"]))
+    repx = layout.repx_dir(rows[0]["job_id"])
+    path = repx / ("stderr.log" if request.query.get("stream") == "stderr" else "stdout.log")
+    follow = request.query.get("follow") in ("1", "true")
+    response = web.StreamResponse(headers={"Content-Type": "text/plain; charset=utf-8"})
+    await response.prepare(request)
+    position = 0
+    while True:
+        if path.exists():
+            with open(path, "rb") as fh:
+                fh.seek(position)
+                chunk = fh.read()
+            if chunk:
+                position += len(chunk)
+                await response.write(chunk)
+        finished = (repx / SUCCESS).exists() or (repx / FAIL).exists()
+        if not follow or (finished and (not path.exists() or path.stat().st_size == position)):
+            break
+        await asyncio.sleep(0.25)
+    await response.write_eof()
+    return response
+
+
+# ---- agents ------------------------------------------------------------------------------
+
+
+async def list_agents(request: web.Request) -> web.Response:
+    caller(request)
+    agents = await db(request).run(q.list_agents, db(request).db)
+    load = await db(request).run(q.agent_load, db(request).db)
+    now = time.time()
+    return web.json_response([asdict(a) | {"running": load.get(a.id, (0, 0, 0))[0], "lease_left": round(a.lease_expires - now, 1)}
+                              for a in agents])
+
+
+async def register_agent(request: web.Request) -> web.Response:
+    require_agent(caller(request))
+    req = await body(request, RegisterRequest)
+    lease = request.app[SETTINGS].scheduler.lease_seconds
+    agent = await db(request).run(q.register_agent, db(request).db, req.id, req.host, req.inventory, req.labels, lease)
+    live = await db(request).run(db(request).db.read, f"SELECT id FROM attempts WHERE agent_id=? AND state IN {q.LIVE_ATTEMPT_STATES} AND state!='assigned'", (req.id,))
+    return web.json_response({"agent": asdict(agent), "lease_seconds": lease, "adopt": [r["id"] for r in live]})
+
+
+async def heartbeat(request: web.Request) -> web.Response:
+    require_agent(caller(request))
+    await body(request, HeartbeatRequest)
+    lease = request.app[SETTINGS].scheduler.lease_seconds
+    state, cancel = await db(request).run(q.heartbeat, db(request).db, request.match_info["agent"], lease)
+    if state is None:
+        return error(404, f"agent {request.match_info['agent']!r} is not registered; register again")
+    return web.json_response({"state": state, "cancel": cancel, "lease_seconds": lease})
+
+
+async def claim(request: web.Request) -> web.Response:
+    require_agent(caller(request))
+    req = await body(request, ClaimRequest)
+    deadline = time.monotonic() + req.wait
+    agent = request.match_info["agent"]
+    while True:
+        work = await db(request).run(q.claim, db(request).db, agent, req.max)
+        if work or time.monotonic() >= deadline:
+            return web.json_response(work)
+        await asyncio.sleep(0.05)
+
+
+async def attempt_details(request: web.Request) -> web.Response:
+    require_agent(caller(request))
+    rows = await db(request).run(db(request).db.read, "SELECT a.*, r.lab_path, r.options, r.target FROM attempts a JOIN runs r ON r.id=a.run_id WHERE a.id=?",
+                                 (int(request.match_info["attempt"]),))
+    if not rows:
+        return error(404, "no such attempt")
+    row = rows[0]
+    return web.json_response({"attempt": row["id"], "run": row["run_id"], "job": row["job_id"], "base_path": row["base_path"],
+                              "lab_path": row["lab_path"], "target": row["target"], "options": json.loads(row["options"]),
+                              "cpus": row["cpus"], "mem": row["mem"], "state": row["state"]})
+
+
+async def report(request: web.Request) -> web.Response:
+    require_agent(caller(request))
+    req = await body(request, ReportRequest)
+    s = request.app[SETTINGS].scheduler
+    policy = q.RetryPolicy(s.max_lost, s.job_retries, s.backoff)
+    recorded = await db(request).run(q.complete_attempt, db(request).db, int(request.match_info["attempt"]),
+                                     req.outcome, req.exit_status, req.reason, policy)
+    return web.json_response({"recorded": recorded})
+
+
+async def set_handle(request: web.Request) -> web.Response:
+    require_agent(caller(request))
+    req = await body(request, HandleRequest)
+    await db(request).run(q.set_handle, db(request).db, int(request.match_info["attempt"]), req.handle)
+    return web.json_response({"ok": True})
+
+
+async def agent_state(request: web.Request) -> web.Response:
+    require_admin(caller(request), "changing an agent")
+    agent, action = request.match_info["agent"], request.match_info["action"]
+    states = {"drain": "draining", "undrain": "active"}
+    if action not in states:
+        return error(404, f"unknown action {action!r}; use drain or undrain")
+    if not await db(request).run(q.set_agent_state, db(request).db, agent, states[action]):
+        return error(404, f"no agent {agent!r}")
+    return web.json_response({"agent": agent, "state": states[action]})
+
+
+async def forget_agent(request: web.Request) -> web.Response:
+    require_admin(caller(request), "forgetting an agent")
+    agent = request.match_info["agent"]
+    if not await db(request).run(q.forget_agent, db(request).db, agent):
+        return error(409, f"agent {agent!r} is unknown or still has running attempts; drain it and wait")
+    return web.json_response({"agent": agent, "forgotten": True})
+
+
+# ---- status ------------------------------------------------------------------------------
+
+
+async def health(request: web.Request) -> web.Response:
+    return web.json_response({"status": "ok", "version": request.app["version"]})
+
+
+async def status(request: web.Request) -> web.Response:
+    caller(request)
+    database = db(request)
+    roles = await database.run(database.db.read, "SELECT * FROM roles ORDER BY name")
+    agents = await database.run(q.list_agents, database.db)
+    counts = await database.run(q.job_state_counts, database.db)
+    now = time.time()
+    return web.json_response({
+        "roles": [{"name": r["name"], "host": r["host"], "pid": r["pid"], "age": round(now - r["last_seen"], 1)} for r in roles],
+        "agents": {state: sum(1 for a in agents if a.state == state) for state in ("active", "draining", "lost")},
+        "jobs": counts,
+    })
+
+
+async def metrics(request: web.Request) -> web.Response:
+    return exposition(request.app[METRICS].registry)
+
+
+async def openapi(request: web.Request) -> web.Response:
+    return web.json_response(openapi_document(request.app["version"]))
+
+
+def make_app(settings: Settings, database: AsyncDatabase, version: str) -> web.Application:
+    app = web.Application(middlewares=[observe])
+    app[SETTINGS] = settings
+    app[DB] = database
+    app[CALLER] = Authenticator(settings.api)
+    app[METRICS] = ApiMetrics()
+    app["version"] = version
+    r = app.router
+    r.add_get("/v1/health", health)
+    r.add_get("/v1/status", status)
+    r.add_get("/metrics", metrics)
+    r.add_get("/openapi.json", openapi)
+    r.add_post("/v1/runs", submit)
+    r.add_get("/v1/runs", list_runs)
+    r.add_get("/v1/runs/{run}", show_run)
+    r.add_post("/v1/runs/{run}/cancel", cancel_run)
+    r.add_post("/v1/runs/{run}/retry", retry_run)
+    r.add_get("/v1/runs/{run}/jobs", list_jobs)
+    r.add_get("/v1/jobs", list_jobs)
+    r.add_get("/v1/jobs/{job}/log", job_log)
+    r.add_get("/v1/attempts", list_attempts)
+    r.add_get("/v1/agents", list_agents)
+    r.add_post("/v1/agents", register_agent)
+    r.add_post("/v1/agents/{agent}/heartbeat", heartbeat)
+    r.add_post("/v1/agents/{agent}/claim", claim)
+    r.add_post("/v1/agents/{agent}/{action}", agent_state)
+    r.add_delete("/v1/agents/{agent}", forget_agent)
+    r.add_get("/v1/attempts/{attempt}", attempt_details)
+    r.add_post("/v1/attempts/{attempt}/report", report)
+    r.add_post("/v1/attempts/{attempt}/handle", set_handle)
+    return app

@@ -1,0 +1,50 @@
+"""Request bodies of the API (pydantic at the boundary)."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class _Body(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class SubmitOptions(_Body):
+    continue_on_failure: bool = False
+    runtime: Literal["native", "bwrap", "podman", "docker"] | None = None
+    no_verify: bool = False
+
+
+class SubmitRequest(_Body):
+    lab: str = Field(min_length=1)
+    selection: list[str] = Field(min_length=1)
+    target: str | None = None
+    options: SubmitOptions = SubmitOptions()
+
+
+class RegisterRequest(_Body):
+    id: str = Field(min_length=1, max_length=200, pattern=r"^[A-Za-z0-9_.@:-]+$")
+    host: str
+    inventory: dict = {}
+    labels: dict[str, str] = {}
+
+
+class HeartbeatRequest(_Body):
+    running: list[int] = []
+
+
+class ClaimRequest(_Body):
+    max: int = Field(default=16, ge=1, le=1000)
+    wait: float = Field(default=20.0, ge=0, le=60)
+
+
+class ReportRequest(_Body):
+    outcome: Literal["succeeded", "failed", "cancelled", "error"]  # error: the agent's fault, retried
+    exit_status: int | None = None
+    reason: str | None = None
+
+
+class HandleRequest(_Body):
+    handle: str

@@ -1,0 +1,1 @@
+"""Logging (journald fields), Prometheus metrics and systemd notifications."""

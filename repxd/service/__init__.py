@@ -1,0 +1,1 @@
+"""The service's configuration (repxd.toml) and run submission shared by its roles."""

@@ -1,0 +1,129 @@
+"""Starting the roles: api, scheduler, agent, or all three in one process (the embedded default)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+import socket
+import sys
+import time
+
+from aiohttp import web
+
+from .. import __version__
+from ..agent.loop import Agent
+from ..api.app import make_app
+from ..api.client import AsyncApi
+from ..engine.scheduler import Scheduler
+from ..observe import notify
+from ..observe.logging import setup_logging
+from ..observe.metrics import AgentMetrics, SchedulerMetrics, serve_metrics
+from ..service.settings import Settings, read_token
+from ..store import queries as q
+from ..store.db import AsyncDatabase, open_database
+
+log = logging.getLogger("repx")
+
+
+def _exit_on_signals(loop: asyncio.AbstractEventLoop, role: str) -> None:
+    """Stop at once on SIGTERM/SIGINT. Nothing to clean up by design: state is in the store, jobs
+    run in their own sessions and are adopted by the next agent."""
+
+    def stop(signum: int) -> None:
+        notify.stopping()
+        log.info("%s stopping on %s", role, signal.Signals(signum).name)
+        logging.shutdown()
+        os._exit(0)
+
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop, sig)
+
+
+def _database(settings: Settings) -> AsyncDatabase:
+    settings.state_dir.mkdir(parents=True, exist_ok=True)
+    return AsyncDatabase(open_database(settings.database))
+
+
+async def start_api(settings: Settings, database: AsyncDatabase) -> web.AppRunner:
+    app = make_app(settings, database, __version__)
+    runner = web.AppRunner(app, access_log=None, handle_signals=False)
+    await runner.setup()
+    path = settings.api.socket
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with contextlib.suppress(FileNotFoundError):
+        path.unlink()
+    await web.UnixSite(runner, str(path)).start()
+    os.chmod(path, settings.api.socket_mode)
+    if settings.api.tcp:
+        host, _, port = settings.api.tcp.rpartition(":")
+        await web.TCPSite(runner, host or "127.0.0.1", int(port)).start()
+    await database.run(q.touch_role, database.db, "api", socket.gethostname(), os.getpid(), time.time())
+    return runner
+
+
+async def _keep_role_fresh(database: AsyncDatabase, name: str) -> None:
+    started = time.time()
+    while True:
+        await asyncio.sleep(5)
+        await database.run(q.touch_role, database.db, name, socket.gethostname(), os.getpid(), started)
+
+
+def agent_api(settings: Settings) -> AsyncApi:
+    return AsyncApi(settings.agent.api or str(settings.api.socket), read_token(settings.agent.token_file))
+
+
+async def run_api(settings: Settings) -> None:
+    _exit_on_signals(asyncio.get_running_loop(), "api")
+    database = _database(settings)
+    await start_api(settings, database)
+    listeners = str(settings.api.socket) + (f" and {settings.api.tcp}" if settings.api.tcp else "")
+    notify.ready(f"serving on {listeners}")
+    log.info("api listening on %s", listeners)
+    await _keep_role_fresh(database, "api")
+
+
+async def run_scheduler(settings: Settings) -> None:
+    _exit_on_signals(asyncio.get_running_loop(), "scheduler")
+    database = _database(settings)
+    metrics = SchedulerMetrics()
+    if settings.scheduler.metrics:
+        await serve_metrics(metrics.registry, settings.scheduler.metrics)
+    await Scheduler(settings.scheduler, database, metrics).run()
+
+
+async def run_agent(settings: Settings) -> None:
+    _exit_on_signals(asyncio.get_running_loop(), "agent")
+    metrics = AgentMetrics()
+    if settings.agent.metrics:
+        await serve_metrics(metrics.registry, settings.agent.metrics)
+    await Agent(settings, agent_api(settings), metrics).run()
+
+
+async def run_all(settings: Settings) -> None:
+    """api, scheduler and agent in one process, sharing one database connection."""
+    _exit_on_signals(asyncio.get_running_loop(), "all")
+    database = _database(settings)
+    await start_api(settings, database)
+    scheduler = Scheduler(settings.scheduler, database)
+    agent = Agent(settings, agent_api(settings))
+    if settings.scheduler.metrics:
+        await serve_metrics(scheduler.metrics.registry, settings.scheduler.metrics)
+    if settings.agent.metrics:
+        await serve_metrics(agent.metrics.registry, settings.agent.metrics)
+    log.info("repxd all: api on %s, scheduler and agent %s in this process", settings.api.socket, agent.id)
+    await asyncio.gather(scheduler.run(), agent.run(), _keep_role_fresh(database, "api"))
+
+
+ROLES = {"api": run_api, "scheduler": run_scheduler, "agent": run_agent, "all": run_all}
+
+
+def start(role: str, settings: Settings) -> None:
+    setup_logging(role, settings.log_level, settings.log_journald)
+    try:
+        asyncio.run(ROLES[role](settings))
+    except OSError as exc:
+        log.error("%s cannot start: %s", role, exc)
+        sys.exit(1)

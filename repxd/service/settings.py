@@ -1,0 +1,123 @@
+"""/etc/repx/repxd.toml: listeners, state, targets, resources, auth, metrics, logging.
+
+`repxd check-config FILE` reports every error with its key."""
+
+from __future__ import annotations
+
+import os
+import socket
+import tomllib
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from ..config import Resources, TargetConfig
+from ..errors import ConfigError
+
+DEFAULT_CONFIG = Path("/etc/repx/repxd.toml")
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+def default_socket() -> Path:
+    if os.geteuid() == 0:
+        return Path("/run/repx/api.sock")
+    runtime = os.environ.get("XDG_RUNTIME_DIR") or f"/tmp/repx-{os.getuid()}"
+    return Path(runtime) / "repx" / "api.sock"
+
+
+def default_state_dir() -> Path:
+    if os.geteuid() == 0:
+        return Path("/var/lib/repx")
+    return Path(os.environ.get("XDG_STATE_HOME") or Path.home() / ".local" / "state") / "repx" / "daemon"
+
+
+class ApiSettings(_Strict):
+    socket: Path = Field(default_factory=default_socket)
+    socket_mode: int = 0o666  # access is decided per request from the peer's credentials
+    tcp: str | None = None  # "host:port"; needs tokens
+    allowed_groups: list[str] = []  # empty: every local user may submit
+    admin_groups: list[str] = []
+    agent_token_file: Path | None = None
+    admin_token_file: Path | None = None
+
+
+class SchedulerSettings(_Strict):
+    poll_interval: float = Field(default=0.2, gt=0)
+    lease_seconds: float = Field(default=15.0, gt=0)
+    max_lost: int = Field(default=3, ge=1)
+    job_retries: int = Field(default=0, ge=0)
+    backoff: float = Field(default=1.0, ge=0)
+    metrics: str | None = "127.0.0.1:9421"
+
+
+class AgentSettings(_Strict):
+    id: str = Field(default_factory=socket.gethostname)
+    api: str | None = None  # socket path or URL; default: the api socket
+    token_file: Path | None = None
+    slots: int | None = Field(default=None, ge=1)
+    cpus: int | None = Field(default=None, ge=1)
+    mem: str | None = None
+    labels: dict[str, str] = {}
+    heartbeat_interval: float = Field(default=2.0, gt=0)
+    metrics: str | None = "127.0.0.1:9422"
+
+
+class Settings(_Strict):
+    state_dir: Path = Field(default_factory=default_state_dir)
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+    log_journald: bool | None = None  # default: when started by systemd (JOURNAL_STREAM)
+    api: ApiSettings = ApiSettings()
+    scheduler: SchedulerSettings = SchedulerSettings()
+    agent: AgentSettings = AgentSettings()
+    targets: dict[str, TargetConfig] = {}
+    resources: Resources = Resources()
+
+    @property
+    def database(self) -> Path:
+        return self.state_dir / "state.db"
+
+
+def validation_errors(exc: ValidationError, source: str) -> list[str]:
+    messages = []
+    for err in exc.errors():
+        where = ".".join(str(p) for p in err["loc"])
+        if err["type"] == "extra_forbidden":
+            messages.append(f"{source}: unknown key {where!r}")
+        else:
+            messages.append(f"{source}: {where}: {err['msg']}")
+    return messages
+
+
+def load_settings(path: Path | None) -> Settings:
+    """The file at `path`, else /etc/repx/repxd.toml when it exists, else defaults."""
+    if path is None:
+        if not DEFAULT_CONFIG.exists():
+            return Settings()
+        path = DEFAULT_CONFIG
+    try:
+        data = tomllib.loads(Path(path).read_text())
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read ({exc.strerror})") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: not valid TOML ({exc})") from None
+    try:
+        return Settings.model_validate(data)
+    except ValidationError as exc:
+        errors = validation_errors(exc, str(path))
+        raise ConfigError("; ".join(errors) if len(errors) < 4 else f"{errors[0]} (and {len(errors) - 1} more; run `repxd check-config {path}`)") from None
+
+
+def read_token(path: Path | None) -> str | None:
+    if path is None:
+        return None
+    try:
+        token = path.read_text().strip()
+    except OSError as exc:
+        raise ConfigError(f"token file {path}: cannot read ({exc.strerror})") from None
+    if not token:
+        raise ConfigError(f"token file {path} is empty")
+    return token
