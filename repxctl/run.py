@@ -12,9 +12,11 @@ import click
 
 from repxd.config import load_resources
 from repxd.engine.embedded import EmbeddedRun, ExecutionOptions, plan_run
+from repxd.errors import RepxError
 from repxd.exec.gcroots import register_root
 from repxd.exec.runtimes import RUNTIMES
 
+from . import daemon
 from .common import lab_options, open_session
 from .render import LiveReporter, PlainReporter
 
@@ -29,12 +31,31 @@ from .render import LiveReporter, PlainReporter
 @click.option("--continue-on-failure", is_flag=True, help="Keep launching independent jobs after a failure.")
 @click.option("--runtime", type=click.Choice(RUNTIMES), help="Override the target's execution type for runs with an image.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON summary instead of progress.")
+@daemon.API_OPTION
+@click.option("--embedded", is_flag=True, help="Run in this process even when a daemon is reachable.")
+@click.option("--detach", is_flag=True, help="With a daemon: submit and return the run id without waiting.")
 def run(specs, lab_path, base_path, target, config_path, no_verify, resources_path, concurrency, mem,
-        continue_on_failure, runtime, as_json) -> None:
+        continue_on_failure, runtime, as_json, api_address, embedded, detach) -> None:
     """Run SPECS (run names, @groups or job-id prefixes) and everything they depend on.
 
-    Jobs that already succeeded under the base path are not run again. Exit status: 0 when every
-    selected job succeeded, 1 when a job failed, 2 for a usage, config or Lab error."""
+    Submits to the repx daemon when one is reachable (--api, $REPX_API or the default socket);
+    otherwise, or with --embedded or --base-path, runs in this process. Jobs that already
+    succeeded under the base path are not run again. Exit status: 0 when every selected job
+    succeeded, 1 when a job failed, 2 for a usage, config or Lab error."""
+    if not embedded and base_path is None:
+        api = daemon.connect(api_address)
+        if api.reachable():
+            options = {"continue_on_failure": continue_on_failure, "runtime": runtime, "no_verify": no_verify}
+            submitted = daemon.submit(api, lab_path, list(specs), target, options)
+            if detach:
+                click.echo(json.dumps(submitted, indent=2) if as_json else submitted["id"])
+                return
+            click.echo(f"Submitted run {submitted['id']} to the daemon at {api.address}.", err=True)
+            daemon.follow_run(api, submitted["id"], as_json)
+            return
+        if api_address:
+            raise RepxError(f"no repx daemon answers at {api_address}; start it, or pass --embedded")
+        click.echo(f"repxctl: no repx daemon at {api.address}; running embedded.", err=True)
     session = open_session(lab_path, base_path, target, config_path, no_verify)
     plan = plan_run(session.lab, session.layout.base, list(specs), session.target_name, session.target)
     options = ExecutionOptions(concurrency, mem, continue_on_failure, runtime, load_resources(resources_path))
