@@ -1,0 +1,105 @@
+"""The service end to end: roles as real processes, repxctl talking to them."""
+
+from __future__ import annotations
+
+import json
+import time
+
+import httpx
+import pytest
+from cli import repxctl
+from definitions import simple, sweep_scatter
+from service import Daemon
+
+
+@pytest.fixture
+def daemon():
+    d = Daemon.create(tcp=True, extra="")
+    yield d
+    d.stop()
+
+
+def api_env(d: Daemon) -> dict:
+    env = dict(d.env)
+    env["REPX_API"] = str(d.socket)
+    return env
+
+
+def check_examples_succeed(d: Daemon, tmp_path) -> None:
+    env = api_env(d)
+    for name, builder, selection, expected in (("simple", simple, "@all", 4), ("sweep", sweep_scatter, "sweep", 7)):
+        lab = builder().write(tmp_path / name)
+        result = repxctl("run", selection, "--lab", lab, "--json", env=env)
+        assert result.code == 0, result.stderr + d.logs()
+        run = result.json()
+        assert run["state"] == "succeeded" and run["counts"] == {"succeeded": expected}
+        assert "Submitted run" in result.stderr
+    (total,) = (d.base / "outputs").glob("*-total-1.0/out/total.txt")
+    assert total.read_text().strip() == "90"
+    again = repxctl("run", "@all", "--lab", tmp_path / "simple", "--json", env=env).json()
+    assert again["counts"] == {"succeeded": 4}
+    attempts = json.loads(repxctl("jobs", "--json", env=env).stdout)
+    assert {j["state"] for j in attempts} == {"succeeded"}
+
+
+def test_all_in_one_process(daemon, tmp_path):
+    daemon.start("all")
+    check_examples_succeed(daemon, tmp_path)
+    status = json.loads(repxctl("status", "--json", env=api_env(daemon)).stdout)
+    assert {r["name"] for r in status["roles"]} == {"api", "scheduler"}
+    assert status["agents"]["active"] == 1
+
+
+def test_three_roles_as_separate_processes(daemon, tmp_path):
+    for role in ("api", "scheduler", "agent"):
+        daemon.start(role)
+    check_examples_succeed(daemon, tmp_path)
+    agents = json.loads(repxctl("agents", "--json", env=api_env(daemon)).stdout)
+    assert [a["id"] for a in agents] == ["agent-1"] and agents[0]["state"] == "active"
+
+
+def test_cancel_and_retry(daemon, tmp_path):
+    daemon.start("all")
+    env = api_env(daemon)
+    from repxd.lab.writer import LabWriter
+
+    writer = LabWriter()
+    slow = writer.run("slow").job("slow", "#!/bin/sh\nsleep 30\n", outputs={"x": "$out/x"})
+    lab = writer.write(tmp_path / "lab")
+    run_id = repxctl("run", "slow", "--lab", lab, "--detach", env=env).stdout.strip()
+    deadline = time.monotonic() + 20
+    while json.loads(repxctl("runs", run_id, "--json", env=env).stdout)["counts"] != {"running": 1}:
+        assert time.monotonic() < deadline, daemon.logs()
+        time.sleep(0.1)
+    assert repxctl("cancel", run_id, env=env).code == 0
+    while not json.loads(repxctl("runs", run_id, "--json", env=env).stdout)["done"]:
+        assert time.monotonic() < deadline + 20, daemon.logs()
+        time.sleep(0.1)
+    run = json.loads(repxctl("runs", run_id, "--json", env=env).stdout)
+    assert run["state"] == "cancelled" and run["counts"] == {"cancelled": 1}
+    repx = daemon.base / "outputs" / slow.id / "repx"
+    assert not (repx / "SUCCESS").exists() and not (repx / "FAIL").exists()
+    retried = repxctl("retry", run_id, "--json", env=env)
+    assert retried.code == 0 and json.loads(retried.stdout)["requeued"] == 1
+
+
+def test_tcp_needs_a_token(daemon):
+    daemon.start("all")
+    url = f"http://127.0.0.1:{daemon.ports['api']}"
+    denied = httpx.get(f"{url}/v1/runs")
+    assert denied.status_code == 401 and "bearer token" in denied.json()["error"]
+    assert httpx.get(f"{url}/v1/runs", headers={"Authorization": "Bearer wrong"}).status_code == 401
+    assert httpx.get(f"{url}/v1/health").status_code == 200
+    assert httpx.get(f"{url}/openapi.json").json()["openapi"].startswith("3.")
+
+
+def test_api_errors_are_one_line(daemon, tmp_path):
+    daemon.start("api")
+    env = api_env(daemon)
+    missing = repxctl("runs", "nosuchrun", env=env)
+    assert missing.code == 2 and missing.stderr.count("\n") == 1 and "nosuchrun" in missing.stderr
+    lab = simple().write(tmp_path / "lab")
+    bad = repxctl("run", "nosuchrun", "--lab", lab, env=env)
+    assert bad.code == 2 and "not a run" in bad.stderr and bad.stderr.count("\n") == 1
+    unreachable = repxctl("status", "--api", str(tmp_path / "none.sock"))
+    assert unreachable.code == 1 and "cannot reach" in unreachable.stderr
