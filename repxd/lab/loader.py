@@ -5,8 +5,11 @@ Every problem becomes one `LabError` sentence naming the file and the fix."""
 from __future__ import annotations
 
 import hashlib
+import lzma
 import os
+import shutil
 import tarfile
+import zlib
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path, PurePosixPath
@@ -18,12 +21,14 @@ from .model import Job, Lab, Run
 from .models import Manifest, RootMetadata, RunMetadata
 
 MANIFEST_SUFFIX = "lab-metadata.json"
+# What reading a damaged (possibly compressed) tar can raise besides TarError.
+TAR_ERRORS = (tarfile.TarError, OSError, EOFError, zlib.error, lzma.LZMAError)
 
 
 def load_lab(path: str | os.PathLike, *, verify: bool = True, unpack_dir: Path | None = None) -> Lab:
     """Load the Lab at `path` (a directory or a `.tar`); tar Labs are unpacked into `unpack_dir`."""
     path = Path(path)
-    if not path.exists():
+    if not _probe(path.exists):
         raise LabError(f"Lab not found: {path} does not exist (pass the directory `nix build` produced, or its .tar)")
     if path.is_file():
         if unpack_dir is None:
@@ -65,7 +70,7 @@ def _assemble(root: Path, manifest: Manifest, root_meta: RootMetadata) -> Lab:
         if meta.image is not None:
             _check_relative(meta.image, f"run {run_name!r} image")
             image_dir = root / meta.image
-            if not ((image_dir / "manifest.json").is_file() or (image_dir / "image" / "manifest.json").is_file()):
+            if not (_probe((image_dir / "manifest.json").is_file) or _probe((image_dir / "image" / "manifest.json").is_file)):
                 raise LabError(f"run {run_name!r}: image directory {meta.image} has no manifest.json")
         runs[run_name] = Run(run_name, run_paths[run_name], deps, meta.image, list(meta.jobs))
         for job_id, spec in meta.jobs.items():
@@ -110,7 +115,7 @@ def _resolve_dependencies(jobs: dict[str, Job]) -> None:
 def _check_job_files(root: Path, jobs: dict[str, Job]) -> None:
     for job_id, job in jobs.items():
         _check_relative(job_id, "job id")
-        if not (root / "jobs" / job_id).is_dir():
+        if not _probe((root / "jobs" / job_id).is_dir):
             raise LabError(f"job {job_id} has no directory jobs/{job_id} in the Lab; the Lab is incomplete")
         for exe_name, exe in job.executables.items():
             exe_path = _lab_file(root, exe.path, f"job {job_id} executable {exe_name!r}")
@@ -159,6 +164,8 @@ def _find_manifest(root: Path) -> Path:
 
 
 def _check_relative(rel: str, what: str) -> None:
+    if "\x00" in rel:
+        raise LabError(f"{what} path {rel!r} contains a NUL byte; fix the path in the Lab's metadata")
     p = PurePosixPath(rel)
     if p.is_absolute() or ".." in p.parts or rel == "":
         raise LabError(f"{what} path {rel!r} must be relative and stay inside the Lab (no '..', no leading '/')")
@@ -170,9 +177,17 @@ def _lab_file(root: Path, rel: str, what: str) -> Path:
     real = Path(os.path.realpath(path))
     if real != root and root not in real.parents:
         raise LabError(f"{what}: {rel} is a symlink leading outside the Lab ({real}); Labs must be self-contained")
-    if not real.is_file():
+    if not _probe(real.is_file):
         raise LabError(f"{what}: {rel} is missing from the Lab")
     return path
+
+
+def _probe(test) -> bool:
+    """A pathlib test (`exists`, `is_file`, `is_dir`); a name the OS rejects (too long...) is absent."""
+    try:
+        return test()
+    except OSError:
+        return False
 
 
 def _rel(path: Path, root: Path) -> str:
@@ -235,20 +250,39 @@ def unpack_tar_lab(tar_path: Path, unpack_dir: Path) -> Path:
     st = tar_path.stat()
     dest = unpack_dir / f"{tar_path.stem}-{st.st_size:x}-{int(st.st_mtime):x}"
     done = dest / ".repx-unpacked"
-    try:
-        tf = tarfile.open(tar_path)
-    except (tarfile.TarError, OSError) as exc:
-        raise LabError(f"{tar_path} is neither a Lab directory nor a readable tar ({exc})") from None
-    with tf:
-        members = tf.getmembers()
+    with _open_tar(tar_path) as tf:
+        try:
+            members = tf.getmembers()
+        except TAR_ERRORS as exc:
+            raise LabError(f"{tar_path} is truncated or corrupted ({_one_line(exc)}); copy or rebuild the tar") from None
         prefix = _tar_prefix(members, tar_path)
         for m in members:
             _check_tar_member(m, tar_path)
         if not done.exists():
-            dest.mkdir(parents=True, exist_ok=True)
-            tf.extractall(dest, filter="tar")
-            done.touch()
+            try:
+                dest.mkdir(parents=True, exist_ok=True)
+                tf.extractall(dest, filter="tar")
+                done.touch()
+            except TAR_ERRORS as exc:
+                shutil.rmtree(dest, ignore_errors=True)
+                raise LabError(f"{tar_path} could not be unpacked into {dest} ({_one_line(exc)}); copy or rebuild the tar, or free space there") from None
+            except KeyError as exc:  # tarfile: a hard link to a file that is not in the tar
+                shutil.rmtree(dest, ignore_errors=True)
+                raise LabError(f"{tar_path} could not be unpacked: {exc.args[0]} (a hard link names a file missing from the tar); copy or rebuild the tar") from None
     return dest / prefix if prefix else dest
+
+
+def _open_tar(tar_path: Path) -> tarfile.TarFile:
+    try:
+        return tarfile.open(tar_path)
+    except tarfile.ReadError:
+        raise LabError(f"{tar_path} is neither a Lab directory nor a readable tar (not a tar, tar.gz, tar.bz2 or tar.xz file)") from None
+    except TAR_ERRORS as exc:
+        raise LabError(f"{tar_path} is neither a Lab directory nor a readable tar ({_one_line(exc)})") from None
+
+
+def _one_line(exc: BaseException) -> str:
+    return " ".join(str(exc).split()) or type(exc).__name__
 
 
 def _tar_prefix(members: list[tarfile.TarInfo], tar_path: Path) -> str:
