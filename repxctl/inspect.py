@@ -7,7 +7,9 @@ import time
 from pathlib import Path
 
 import click
+import httpx
 
+from repxd.api.client import ApiError
 from repxd.errors import RepxError, SelectionError
 from repxd.exec.inputs import resolve_inputs, resolve_output
 from repxd.exec.layout import FAIL, SUCCESS
@@ -15,6 +17,7 @@ from repxd.lab.graph import JobStatus, dependents_map, statuses
 from repxd.lab.model import Lab
 
 from .common import Session, lab_options, open_session
+from .daemon import API_OPTION, connect
 from .table import print_table
 
 
@@ -209,8 +212,12 @@ def show_output(job, key, cat, as_json, **kw) -> None:
 @lab_options
 @click.option("-f", "--follow", is_flag=True, help="Keep printing until the job finishes.")
 @click.option("--stderr", "use_stderr", is_flag=True, help="Show stderr.log instead of stdout.log.")
-def log(job, follow, use_stderr, **kw) -> None:
-    """Print a job's stdout (or --stderr) log."""
+@API_OPTION
+def log(job, follow, use_stderr, api_address, **kw) -> None:
+    """Print a job's stdout (or --stderr) log. Without a Lab, asks the daemon for it."""
+    if kw["lab_path"] is None:
+        _log_from_daemon(job, follow, use_stderr, api_address)
+        return
     session = open_session(**kw)
     job_id = one_job(session.lab, job)
     repx = session.layout.repx_dir(job_id)
@@ -235,6 +242,21 @@ def log(job, follow, use_stderr, **kw) -> None:
         if not follow or (finished and (not path.exists() or path.stat().st_size == position)):
             return
         time.sleep(0.25)
+
+
+def _log_from_daemon(job: str, follow: bool, use_stderr: bool, api_address: str | None) -> None:
+    api = connect(api_address)
+    params = {"stream": "stderr" if use_stderr else "stdout", "follow": "1" if follow else "0"}
+    try:
+        with api.stream(f"/v1/jobs/{job}/log", params) as response:
+            if response.status_code >= 400:
+                response.read()
+                raise ApiError(response.status_code, response.json().get("error", response.text))
+            for chunk in response.iter_bytes():
+                click.get_binary_stream("stdout").write(chunk)
+                click.get_binary_stream("stdout").flush()
+    except httpx.TransportError as exc:
+        raise ApiError(503, f"no Lab given and no daemon reachable at {api.address} ({exc}); pass --lab") from None
 
 
 @click.command("trace-params")
