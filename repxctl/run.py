@@ -55,7 +55,9 @@ def run(specs, lab_path, base_path, target, config_path, no_verify, resources_pa
             return
         if api_address:
             raise RepxError(f"no repx daemon answers at {api_address}; start it, or pass --embedded")
-        click.echo(f"repxctl: no repx daemon at {api.address}; running embedded.", err=True)
+        fallback_notice = f"repxctl: no repx daemon at {api.address}; running embedded."
+    else:
+        fallback_notice = None
     session = open_session(lab_path, base_path, target, config_path, no_verify)
     plan = plan_run(session.lab, session.layout.base, list(specs), session.target_name, session.target)
     options = ExecutionOptions(concurrency, mem, continue_on_failure, runtime, load_resources(resources_path))
@@ -64,6 +66,8 @@ def run(specs, lab_path, base_path, target, config_path, no_verify, resources_pa
         _finish(as_json, plan, None, f"Nothing to do: all {len(plan.closure)} jobs of the selection have succeeded "
                                      f"(outputs under {plan.layout.outputs}).")
         return
+    if fallback_notice:
+        click.echo(fallback_notice, err=True)
     embedded = EmbeddedRun(plan, options)
     log_dir = plan.layout.repx_dir
     if as_json:

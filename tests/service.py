@@ -34,7 +34,8 @@ class Daemon:
 
     @classmethod
     def create(cls, extra: str = "", lease: float = 15.0, heartbeat: float = 2.0, agent_id: str = "agent-1",
-               tcp: bool = False) -> Daemon:
+               tcp: bool = False, api_extra: str = "") -> Daemon:
+        """`extra` is TOML appended after the generated tables; `api_extra` are lines of [api]."""
         # Not under pytest's tmp_path: that is 0700, and the auth tests connect as other users.
         root = Path(tempfile.mkdtemp(prefix="repx-daemon-"))
         root.chmod(0o755)
@@ -45,7 +46,7 @@ class Daemon:
         config = root / "repxd.toml"
         config.write_text(
             f'state_dir = "{root / "state"}"\nlog_level = "debug"\n'
-            f'[api]\nsocket = "{sock}"\n{tcp_line}'
+            f'[api]\nsocket = "{sock}"\n{tcp_line}{api_extra}'
             f'[scheduler]\nmetrics = "127.0.0.1:{ports["scheduler"]}"\nlease_seconds = {lease}\npoll_interval = 0.05\nbackoff = 0.2\n'
             f'[agent]\nid = "{agent_id}"\nmetrics = "127.0.0.1:{ports["agent"]}"\nheartbeat_interval = {heartbeat}\n'
             f'[targets.local]\nbase_path = "{base}"\n' + extra)

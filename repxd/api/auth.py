@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import grp
 import hmac
+import json
 import os
 import pwd
 import socket
@@ -35,8 +36,10 @@ class AuthError(web.HTTPException):
 
 
 def deny(status: int, sentence: str) -> web.HTTPException:
-    cls = web.HTTPForbidden if status == 403 else web.HTTPUnauthorized
-    return cls(text=f'{{"error": "{sentence}"}}', content_type="application/json")
+    text = json.dumps({"error": sentence})
+    if status == 403:
+        return web.HTTPForbidden(text=text, content_type="application/json")
+    return web.HTTPUnauthorized(text=text, content_type="application/json", headers={"WWW-Authenticate": "Bearer"})
 
 
 class Authenticator:
@@ -95,6 +98,7 @@ def require_agent(caller: Caller) -> None:
 
 
 def require_owner(caller: Caller, owner_uid: int, owner_name: str, action: str) -> None:
-    if caller.admin or caller.uid == owner_uid:
+    # Token callers have no uid of their own (-1): they own nothing, not even runs an admin token submitted.
+    if caller.admin or (caller.via == "socket" and caller.uid == owner_uid):
         return
     raise deny(403, f"{caller.name} may not {action} run of {owner_name}: users may {action} only their own runs")
