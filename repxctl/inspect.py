@@ -13,7 +13,7 @@ from repxd.api.client import ApiError
 from repxd.errors import RepxError, SelectionError
 from repxd.exec.inputs import resolve_inputs, resolve_output
 from repxd.exec.layout import FAIL, SUCCESS
-from repxd.lab.graph import JobStatus, dependents_map, statuses
+from repxd.lab.graph import JobStatus, dependents_map, matching_jobs, statuses
 from repxd.lab.model import Lab
 
 from .common import Session, lab_options, open_session
@@ -22,9 +22,7 @@ from .table import print_table
 
 
 def one_job(lab: Lab, spec: str) -> str:
-    if spec in lab.jobs:
-        return spec
-    matches = [j for j in lab.jobs if j.startswith(spec)]
+    matches = matching_jobs(lab, spec)
     if len(matches) == 1:
         return matches[0]
     if matches:

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, overload
 
 from ..exec.layout import OutputLayout
-from .graph import JobStatus, statuses, topological_order
+from .graph import JobStatus, matching_jobs, statuses, topological_order
 from .loader import load_lab
 from .model import Job, Lab, Run
 from .models import Manifest, RootMetadata, RunMetadata
@@ -321,9 +321,7 @@ class Experiment:
         return self._effective
 
     def _resolve(self, job_id: str) -> str:
-        if job_id in self.lab.jobs:
-            return job_id
-        matches = [j for j in self.lab.jobs if job_id and j.startswith(job_id)]
+        matches = matching_jobs(self.lab, job_id)
         if len(matches) == 1:
             return matches[0]
         if matches:

@@ -26,6 +26,13 @@ class Outcome(enum.StrEnum):
     FAIL = "fail"
 
 
+def matching_jobs(lab: Lab, prefix: str) -> list[str]:
+    """The job named `prefix` exactly, else every job whose id starts with it."""
+    if prefix in lab.jobs:
+        return [prefix]
+    return [j for j in lab.jobs if prefix and j.startswith(prefix)]
+
+
 def select(lab: Lab, specs: Iterable[str]) -> list[str]:
     """Resolve selectors to job ids: a run name, `@group`, or a job-id prefix (unique)."""
     chosen: dict[str, None] = {}
@@ -47,9 +54,7 @@ def _select_one(lab: Lab, spec: str) -> list[str]:
         return [j for run in lab.groups[group] for j in lab.runs[run].job_ids]
     if spec in lab.runs:
         return list(lab.runs[spec].job_ids)
-    if spec in lab.jobs:
-        return [spec]
-    matches = [j for j in lab.jobs if j.startswith(spec)]
+    matches = matching_jobs(lab, spec)
     if len(matches) == 1:
         return matches
     if len(matches) > 1:
