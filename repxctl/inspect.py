@@ -254,7 +254,7 @@ def _log_from_daemon(job: str, follow: bool, use_stderr: bool, api_address: str 
                 click.get_binary_stream("stdout").write(chunk)
                 click.get_binary_stream("stdout").flush()
     except httpx.TransportError as exc:
-        raise ApiError(503, f"no Lab given and no daemon reachable at {api.address} ({exc}); pass --lab") from None
+        raise RepxError(f"no Lab given (pass --lab PATH or set REPX_LAB) and no daemon to ask at {api.address} ({exc})") from None
 
 
 @click.command("trace-params")
