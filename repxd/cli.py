@@ -95,5 +95,19 @@ def check_config(path: Path) -> None:
     click.echo(f"{path}: OK")
 
 
+@cli.command("install-units")
+@click.option("--prefix", type=click.Path(path_type=Path, file_okay=False), default="/", show_default=True,
+              help="Install under this root (for packaging or a container image).")
+def install_units_command(prefix: Path) -> None:
+    """Install the systemd units, sysusers.d and tmpfiles.d entries (Debian, RHEL, …)."""
+    from .units import install_units
+
+    for path in install_units(prefix):
+        click.echo(f"wrote {path}")
+    if str(prefix) == "/":
+        click.echo("next: systemd-sysusers; systemd-tmpfiles --create; systemctl daemon-reload; "
+                   "systemctl enable --now repx.target", err=True)
+
+
 def main() -> None:
     cli(prog_name="repxd")

@@ -82,7 +82,7 @@ async def run_api(settings: Settings) -> None:
     listeners = str(settings.api.socket) + (f" and {settings.api.tcp}" if settings.api.tcp else "")
     notify.ready(f"serving on {listeners}")
     log.info("api listening on %s", listeners)
-    await _keep_role_fresh(database, "api")
+    await asyncio.gather(_keep_role_fresh(database, "api"), notify.watchdog_loop(lambda: True))
 
 
 async def run_scheduler(settings: Settings) -> None:
