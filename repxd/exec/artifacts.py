@@ -38,7 +38,7 @@ def sync_artifacts(lab: Lab, layout: OutputLayout) -> int:
 
 
 def _place(src: Path, dest: Path) -> None:
-    tmp = dest.with_name(f".{dest.name}.repx-tmp")
+    tmp = dest.with_name(f".{dest.name}.{os.getpid()}.repx-tmp")  # concurrent syncs of one Lab
     tmp.unlink(missing_ok=True)
     try:
         os.link(src, tmp, follow_symlinks=True)

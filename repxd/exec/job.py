@@ -15,7 +15,7 @@ from ..lab.graph import Outcome
 from ..lab.model import Job, Lab
 from .inputs import resolve_inputs
 from .launcher import forget_exit, guarded, spawn_and_wait
-from .layout import FAIL, SUCCESS, OutputLayout, clear_markers, write_json_atomic, write_marker
+from .layout import FAIL, SUCCESS, OutputLayout, clear_markers, write_json, write_marker
 from .runtimes import Runtime
 
 T = TypeVar("T")
@@ -66,7 +66,7 @@ async def run_step(ctx: JobContext, script: Path, out: Path, repx: Path, inputs_
     process is adopted; else `prepare()` and start. `record(status)` writes the outcome."""
     invocation = ctx.runtime.invocation(script, out, repx, [str(out), str(inputs_json), str(params_json)])
     cpus, mem = ctx.request(worker)
-    async with ctx.admission.hold(cpus, mem), guarded(ctx.layout.guard_dir(repx)) as guard:
+    async with ctx.admission.hold(cpus, mem), guarded(ctx.layout.guard(repx)) as guard:
         if guard.leftover_status is None:
             finished = done()
             if finished is not None:
@@ -87,8 +87,6 @@ def prepare_dirs(out: Path, repx: Path, *, fresh_out: bool) -> None:
     out.mkdir(parents=True, exist_ok=True)
     repx.mkdir(parents=True, exist_ok=True)
     clear_markers(repx)
-    for log in ("stdout.log", "stderr.log"):
-        (repx / log).write_bytes(b"")
 
 
 def finish(ctx: JobContext, job_id: str, repx: Path, ok: bool, reason: str | None = None) -> JobResult:
@@ -113,8 +111,8 @@ async def execute_job(ctx: JobContext, job: Job) -> JobResult:
 
     def prepare() -> None:
         prepare_dirs(out, repx, fresh_out=True)
-        write_json_atomic(repx / "inputs.json", inputs)
-        write_json_atomic(repx / "parameters.json", job.params)
+        write_json(repx / "inputs.json", inputs)
+        write_json(repx / "parameters.json", job.params)
 
     return await run_step(
         ctx, script_path(ctx, job.executables["main"].path), out, repx, repx / "inputs.json",

@@ -1,8 +1,9 @@
 """Starting a job's process and waiting for it, at most once at a time per job directory.
 
-A process runs under a small shell wrapper that holds an flock on `<guard>/lock` (inherited
-from the launcher) for its whole life and writes its exit status to `<guard>/exit` when it ends.
-Guards live under `<base>/cache/guards/`, outside the upstream output layout. So a
+A process runs under a small shell wrapper that holds an flock on its guard's lock file
+(inherited from the launcher) for its whole life and writes its exit status next to it.
+Guards (`<stem>.lock`, `<stem>.exit`) live under `<base>/cache/guards/`, outside the upstream
+output layout. So a
 launcher that dies (kill -9, crash, restart) leaves a process that can be adopted: the next
 launcher for the same directory waits for the lock, then reads `.exit` instead of starting the
 job again. This is what makes agent restarts safe; the systemd launcher will use unit names."""
@@ -28,8 +29,12 @@ EXIT_FILE = "exit"
 _WRAPPER = 'exit_file=$1; shift; "$@"; status=$?; echo $status > "$exit_file.tmp" && mv "$exit_file.tmp" "$exit_file"; exit $status'
 
 
+_made_dirs: set[Path] = set()
+
+
+
 def exit_file(guard: Path) -> Path:
-    return guard / EXIT_FILE
+    return guard.with_name(f"{guard.name}.{EXIT_FILE}")
 
 
 class Guard:
@@ -46,8 +51,10 @@ async def guarded(path: Path):
     """Hold the directory's lock for the block, waiting while another process holds it (a process
     of an earlier or concurrent launcher still running). Record outcomes inside the block, so a
     waiting launcher sees them once it gets the lock."""
-    path.mkdir(parents=True, exist_ok=True)
-    fd = os.open(path / LOCK_FILE, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    if path.parent not in _made_dirs:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        _made_dirs.add(path.parent)
+    fd = os.open(path.with_name(f"{path.name}.{LOCK_FILE}"), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
     try:
         while True:
             try:
@@ -70,10 +77,10 @@ def adoptable_status(guard: Path) -> int | None:
 
 async def spawn_and_wait(invocation: Invocation, repx: Path, guard: Guard,
                          on_spawn: Callable[[int], None] | None = None) -> int:
-    """Run `invocation` with stdout/stderr appended to `repx/{stdout,stderr}.log`; the process
+    """Run `invocation` with stdout/stderr written to `repx/{stdout,stderr}.log`; the process
     inherits the guard's lock. Returns the exit status (negative for a signal). Cancelling the
     awaiting task stops the whole process group."""
-    with open(repx / "stdout.log", "ab") as out, open(repx / "stderr.log", "ab") as err:
+    with open(repx / "stdout.log", "wb") as out, open(repx / "stderr.log", "wb") as err:
         proc = await asyncio.create_subprocess_exec(
             "/bin/sh", "-c", _WRAPPER, "repx-job", str(exit_file(guard.path)), *invocation.argv,
             cwd=invocation.cwd, env=invocation.env, stdin=asyncio.subprocess.DEVNULL,

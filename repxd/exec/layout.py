@@ -33,9 +33,10 @@ class OutputLayout:
     def repx_dir(self, job_id: str) -> Path:
         return self.outputs / job_id / "repx"
 
-    def guard_dir(self, repx_dir: Path) -> Path:
-        """Where the launcher keeps the lock and exit status of the process logging to `repx_dir`."""
-        return self.cache / "guards" / repx_dir.relative_to(self.outputs)
+    def guard(self, repx_dir: Path) -> Path:
+        """The stem of the launcher's lock and exit-status files for the process logging to
+        `repx_dir`: one flat directory, so a job costs no directory creation."""
+        return self.cache / "guards" / repx_dir.relative_to(self.outputs).as_posix().replace("/", "%")
 
     # ---- evidence ------------------------------------------------------------------------
 
@@ -111,10 +112,14 @@ def clear_markers(repx_dir: Path) -> None:
 
 
 def write_marker(repx_dir: Path, name: str) -> None:
-    """Create a marker atomically: a half-written marker is never visible."""
-    tmp = repx_dir / f".{name}.tmp"
-    tmp.write_text("")
-    os.replace(tmp, repx_dir / name)
+    """Create a marker. It is empty, so its creation is atomic: it exists or it does not."""
+    os.close(os.open(repx_dir / name, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644))
+
+
+def write_json(path: Path, value) -> None:
+    """For files rewritten before every attempt (inputs.json, parameters.json): a crash leaves
+    the attempt unstarted, and the next one writes them again."""
+    path.write_text(json.dumps(value, indent=2))
 
 
 def write_json_atomic(path: Path, value) -> None:

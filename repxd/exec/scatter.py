@@ -10,7 +10,7 @@ from pathlib import Path
 from ..lab.model import Job
 from .inputs import resolve_inputs
 from .job import JobContext, JobResult, exit_reason, finish, prepare_dirs, run_step, script_path
-from .layout import FAIL, SUCCESS, clear_markers, write_json_atomic, write_marker
+from .layout import FAIL, SUCCESS, clear_markers, write_json, write_marker
 
 
 def _step_order(job: Job) -> list[str]:
@@ -27,8 +27,8 @@ async def execute_scatter_gather(ctx: JobContext, job: Job) -> JobResult:
     repx.mkdir(parents=True, exist_ok=True)
     clear_markers(repx)
     static_inputs = resolve_inputs(ctx.lab, job, layout)
-    write_json_atomic(repx / "inputs.json", static_inputs)
-    write_json_atomic(repx / "parameters.json", job.params)
+    write_json(repx / "inputs.json", static_inputs)
+    write_json(repx / "parameters.json", job.params)
     inputs_json, params_json = repx / "inputs.json", repx / "parameters.json"
 
     scatter_out, scatter_repx = root / "scatter" / "out", root / "scatter" / "repx"
@@ -70,8 +70,8 @@ async def execute_scatter_gather(ctx: JobContext, job: Job) -> JobResult:
 
     def prepare_gather() -> None:
         prepare_dirs(out, repx, fresh_out=True)
-        write_json_atomic(repx / "worker_outs_manifest.json", manifest)
-        write_json_atomic(repx / "gather_inputs.json", gather_inputs)
+        write_json(repx / "worker_outs_manifest.json", manifest)
+        write_json(repx / "gather_inputs.json", gather_inputs)
 
     return await run_step(
         ctx, script_path(ctx, job.executables["gather"].path), out, repx, repx / "gather_inputs.json",
@@ -123,7 +123,7 @@ async def _run_branch(ctx: JobContext, job: Job, branch: Path, item, order: list
 
         def prepare(step_out=step_out, step_repx=step_repx, inputs=inputs) -> None:
             prepare_dirs(step_out, step_repx, fresh_out=True)
-            write_json_atomic(step_repx / "inputs.json", inputs)
+            write_json(step_repx / "inputs.json", inputs)
 
         status = await run_step(ctx, script_path(ctx, exe.path), step_out, step_repx,
                                 step_repx / "inputs.json", params_json, prepare=prepare, worker=True,
