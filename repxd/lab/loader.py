@@ -4,10 +4,13 @@ Every problem becomes one `LabError` sentence naming the file and the fix."""
 
 from __future__ import annotations
 
+import contextlib
+import gc
 import hashlib
 import lzma
 import os
 import shutil
+import stat
 import tarfile
 import zlib
 from collections import deque
@@ -18,16 +21,29 @@ from pydantic import BaseModel, ValidationError
 
 from ..errors import LabError
 from .model import Job, Lab, Run
-from .models import Manifest, RootMetadata, RunMetadata
+from .models import JobSpec, Manifest, RootMetadata, RunMetadata
 
 MANIFEST_SUFFIX = "lab-metadata.json"
+SMALL_FILE = 1 << 16  # files up to this size are hashed from one read
+VERIFY_CHUNK = 256  # files per task when verifying
 # What reading a damaged (possibly compressed) tar can raise besides TarError.
 TAR_ERRORS = (tarfile.TarError, OSError, EOFError, zlib.error, lzma.LZMAError)
 
 
 def load_lab(path: str | os.PathLike, *, verify: bool = True, unpack_dir: Path | None = None) -> Lab:
     """Load the Lab at `path` (a directory or a `.tar`); tar Labs are unpacked into `unpack_dir`."""
-    path = Path(path)
+    # Loading allocates millions of long-lived objects and no garbage cycles; with the cyclic GC on,
+    # its collections rescan the growing heap again and again (a quarter of the time at 100k jobs).
+    gc_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        return _load_lab(Path(path), verify, unpack_dir)
+    finally:
+        if gc_enabled:
+            gc.enable()
+
+
+def _load_lab(path: Path, verify: bool, unpack_dir: Path | None) -> Lab:
     if not _probe(path.exists):
         raise LabError(f"Lab not found: {path} does not exist (pass the directory `nix build` produced, or its .tar)")
     if path.is_file():
@@ -37,8 +53,9 @@ def load_lab(path: str | os.PathLike, *, verify: bool = True, unpack_dir: Path |
     root = path.resolve()
     manifest_path = _find_manifest(root)
     manifest = _parse(Manifest, manifest_path, root)
+    listed_in = f"{_rel(manifest_path, root)} lists"
     for entry in manifest.files:
-        _check_relative(entry.path, f"{_rel(manifest_path, root)} lists")
+        _check_relative(entry.path, listed_in)
     if verify:
         verify_files(root, manifest)
     root_meta_path = _lab_file(root, manifest.metadata, "the manifest's `metadata`")
@@ -59,7 +76,7 @@ def _assemble(root: Path, manifest: Manifest, root_meta: RootMetadata) -> Lab:
         path_to_run[rel] = meta.name
     run_paths = {name: rel for rel, name in path_to_run.items()}
 
-    jobs: dict[str, Job] = {}
+    specs: dict[str, tuple[str, JobSpec]] = {}
     for run_name, meta in run_metas.items():
         deps: dict[str, str] = {}
         for dep_path, kind in meta.dependencies.items():
@@ -74,11 +91,11 @@ def _assemble(root: Path, manifest: Manifest, root_meta: RootMetadata) -> Lab:
                 raise LabError(f"run {run_name!r}: image directory {meta.image} has no manifest.json")
         runs[run_name] = Run(run_name, run_paths[run_name], deps, meta.image, list(meta.jobs))
         for job_id, spec in meta.jobs.items():
-            if job_id in jobs:
-                raise LabError(f"job {job_id} appears in runs {jobs[job_id].run!r} and {run_name!r}; job ids must be unique")
-            jobs[job_id] = Job(job_id, run_name, spec, ())
+            if job_id in specs:
+                raise LabError(f"job {job_id} appears in runs {specs[job_id][0]!r} and {run_name!r}; job ids must be unique")
+            specs[job_id] = (run_name, spec)
 
-    _resolve_dependencies(jobs)
+    jobs = _resolve_dependencies(specs)
     _check_job_files(root, jobs)
     _check_acyclic(jobs)
 
@@ -90,16 +107,18 @@ def _assemble(root: Path, manifest: Manifest, root_meta: RootMetadata) -> Lab:
     return Lab(root, manifest, root_meta, runs, jobs, groups)
 
 
-def _resolve_dependencies(jobs: dict[str, Job]) -> None:
-    for job_id, job in list(jobs.items()):
+def _resolve_dependencies(specs: dict[str, tuple[str, JobSpec]]) -> dict[str, Job]:
+    """Each job's dependencies (hard ones in mapping order, then soft ones sorted), one Job each."""
+    jobs: dict[str, Job] = {}
+    for job_id, (run_name, spec) in specs.items():
         hard: list[str] = []
         soft: set[str] = set()
-        for exe_name, exe in job.executables.items():
+        for exe_name, exe in spec.executables.items():
             for mapping in exe.inputs:
                 dep = mapping.job_id
                 if dep is None or dep == "self":
                     continue
-                if dep not in jobs:
+                if dep not in specs:
                     raise LabError(
                         f"job {job_id} ({exe_name}) maps input {mapping.target_input!r} from job {dep}, "
                         "which is not in this Lab; rebuild the Lab so every referenced job is included"
@@ -108,19 +127,25 @@ def _resolve_dependencies(jobs: dict[str, Job]) -> None:
                     soft.add(dep)
                 elif dep not in hard:
                     hard.append(dep)
-        soft -= set(hard)
-        jobs[job_id] = Job(job_id, job.run, job.spec, tuple(hard) + tuple(sorted(soft)), frozenset(soft))
+        if soft:
+            soft -= set(hard)
+            jobs[job_id] = Job(job_id, run_name, spec, tuple(hard) + tuple(sorted(soft)), frozenset(soft))
+        else:
+            jobs[job_id] = Job(job_id, run_name, spec, tuple(hard))
+    return jobs
 
 
 def _check_job_files(root: Path, jobs: dict[str, Job]) -> None:
+    plain = _PlainTree(root)
+    plain.scan("jobs")
     for job_id, job in jobs.items():
         _check_relative(job_id, "job id")
-        if not _probe((root / "jobs" / job_id).is_dir):
+        if not (plain.is_dir(f"jobs/{job_id}") or _probe((root / "jobs" / job_id).is_dir)):
             raise LabError(f"job {job_id} has no directory jobs/{job_id} in the Lab; the Lab is incomplete")
         for exe_name, exe in job.executables.items():
-            exe_path = _lab_file(root, exe.path, f"job {job_id} executable {exe_name!r}")
+            exe_path = plain.file(exe.path) or _lab_file(root, exe.path, f"job {job_id} executable {exe_name!r}")
             if not os.access(exe_path, os.X_OK):
-                raise LabError(f"job {job_id} executable {exe.path} is not executable (mode {exe_path.stat().st_mode & 0o777:o})")
+                raise LabError(f"job {job_id} executable {exe.path} is not executable (mode {os.stat(exe_path).st_mode & 0o777:o})")
         if job.is_scatter_gather:
             names = set(job.executables)
             if not {"scatter", "gather"} <= names or not any(n.startswith("step-") for n in names):
@@ -163,7 +188,61 @@ def _find_manifest(root: Path) -> Path:
     return candidates[0]
 
 
+class _PlainTree:
+    """The fast path of `_lab_file` and `is_dir` for what Nix builds: paths of plain names (no "",
+    ".", ".." or dot-files) through real directories, no symlinks. One lstat per path component
+    not seen before, instead of `realpath`'s lstat of every component from `/`. Whatever it
+    cannot vouch for (symlinks, missing files, unusual names) gets a falsy answer, and the caller
+    takes the exact slow path, with its error messages."""
+
+    def __init__(self, root: Path) -> None:
+        self.prefix = os.path.join(root, "")  # root is resolved: no symlinks up to here
+        self.dirs: set[str] = set()  # relative paths known to be directories reached without symlinks
+
+    def _mode(self, rel: str) -> int:
+        try:
+            return os.lstat(self.prefix + rel).st_mode
+        except (OSError, ValueError):
+            return 0
+
+    def _dir(self, rel: str) -> bool:
+        if rel in self.dirs:
+            return True
+        parent = rel.rpartition("/")[0]
+        if (parent and not self._dir(parent)) or not stat.S_ISDIR(self._mode(rel)):
+            return False
+        self.dirs.add(rel)
+        return True
+
+    def scan(self, rel: str) -> None:
+        """Learn the subdirectories of directory `rel` from one listing (no lstat per entry)."""
+        if not (_plain(rel) and self._dir(rel)):
+            return
+        with contextlib.suppress(OSError), os.scandir(self.prefix + rel) as entries:
+            for entry in entries:
+                if entry.is_dir(follow_symlinks=False):
+                    self.dirs.add(f"{rel}/{entry.name}")
+
+    def is_dir(self, rel: str) -> bool:
+        return _plain(rel) and self._dir(rel)
+
+    def file(self, rel: str) -> str | None:
+        """The path of regular file `rel` when it is reached without symlinks, else None."""
+        if not _plain(rel):
+            return None
+        parent = rel.rpartition("/")[0]
+        if (parent and not self._dir(parent)) or not stat.S_ISREG(self._mode(rel)):
+            return None
+        return self.prefix + rel
+
+
+def _plain(rel: str) -> bool:
+    return bool(rel) and rel[0] not in "/." and rel[-1] != "/" and "//" not in rel and "/." not in rel and "\x00" not in rel
+
+
 def _check_relative(rel: str, what: str) -> None:
+    if rel and rel[0] != "/" and ".." not in rel and "\x00" not in rel:
+        return  # the common case, decided without building a PurePosixPath
     if "\x00" in rel:
         raise LabError(f"{what} path {rel!r} contains a NUL byte; fix the path in the Lab's metadata")
     p = PurePosixPath(rel)
@@ -210,7 +289,11 @@ def _parse(model: type[BaseModel], path: Path, root: Path):
 
 
 def _sha256(path: Path) -> str:
-    with open(path, "rb") as fh:
+    with open(path, "rb", buffering=0) as fh:
+        if os.fstat(fh.fileno()).st_size <= SMALL_FILE:
+            # file_digest allocates a 256 KiB buffer per call: for the many tiny files of a Lab
+            # (scripts, parameters) that allocation costs more than the hashing.
+            return hashlib.sha256(fh.readall()).hexdigest()
         return hashlib.file_digest(fh, "sha256").hexdigest()
 
 
@@ -233,9 +316,21 @@ def verify_files(root: Path, manifest: Manifest) -> None:
             return f"{entry.path} has SHA-256 {digest[:16]}…, the manifest says {entry.sha256[:16]}…; the Lab was modified or corrupted (rebuild it, or pass --no-verify to run it anyway)"
         return None
 
-    workers = min(32, (os.cpu_count() or 2) * 4)
+    def check_chunk(entries) -> str | None:
+        for entry in entries:
+            problem = check(entry)
+            if problem:
+                return problem
+        return None
+
+    # One task per chunk of files: ThreadPoolExecutor.map ignores `chunksize`, and a future per
+    # file costs more than hashing a small file. Chunks are checked in order, so the problem
+    # reported is still the first in manifest order.
+    files = manifest.files
+    chunks = [files[i:i + VERIFY_CHUNK] for i in range(0, len(files), VERIFY_CHUNK)]
+    workers = min(32, (os.cpu_count() or 2) * 4, max(1, len(chunks)))
     with ThreadPoolExecutor(max_workers=workers) as pool:
-        for problem in pool.map(check, manifest.files, chunksize=256):
+        for problem in pool.map(check_chunk, chunks):
             if problem:
                 raise LabError(problem)
 

@@ -9,6 +9,8 @@ from pydantic import BaseModel, ConfigDict, Field
 
 class _Lenient(BaseModel):
     # Upstream adds keys over time; unknown keys are ignored, as upstream's loader does.
+    # Mutable defaults are `default_factory`s: pydantic deep-copies a `= []` default for every
+    # instance that lacks the key (100,000 deepcopy calls for a Lab whose executables have no `deps`).
     model_config = ConfigDict(extra="ignore", frozen=True)
 
 
@@ -18,7 +20,7 @@ class FileEntry(_Lenient):
 
 
 class Manifest(_Lenient):
-    files: list[FileEntry] = []
+    files: list[FileEntry] = Field(default_factory=list)
     labId: str
     lab_version: str = "1.0.0"
     metadata: str
@@ -29,7 +31,7 @@ class RootMetadata(_Lenient):
     type: Literal["root"] = "root"
     gitHash: str
     runs: list[str]
-    groups: dict[str, list[str]] = {}
+    groups: dict[str, list[str]] = Field(default_factory=dict)
 
 
 class InputMapping(_Lenient):
@@ -45,9 +47,9 @@ class InputMapping(_Lenient):
 
 class Executable(_Lenient):
     path: str
-    inputs: list[InputMapping] = []
-    outputs: dict[str, str] = {}
-    deps: list[str] = []
+    inputs: list[InputMapping] = Field(default_factory=list)
+    outputs: dict[str, str] = Field(default_factory=dict)
+    deps: list[str] = Field(default_factory=list)
 
 
 class ResourceHints(BaseModel):
@@ -64,7 +66,7 @@ class ResourceHints(BaseModel):
 class JobSpec(_Lenient):
     name: str
     stage_type: Literal["simple", "scatter-gather", "worker", "gather"] = "simple"
-    params: dict[str, Any] = {}
+    params: dict[str, Any] = Field(default_factory=dict)
     executables: dict[str, Executable]
     resource_hints: ResourceHints | None = None
 
@@ -73,6 +75,6 @@ class RunMetadata(_Lenient):
     type: Literal["run"] = "run"
     name: str
     gitHash: str | None = None
-    dependencies: dict[str, Literal["hard", "soft"]] = {}
+    dependencies: dict[str, Literal["hard", "soft"]] = Field(default_factory=dict)
     image: str | None = None
-    jobs: dict[str, JobSpec] = {}
+    jobs: dict[str, JobSpec] = Field(default_factory=dict)
