@@ -47,6 +47,7 @@ class Agent:
         self.id = settings.agent.id
         self.inventory = inventory(settings)
         self.running: dict[int, asyncio.Task] = {}
+        self._slot_freed = asyncio.Event()
         self.state = "active"
         self.last_heartbeat = time.monotonic()
         self._labs: dict[tuple[str, str], object] = {}
@@ -77,15 +78,22 @@ class Agent:
         return reply["adopt"]
 
     async def run(self) -> None:
-        adopt = await self.register()
-        for attempt_id in adopt:
-            if attempt_id not in self.running:
-                details = await self._retrying("GET", f"/v1/attempts/{attempt_id}")
-                log.info("re-attaching attempt %s", attempt_id, extra={"job_id": details["job"], "run_id": details["run"]})
-                self._start(details)
+        for attempt_id in await self.register():
+            await self._adopt(attempt_id)
         notify.ready(f"agent {self.id}: {self.inventory['slots']} slots")
         log.info("agent %s ready: %s", self.id, self.inventory)
         await asyncio.gather(self._heartbeats(), self._claims(), notify.watchdog_loop(self.healthy))
+
+    async def _adopt(self, attempt_id: int) -> None:
+        """Run an attempt the store says is ours: after a restart, or when a claim's reply was lost.
+        If its process still runs, the launcher's guard waits for it instead of starting another."""
+        if attempt_id in self.running:
+            return
+        details = await self._retrying("GET", f"/v1/attempts/{attempt_id}")
+        if attempt_id in self.running or details["state"] not in ("running", "cancelling"):
+            return
+        log.info("re-attaching attempt %s", attempt_id, extra={"job_id": details["job"], "run_id": details["run"]})
+        self._start(details)
 
     def healthy(self) -> bool:
         return time.monotonic() - self.last_heartbeat < 3 * self.settings.scheduler.lease_seconds
@@ -105,6 +113,8 @@ class Agent:
             self.last_heartbeat = time.monotonic()
             self.metrics.heartbeat_age.set(0)
             self.state = reply["state"]
+            for attempt_id in reply.get("adopt", []):
+                await self._adopt(attempt_id)
             for attempt_id in reply["cancel"]:
                 task = self.running.get(attempt_id)
                 if task is not None:
@@ -114,9 +124,11 @@ class Agent:
 
     async def _claims(self) -> None:
         while True:
+            self._slot_freed.clear()
             free = self.inventory["slots"] - len(self.running)
             if self.state != "active" or free <= 0:
-                await asyncio.sleep(0.2)
+                with contextlib.suppress(TimeoutError):  # claim again as soon as a job ends
+                    await asyncio.wait_for(self._slot_freed.wait(), 0.2)
                 continue
             try:
                 work = await self.api.call("POST", f"/v1/agents/{self.id}/claim", {"max": free, "wait": 20}, timeout=40)
@@ -131,7 +143,8 @@ class Agent:
         task = asyncio.create_task(self._execute(item))
         self.running[item["attempt"]] = task
         self.metrics.running.set(len(self.running))
-        task.add_done_callback(lambda _t, a=item["attempt"]: (self.running.pop(a, None), self.metrics.running.set(len(self.running))))
+        task.add_done_callback(lambda _t, a=item["attempt"]: (self.running.pop(a, None), self.metrics.running.set(len(self.running)),
+                                                              self._slot_freed.set()))
 
     def _context(self, item: dict):
         """Load (cached) the Lab, sync artifacts and prepare the runtime: blocking, run in a thread."""

@@ -4,10 +4,12 @@ placeable jobs on agents with room. All state is in the store; a restarted sched
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import socket
 import time
+import weakref
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -20,6 +22,29 @@ from ..store.db import AsyncDatabase
 
 log = logging.getLogger("repx.scheduler")
 PLACEMENT_BATCH = 2000
+
+
+class Wakeups:
+    """In-process wake-ups between roles sharing one AsyncDatabase (`repxd all`): the API sets
+    `schedule` when jobs may have become placeable or room was freed, the scheduler pulses `placed`
+    for claim long-polls. Roles in separate processes are never woken and poll as before."""
+
+    def __init__(self) -> None:
+        self.schedule = asyncio.Event()
+        self.placed = asyncio.Event()
+
+    def pulse_placed(self) -> None:
+        self.placed.set()  # wakes every current waiter
+        self.placed.clear()
+
+
+_WAKEUPS: weakref.WeakKeyDictionary[AsyncDatabase, Wakeups] = weakref.WeakKeyDictionary()
+
+
+def wakeups(database: AsyncDatabase) -> Wakeups:
+    if database not in _WAKEUPS:
+        _WAKEUPS[database] = Wakeups()
+    return _WAKEUPS[database]
 
 
 @dataclass
@@ -52,6 +77,7 @@ class Scheduler:
         self.last_tick = 0.0
         self.started = time.time()
         self._counts_at = 0.0
+        self.wakeups = wakeups(database)
 
     async def _capacities(self, now: float) -> dict[str, Capacity]:
         agents = await self.db.run(q.list_agents, self.db.db)
@@ -99,6 +125,7 @@ class Scheduler:
             decisions.append((row["run_id"], row["job_id"], agent))
         created = await self.db.run(q.place, self.db.db, decisions, done)
         if created:
+            self.wakeups.pulse_placed()
             self.metrics.placed.inc(created)
             for row, (_r, _j, agent) in zip(pending, decisions, strict=True):
                 if agent is not None and row["ready_at"]:
@@ -125,10 +152,12 @@ class Scheduler:
         watchdog = asyncio.create_task(notify.watchdog_loop(self.healthy))
         try:
             while True:
+                self.wakeups.schedule.clear()
                 placed = await self.tick()
                 notify.status(f"scheduling; placed {placed} in the last pass")
                 if not placed:
-                    await asyncio.sleep(self.settings.poll_interval)
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(self.wakeups.schedule.wait(), self.settings.poll_interval)
         finally:
             watchdog.cancel()
 

@@ -38,8 +38,9 @@ def test_roles_notify_ready_status_watchdog_and_stopping(tmp_path):
             messages = read_datagrams(sock, "READY=1")
             assert any("STATUS=serving on" in m for m in messages)
             d.start("scheduler")
-            messages = read_datagrams(sock, "WATCHDOG=1")
+            messages = read_datagrams(sock, "STATUS=scheduling")
             assert any("READY=1" in m and "STATUS=scheduling" in m for m in messages)
+            assert any("WATCHDOG=1" in m for m in messages + read_datagrams(sock, "WATCHDOG=1"))
             d.kill("scheduler", signal.SIGTERM)
             assert any("STOPPING=1" in m for m in read_datagrams(sock, "STOPPING=1"))
         finally:

@@ -1,0 +1,310 @@
+"""The daemon: API latency under concurrent clients, end-to-end throughput of a no-op DAG through
+`repxd all` (next to the embedded engine on the same DAG), and recovery after kill -9.
+
+Every daemon runs in a fresh directory with a private Unix socket and loopback metrics ports.
+
+    python bench/daemon.py                  # 30 s latency phases, 10,000-job DAG
+    python bench/daemon.py --quick          # 5 s phases, 1,000 jobs
+    python bench/daemon.py --only throughput --jobs 5000 --slots 8
+    python bench/daemon.py --quick --only throughput --py-spy .bench/daemon/all.svg   # profile `repxd all`
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import resource
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import aiohttp
+import httpx
+from dag import RUN_NAME, default_width, write_lab
+
+ROOT = Path(__file__).resolve().parent.parent
+BENCH = ROOT / ".bench" / "daemon"
+BIN = Path(sys.executable).parent
+READ_P99_GOAL, THROUGHPUT_GOAL, RECOVERY_GOAL = 0.025, 300.0, 2.0
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Daemon:
+    """A repxd.toml in its own directory and one `repxd all` process running it."""
+
+    def __init__(self, slots: int) -> None:
+        self.root = Path(tempfile.mkdtemp(prefix="repx-bench-daemon-"))
+        self.socket, self.base, self.log = self.root / "api.sock", self.root / "base", self.root / "repxd.log"
+        self.config = self.root / "repxd.toml"
+        self.config.write_text(
+            f'state_dir = "{self.root / "state"}"\nlog_level = "info"\n[api]\nsocket = "{self.socket}"\n'
+            f'[scheduler]\nmetrics = "127.0.0.1:{free_port()}"\n'
+            f'[agent]\nid = "bench-agent"\nslots = {slots}\ncpus = {slots}\nmetrics = "127.0.0.1:{free_port()}"\n'
+            f'[targets.local]\nbase_path = "{self.base}"\n')
+        self.proc: subprocess.Popen | None = None
+        self.http = httpx.Client(transport=httpx.HTTPTransport(uds=str(self.socket)), base_url="http://repx", timeout=600)
+
+    def start(self) -> float:
+        """Start `repxd all`; returns the seconds until /v1/health answers."""
+        started = time.perf_counter()
+        with open(self.log, "ab") as log:
+            self.proc = subprocess.Popen([str(BIN / "repxd"), "all", "--config", str(self.config)], stdout=log, stderr=subprocess.STDOUT)
+        while time.perf_counter() - started < 60:
+            try:
+                if self.http.get("/v1/health", timeout=1).status_code == 200:
+                    return time.perf_counter() - started
+            except httpx.TransportError:
+                pass
+            if self.proc.poll() is not None:
+                break
+            time.sleep(0.005)
+        raise RuntimeError(f"repxd all did not come up; log:\n{self.log.read_text()[-3000:]}")
+
+    def call(self, method: str, path: str, body: dict | None = None) -> dict:
+        response = self.http.request(method, path, json=body)
+        if response.status_code >= 400:
+            raise RuntimeError(f"{method} {path}: {response.status_code} {response.text}")
+        return response.json()
+
+    def submit(self, lab: Path) -> dict:
+        return self.call("POST", "/v1/runs", {"lab": str(lab), "selection": [RUN_NAME]})
+
+    def cpu(self) -> float:
+        """CPU seconds of the daemon and its finished children (the jobs) so far."""
+        fields = Path(f"/proc/{self.proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return sum(int(f) for f in fields[11:15]) / os.sysconf("SC_CLK_TCK")
+
+    def wait_done(self, run_id: str, timeout: float = 3600, poll: float = 0.1) -> dict:
+        """Poll the run (a count over its jobs: not too often, it competes with the run)."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            run = self.call("GET", f"/v1/runs/{run_id}")
+            if run["done"]:
+                return run
+            time.sleep(poll)
+        raise RuntimeError(f"run {run_id} not done after {timeout} s: {run['counts']}")
+
+    def stop(self, sig: int = signal.SIGTERM) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(sig)
+            self.proc.wait(timeout=60)
+
+    def close(self) -> None:
+        self.stop()
+        self.http.close()
+        shutil.rmtree(self.root, ignore_errors=True)
+
+
+def cached_lab(n: int) -> Path:
+    work = BENCH / f"n{n}"
+    stamp = work / "dag.json"
+    key = {"n": n, "width": default_width(n), "version": 1}
+    if not (stamp.exists() and json.loads(stamp.read_text()) == key):
+        print(f"  writing a {n}-job Lab under {work.relative_to(ROOT)} (once) ...", flush=True)
+        shutil.rmtree(work, ignore_errors=True)
+        write_lab(work / "lab", n)
+        stamp.write_text(json.dumps(key))
+    return work / "lab"
+
+
+async def hammer(sock: Path, method: str, path: str, body: dict | None, clients: int, seconds: float) -> dict:
+    """`clients` coroutines, each with its own connection, issuing requests back to back for `seconds`."""
+    latencies: list[float] = []
+    failures: list[str] = []
+    deadline = time.perf_counter() + seconds
+
+    async def client() -> None:
+        timeout = aiohttp.ClientTimeout(total=120)
+        async with aiohttp.ClientSession(connector=aiohttp.UnixConnector(path=str(sock)), timeout=timeout) as session:
+            while time.perf_counter() < deadline:
+                started = time.perf_counter()
+                async with session.request(method, f"http://repx{path}", json=body) as response:
+                    await response.read()
+                    if response.status >= 300:
+                        failures.append(f"{response.status}")
+                        continue
+                latencies.append(time.perf_counter() - started)
+
+    started = time.perf_counter()
+    await asyncio.gather(*(client() for _ in range(clients)))
+    elapsed = time.perf_counter() - started
+    if not latencies:
+        raise RuntimeError(f"{method} {path}: no request succeeded ({failures[:3]})")
+    latencies.sort()
+    return {"clients": clients, "requests": len(latencies), "errors": len(failures), "rps": len(latencies) / elapsed,
+            "p50_ms": 1000 * latencies[len(latencies) // 2], "p99_ms": 1000 * latencies[int(0.99 * len(latencies))],
+            "mean_ms": 1000 * statistics.fmean(latencies), "max_ms": 1000 * latencies[-1]}
+
+
+def show(label: str, r: dict) -> None:
+    print(f"  {label:<24} {r['clients']:>3} clients: p50 {r['p50_ms']:7.1f} ms  p99 {r['p99_ms']:7.1f} ms  "
+          f"mean {r['mean_ms']:7.1f} ms  max {r['max_ms']:7.1f} ms  {r['rps']:6.0f} req/s  "
+          f"{r['cpu_us']:5.0f} us daemon CPU/req  ({r['requests']} ok, {r['errors']} errors)", flush=True)
+
+
+def phases(d: Daemon, label: str, request: tuple, levels: list[int], seconds: float) -> dict:
+    """One closed-loop phase per concurrency level; the largest gets `seconds`, the others at most 5 s."""
+    out = {}
+    for clients in levels:
+        cpu = d.cpu()
+        r = asyncio.run(hammer(d.socket, *request, clients, seconds if clients == levels[-1] else min(5.0, seconds)))
+        r["cpu_us"] = 1e6 * (d.cpu() - cpu) / r["requests"]
+        show(label, r)
+        out[clients] = r
+    return out
+
+
+def bench_latency(args) -> dict:
+    print("API latency (repxd all; closed loop: each client sends its next request when the last one is answered):", flush=True)
+    lab = cached_lab(args.small)
+    d = Daemon(args.slots)
+    try:
+        d.start()
+        run = d.wait_done(d.submit(lab)["id"])
+        assert run["state"] == "succeeded", run
+        levels = sorted({1, min(20, args.clients), args.clients})
+        reads = phases(d, "GET /v1/runs/{id}", ("GET", f"/v1/runs/{run['id']}", None), levels, args.seconds)
+        top = reads[args.clients]
+        verdict = "meets" if top["p99_ms"] <= 1000 * READ_P99_GOAL else "misses"
+        print(f"    read p99 {verdict} the goal of {1000 * READ_P99_GOAL:.0f} ms at {args.clients} clients "
+              f"(Little's law: {args.clients} clients / {top['rps']:.0f} req/s = {1000 * args.clients / top['rps']:.0f} ms mean)", flush=True)
+        body = {"lab": str(lab), "selection": [RUN_NAME]}  # its jobs succeeded already: planning and the store only
+        submits = phases(d, f"POST /v1/runs ({args.small} jobs)", ("POST", "/v1/runs", body), [1, args.clients], args.submit_seconds)
+    finally:
+        d.close()
+    return {"reads": reads, "submits": submits}
+
+
+def run_embedded(lab: Path, n: int, slots: int) -> dict:
+    base = Path(tempfile.mkdtemp(prefix="repx-bench-embedded-"))
+    argv = [str(BIN / "repxctl"), "run", RUN_NAME, "--lab", str(lab), "--base-path", str(base), "--embedded",
+            "-j", str(slots), "--json"]
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    started = time.perf_counter()
+    done = subprocess.run(argv, capture_output=True, text=True, check=False)
+    wall = time.perf_counter() - started
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu = after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime
+    shutil.rmtree(base, ignore_errors=True)
+    if done.returncode != 0:
+        raise RuntimeError(f"embedded run failed ({done.returncode}): {done.stderr[-2000:]}")
+    summary = json.loads(done.stdout)
+    assert summary["ok"] and summary["executed"] == n, {k: summary[k] for k in ("ok", "executed")}
+    return {"seconds": summary["seconds"], "wall": wall, "jobs_per_s": n / summary["seconds"], "cpu_ms_per_job": 1000 * cpu / n}
+
+
+def bench_throughput(args) -> dict:
+    n = args.jobs
+    print(f"End-to-end throughput, {n}-job no-op DAG (width {default_width(n)}), agent slots={args.slots}:", flush=True)
+    lab = cached_lab(n)
+    d = Daemon(args.slots)
+    try:
+        d.start()
+        spy = args.py_spy and subprocess.Popen(["py-spy", "record", "--threads", "-r", "200", "-o", str(args.py_spy), "-p", str(d.proc.pid)],
+                                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        cpu, load, started = d.cpu(), os.getloadavg()[0], time.perf_counter()
+        run = d.submit(lab)
+        submitted = time.perf_counter() - started
+        run = d.wait_done(run["id"])
+        seconds, cpu = time.perf_counter() - started, d.cpu() - cpu
+        assert run["state"] == "succeeded" and run["counts"] == {"succeeded": n}, run
+        if spy:
+            spy.send_signal(signal.SIGINT)  # py-spy writes its flame graph and exits
+            spy.wait(timeout=60)
+    finally:
+        d.close()
+    daemon = {"seconds": seconds, "submit_seconds": submitted, "jobs_per_s": n / seconds, "cpu_ms_per_job": 1000 * cpu / n,
+              "load_at_start": load}
+    verdict = "meets" if daemon["jobs_per_s"] >= THROUGHPUT_GOAL else "misses"
+    print(f"  daemon:   {seconds:7.2f} s submit-to-done ({submitted:.2f} s of it the submit): "
+          f"{daemon['jobs_per_s']:6.0f} jobs/s ({verdict} the goal of {THROUGHPUT_GOAL:.0f}); "
+          f"{daemon['cpu_ms_per_job']:.1f} ms CPU per job (daemon and jobs); load {load:.1f}", flush=True)
+    if args.py_spy:
+        print(f"  profile:  {args.py_spy} (py-spy flame graph of every thread of `repxd all` during the run)", flush=True)
+    embedded = run_embedded(lab, n, args.slots)
+    print(f"  embedded: {embedded['seconds']:7.2f} s (its \"seconds\"; {embedded['wall']:.2f} s wall with startup"
+          f" and planning): {embedded['jobs_per_s']:6.0f} jobs/s, -j {args.slots}; {embedded['cpu_ms_per_job']:.1f} ms CPU"
+          " per job (startup and planning included)", flush=True)
+    return {"daemon": daemon, "embedded": embedded}
+
+
+def log_after(path: Path, offset: int, needle: str) -> bool:
+    return needle.encode() in path.read_bytes()[offset:]
+
+
+def bench_recovery(args) -> dict:
+    n = args.jobs
+    print(f"Recovery after kill -9 with a {n}-job run in the store:", flush=True)
+    lab = cached_lab(n)
+    d = Daemon(args.slots)
+    try:
+        d.start()
+        run_id = d.submit(lab)["id"]
+        while d.call("GET", f"/v1/runs/{run_id}")["counts"].get("succeeded", 0) < min(n // 10, 500):
+            time.sleep(0.02)
+        d.stop(signal.SIGKILL)
+        before, restarted = d.log.stat().st_size, time.time()
+        health = d.start()
+        started, ready, placed = time.perf_counter() - health, None, []
+        while ready is None and time.perf_counter() - started < 60:
+            ready = time.perf_counter() - started if log_after(d.log, before, "scheduler ready") else None
+            time.sleep(0.002)
+        counts = d.call("GET", f"/v1/runs/{run_id}")["counts"]
+        while not placed and time.perf_counter() - started < 60:  # attempts record when they were placed
+            placed = [a["created"] - restarted for a in d.call("GET", f"/v1/attempts?run={run_id}") if a["created"] >= restarted]
+            time.sleep(0.05)
+        first = min(placed, default=None)
+        final = d.wait_done(run_id) if args.finish else None
+    finally:
+        d.close()
+    out = {"health_s": health, "ready_s": ready, "first_placed_s": first, "counts_at_restart": counts}
+    fmt = lambda s: "n/a" if s is None else f"{s:.2f} s"  # noqa: E731
+    verdict = "meets" if ready is not None and ready <= RECOVERY_GOAL else "misses"
+    print(f"  restart -> /v1/health answers: {fmt(health)}; -> 'scheduler ready' logged: {fmt(ready)} "
+          f"({verdict} the goal of {RECOVERY_GOAL:.0f} s); -> first job placed: {fmt(first)}", flush=True)
+    print(f"  jobs at restart: {counts}", flush=True)
+    if final is not None:
+        print(f"  the run then finished: {final['state']} {final['counts']}", flush=True)
+        out["final"] = final["counts"]
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="5 s latency phases and 1,000 jobs")
+    parser.add_argument("--only", choices=("latency", "throughput", "recovery"), action="append")
+    parser.add_argument("--seconds", type=float, help="duration of the read phase (default 30, quick 5)")
+    parser.add_argument("--submit-seconds", type=float, help="duration of the submit phase (default 10, quick 3)")
+    parser.add_argument("--clients", type=int, default=200)
+    parser.add_argument("--jobs", type=int, help="jobs in the DAG (default 10000, quick 1000)")
+    parser.add_argument("--small", type=int, default=10, help="jobs in the Lab read and submitted in the latency phase")
+    parser.add_argument("--slots", type=int, default=8, help="the agent's slots (and -j of the embedded run)")
+    parser.add_argument("--py-spy", type=Path, help="record the throughput daemon with py-spy (pip install py-spy) to this SVG")
+    parser.add_argument("--no-finish", dest="finish", action="store_false", help="do not wait for the recovered run")
+    parser.add_argument("--json", type=Path, help="also write the figures here")
+    args = parser.parse_args()
+    args.seconds = args.seconds or (5.0 if args.quick else 30.0)
+    args.submit_seconds = args.submit_seconds or (3.0 if args.quick else 10.0)
+    args.jobs = args.jobs or (1000 if args.quick else 10000)
+    print(f"machine: {len(os.sched_getaffinity(0))} CPUs, load {os.getloadavg()[0]:.2f}; python {sys.version.split()[0]}", flush=True)
+    benches = {"latency": bench_latency, "throughput": bench_throughput, "recovery": bench_recovery}
+    results = {name: fn(args) for name, fn in benches.items() if not args.only or name in args.only}
+    if args.json:
+        args.json.write_text(json.dumps(results, indent=2))
+
+
+if __name__ == "__main__":
+    main()
