@@ -132,22 +132,22 @@ async def show_run(request: web.Request) -> web.Response:
     return web.json_response(run_json(await _run_or_404(request)))
 
 
-async def cancel_run(request: web.Request) -> web.Response:
+async def _owner_action(request: web.Request, action: str, transition, result_key: str) -> web.Response:
+    """cancel or retry: allowed to the run's submitter and to admins; wakes the scheduler."""
     who = caller(request)
     run = await _run_or_404(request)
-    require_owner(who, run.submitter_uid, run.submitter_name, "cancel")
-    stopping = await db(request).run(q.cancel_run, db(request).db, run.id)
+    require_owner(who, run.submitter_uid, run.submitter_name, action)
+    count = await db(request).run(transition, db(request).db, run.id)
     wakeups(db(request)).schedule.set()
-    return web.json_response({"run": run.id, "stopping_attempts": stopping})
+    return web.json_response({"run": run.id, result_key: count})
+
+
+async def cancel_run(request: web.Request) -> web.Response:
+    return await _owner_action(request, "cancel", q.cancel_run, "stopping_attempts")
 
 
 async def retry_run(request: web.Request) -> web.Response:
-    who = caller(request)
-    run = await _run_or_404(request)
-    require_owner(who, run.submitter_uid, run.submitter_name, "retry")
-    requeued = await db(request).run(q.retry_run, db(request).db, run.id)
-    wakeups(db(request)).schedule.set()
-    return web.json_response({"run": run.id, "requeued": requeued})
+    return await _owner_action(request, "retry", q.retry_run, "requeued")
 
 
 async def list_jobs(request: web.Request) -> web.Response:
