@@ -265,7 +265,6 @@ def trace_params(job, as_json, **kw) -> None:
     """Effective parameters of a job and which job each comes from (own parameters win)."""
     lab = open_session(**kw).lab
     job_id = one_job(lab, job)
-    provenance: dict[str, tuple[object, str]] = {}
     memo: dict[str, dict[str, tuple[object, str]]] = {}
 
     def effective(jid: str) -> dict[str, tuple[object, str]]:

@@ -152,9 +152,8 @@ async def retry_run(request: web.Request) -> web.Response:
 
 async def list_jobs(request: web.Request) -> web.Response:
     caller(request)
-    run_id = request.match_info.get("run") or request.query.get("run")
-    if run_id:
-        run_id = (await _run_or_404(request)).id if "run" in request.match_info else run_id
+    # /v1/runs/{run}/jobs takes a run-id prefix and 404s; /v1/jobs?run= filters as given.
+    run_id = (await _run_or_404(request)).id if "run" in request.match_info else request.query.get("run")
     jobs = await db(request).run(q.list_jobs, db(request).db, run_id, request.query.get("state"))
     return web.json_response([asdict(j) for j in jobs])
 

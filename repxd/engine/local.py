@@ -83,14 +83,15 @@ class LocalEngine:
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
 
-        def block(job_id: str) -> None:
-            stack = [job_id]
+        def block(first: str) -> None:
+            """`first` and everything downstream of it will not run."""
+            stack = [first]
             while stack:
-                for child in dependents[stack.pop()]:
-                    if child not in done:
-                        done.add(child)
-                        summary.blocked.append(child)
-                        stack.append(child)
+                job_id = stack.pop()
+                if job_id not in done:
+                    done.add(job_id)
+                    summary.blocked.append(job_id)
+                    stack.extend(dependents[job_id])
 
         for job_id in self.plan:
             if waiting[job_id] == 0:
@@ -122,8 +123,6 @@ class LocalEngine:
                             launch(child)
                             running += 1
                 else:
-                    done.add(child)
-                    summary.blocked.append(child)
                     block(child)
         summary.not_started.extend(j for j in self.plan if j not in done)
         summary.cancelled = self._cancelled

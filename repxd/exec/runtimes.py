@@ -16,15 +16,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..config import TargetConfig
-from ..errors import ConfigError, LabError
+from ..errors import ConfigError, LabError, RepxError
 from ..lab.model import Lab
 from .layout import OutputLayout
 
 SANDBOX_PATH = "/usr/local/bin:/usr/bin:/bin:/usr/sbin:/sbin"
 
 
-class RuntimeError_(Exception):
-    """A runtime could not be prepared (image extraction or load failed)."""
+class RuntimePreparationError(RepxError):
+    """A runtime could not be prepared (the engine failed to load the image): one line, exit 1."""
+
+    exit_code = 1
 
 
 @dataclass
@@ -81,9 +83,9 @@ def image_dir(lab: Lab, image: str) -> Path:
 
 def read_image_manifest(path: Path) -> dict:
     try:
-        entries = json.loads((path / "manifest.json").read_text())
-        entry = entries[0]
-        entry["Layers"], entry.get("RepoTags", [None])[0]
+        entry = json.loads((path / "manifest.json").read_text())[0]
+        if not isinstance(entry["Layers"], list):
+            raise TypeError("Layers is not a list")
         return entry
     except (OSError, ValueError, LookupError, TypeError) as exc:
         raise LabError(f"image {path}: manifest.json is not a docker-archive manifest ({exc})") from None
@@ -188,7 +190,7 @@ class ContainerRuntime(Runtime):
             finally:
                 archive.unlink(missing_ok=True)
             if result.returncode != 0:
-                raise RuntimeError_(f"{self.program} load of {self.image.name} failed: {result.stderr.strip()[-500:]}")
+                raise RuntimePreparationError(f"{self.program} load of {self.image.name} failed: {result.stderr.strip()[-500:]}")
 
     def _image_present(self, tag: str) -> bool:
         probe = [self.program, "image", "exists", tag] if self.program == "podman" else [self.program, "image", "inspect", tag]
