@@ -9,7 +9,7 @@ import click
 from repxd import __version__
 from repxd.errors import RepxError
 
-from . import daemon, gc, inspect, run, viz
+from . import daemon, gc, hardware, inspect, run, viz
 
 
 class RepxctlGroup(click.Group):
@@ -34,6 +34,7 @@ cli.add_command(inspect.log)
 cli.add_command(inspect.trace_params)
 cli.add_command(viz.viz)
 cli.add_command(gc.gc)
+cli.add_command(hardware.hardware)
 for command in (daemon.status, daemon.runs, daemon.jobs, daemon.cancel, daemon.retry, daemon.agents):
     cli.add_command(command)
 

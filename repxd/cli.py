@@ -95,6 +95,32 @@ def check_config(path: Path) -> None:
     click.echo(f"{path}: OK")
 
 
+@cli.command("hwdetect")
+@click.option("--root", "root", type=click.Path(path_type=Path, file_okay=False), default="/", show_default=True,
+              help="Read /proc, /sys and /dev under this prefix (a recorded tree).")
+@click.option("--tools", type=click.Path(path_type=Path, file_okay=False),
+              help="Recorded tool outputs (nvidia-smi-q-x.xml, rocm-smi.json) instead of running the programs.")
+@click.option("--output", type=click.Path(path_type=Path, dir_okay=False), default="/run/repx/hardware.json",
+              show_default=True, help="Where to write the inventory; - for standard output.")
+def hwdetect(root: Path, tools: Path | None, output: Path) -> None:
+    """Detect GPUs, CPU and memory and write the inventory the agent registers with."""
+    from .hardware import detect, write_inventory
+
+    if not root.is_dir():
+        click.echo(f"repxd: error: --root {root} is not a directory", err=True)
+        sys.exit(2)
+    inventory = detect(root, tools)
+    if str(output) == "-":
+        click.echo(inventory.model_dump_json(indent=2))
+        return
+    try:
+        write_inventory(inventory, output)
+    except OSError as exc:
+        click.echo(f"repxd: error: cannot write {output} ({exc.strerror})", err=True)
+        sys.exit(1)
+    click.echo(f"{inventory.summary()}; wrote {output}")
+
+
 @cli.command("install-units")
 @click.option("--prefix", type=click.Path(path_type=Path, file_okay=False), default="/", show_default=True,
               help="Install under this root (for packaging or a container image).")

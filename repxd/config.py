@@ -91,6 +91,7 @@ class ResourceRule(_Strict):
     time: str | None = None
     sbatch_opts: list[str] | None = None
     gpus: int | None = Field(default=None, ge=0)
+    gpu: Literal["optional", "required"] | None = None  # optional: run on a CPU when no GPU is free
     worker_resources: ResourceRule | None = None
 
     @field_validator("mem")

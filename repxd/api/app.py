@@ -205,6 +205,17 @@ async def list_agents(request: web.Request) -> web.Response:
                               for a in agents])
 
 
+async def hardware(request: web.Request) -> web.Response:
+    caller(request)
+    agents = await db(request).run(q.list_agents, db(request).db)
+    held = await db(request).run(q.held_devices, db(request).db)
+    name = request.query.get("agent")
+    if name and not any(a.id == name for a in agents):
+        return error(404, f"no agent {name!r} (see `repxctl agents`)")
+    return web.json_response([{"agent": a.id, "host": a.host, "state": a.state, "hardware": a.inventory.get("hardware"),
+                               "gpus_in_use": sorted(held.get(a.id, ()))} for a in agents if not name or a.id == name])
+
+
 async def register_agent(request: web.Request) -> web.Response:
     require_agent(caller(request))
     req = await body(request, RegisterRequest)
@@ -248,7 +259,8 @@ async def attempt_details(request: web.Request) -> web.Response:
     row = rows[0]
     return web.json_response({"attempt": row["id"], "run": row["run_id"], "job": row["job_id"], "base_path": row["base_path"],
                               "lab_path": row["lab_path"], "target": row["target"], "options": json.loads(row["options"]),
-                              "cpus": row["cpus"], "mem": row["mem"], "state": row["state"]})
+                              "cpus": row["cpus"], "mem": row["mem"], "state": row["state"],
+                              "devices": json.loads(row["devices"] or "[]")})
 
 
 async def report(request: web.Request) -> web.Response:
@@ -341,6 +353,7 @@ def make_app(settings: Settings, database: AsyncDatabase, version: str) -> web.A
     r.add_get("/v1/jobs/{job}/log", job_log)
     r.add_get("/v1/attempts", list_attempts)
     r.add_get("/v1/agents", list_agents)
+    r.add_get("/v1/hardware", hardware)
     r.add_post("/v1/agents", register_agent)
     r.add_post("/v1/agents/{agent}/heartbeat", heartbeat)
     r.add_post("/v1/agents/{agent}/claim", claim)

@@ -25,6 +25,7 @@ _ROUTES = [
     ("get", "/v1/jobs/{job}/log", "A job's stdout (?stream=stderr), ?follow=1 streams until it ends", None),
     ("get", "/v1/attempts", "Attempts, filtered by ?run= and ?job=", None),
     ("get", "/v1/agents", "Agents with their state and load", None),
+    ("get", "/v1/hardware", "Hardware inventories per agent (?agent=NAME) and the GPUs in use", None),
     ("post", "/v1/agents", "Register an agent (agents only)", RegisterRequest),
     ("post", "/v1/agents/{agent}/heartbeat", "Extend an agent's lease; returns attempts to cancel", HeartbeatRequest),
     ("post", "/v1/agents/{agent}/claim", "Long-poll for assigned attempts", ClaimRequest),

@@ -10,7 +10,7 @@ import os
 import socket
 import time
 import weakref
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..exec.layout import SUCCESS, OutputLayout
@@ -57,15 +57,31 @@ class Capacity:
     mem: int
     total_cpus: int
     total_mem: int
+    gpus: dict[str, list[str]] = field(default_factory=dict)  # vendor -> free GPU ids, in index order
+    total_gpus: int = 0  # the largest vendor group: what one job can ever get here
 
-    def fits(self, cpus: int, mem: int) -> bool:
+    def fits(self, cpus: int, mem: int, gpus: int = 0) -> bool:
         return (self.slots >= 1 and self.cpus >= min(cpus, self.total_cpus)
-                and self.mem >= min(mem, self.total_mem))
+                and self.mem >= min(mem, self.total_mem) and (gpus == 0 or self._group(gpus) is not None))
 
-    def take(self, cpus: int, mem: int) -> None:
+    def _group(self, n: int) -> str | None:
+        """The vendor whose free GPUs fit `n` most tightly (one job's GPUs share a vendor)."""
+        fitting = [(len(free), vendor) for vendor, free in self.gpus.items() if len(free) >= n]
+        return min(fitting)[1] if fitting else None
+
+    def take(self, cpus: int, mem: int, gpus: int = 0) -> list[str]:
         self.slots -= 1
         self.cpus -= cpus
         self.mem -= mem
+        if not gpus:
+            return []
+        vendor = self._group(gpus)
+        taken, self.gpus[vendor] = self.gpus[vendor][:gpus], self.gpus[vendor][gpus:]
+        return taken
+
+    @property
+    def free_gpus(self) -> int:
+        return sum(len(free) for free in self.gpus.values())
 
 
 class Scheduler:
@@ -82,6 +98,7 @@ class Scheduler:
     async def _capacities(self, now: float) -> dict[str, Capacity]:
         agents = await self.db.run(q.list_agents, self.db.db)
         load = await self.db.run(q.agent_load, self.db.db)
+        held = await self.db.run(q.held_devices, self.db.db)
         room = {}
         for agent in agents:
             if agent.state != "active" or agent.lease_expires < now:
@@ -89,7 +106,13 @@ class Scheduler:
             inv = agent.inventory
             n, cpus, mem = load.get(agent.id, (0, 0, 0))
             total_cpus, total_mem = int(inv.get("cpus", 1)), int(inv.get("mem", 0))
-            room[agent.id] = Capacity(int(inv.get("slots", 1)) - n, total_cpus - cpus, total_mem - mem, total_cpus, total_mem)
+            groups: dict[str, list[tuple[int, str]]] = {}
+            for gpu in (inv.get("hardware") or {}).get("gpus", []):
+                groups.setdefault(gpu["vendor"], []).append((gpu["index"], gpu["id"]))
+            busy = held.get(agent.id, set())
+            free = {vendor: [gid for _i, gid in sorted(ids) if gid not in busy] for vendor, ids in groups.items()}
+            room[agent.id] = Capacity(int(inv.get("slots", 1)) - n, total_cpus - cpus, total_mem - mem, total_cpus, total_mem,
+                                      free, max((len(ids) for ids in groups.values()), default=0))
         return room
 
     async def tick(self) -> int:
@@ -117,30 +140,46 @@ class Scheduler:
     async def _place(self, pending, now: float) -> int:
         room = await self._capacities(now)
         done = await asyncio.to_thread(_done_on_disk, [(r["base_path"], r["job_id"]) for r in pending])
-        decisions = []
+        decisions, reasons = [], []
         for row in pending:
-            agent = None
+            agent, devices = None, []
             if (row["base_path"], row["job_id"]) not in done:
-                agent = self._choose(room, row["cpus"], row["mem"])
-            decisions.append((row["run_id"], row["job_id"], agent))
+                agent, devices = self._choose(room, row["cpus"], row["mem"], row["gpus"], bool(row["gpu_optional"]))
+            decisions.append((row["run_id"], row["job_id"], agent, devices))
+            if agent is None and row["gpus"]:
+                why = None if row["gpu_optional"] else unschedulable(room, row["gpus"])
+                current = row["reason"] if (row["reason"] or "").startswith(q.UNSCHEDULABLE) else None
+                if (q.UNSCHEDULABLE + why if why else None) != current:
+                    reasons.append((row["run_id"], row["job_id"], why))
+        if reasons:
+            await self.db.run(q.set_unschedulable, self.db.db, reasons)
         created = await self.db.run(q.place, self.db.db, decisions, done)
         if created:
             self.wakeups.pulse_placed()
             self.metrics.placed.inc(created)
-            for row, (_r, _j, agent) in zip(pending, decisions, strict=True):
+            for row, (_r, _j, agent, _d) in zip(pending, decisions, strict=True):
                 if agent is not None and row["ready_at"]:
                     self.metrics.dispatch.observe(max(0.0, now - row["ready_at"]))
         return created
 
     @staticmethod
-    def _choose(room: dict[str, Capacity], cpus: int, mem: int) -> str | None:
+    def _choose(room: dict[str, Capacity], cpus: int, mem: int, gpus: int = 0,
+                optional: bool = False) -> tuple[str | None, list[str]]:
+        """The agent with the most free slots that fits, and the GPU ids assigned there. A job
+        without GPUs prefers agents with no free GPU (keeping GPU nodes for GPU work); an
+        optional-GPU job that finds none free runs without."""
+        def preference(cap: Capacity) -> tuple:
+            return (cap.slots,) if gpus else (cap.free_gpus == 0, cap.slots)
+
         best = None
         for agent_id, cap in room.items():
-            if cap.fits(cpus, mem) and (best is None or cap.slots > room[best].slots):
+            if cap.fits(cpus, mem, gpus) and (best is None or preference(cap) > preference(room[best])):
                 best = agent_id
-        if best is not None:
-            room[best].take(cpus, mem)
-        return best
+        if best is None:
+            if gpus and optional:
+                return Scheduler._choose(room, cpus, mem)
+            return None, []
+        return best, room[best].take(cpus, mem, gpus)
 
     def healthy(self) -> bool:
         return time.monotonic() - self.last_tick < max(10.0, 20 * self.settings.poll_interval)
@@ -160,6 +199,16 @@ class Scheduler:
                         await asyncio.wait_for(self.wakeups.schedule.wait(), self.settings.poll_interval)
         finally:
             watchdog.cancel()
+
+
+def unschedulable(room: dict[str, Capacity], gpus: int) -> str | None:
+    """Why no agent can ever run a job needing `gpus` GPUs; None when one could (it is busy)."""
+    largest = max((cap.total_gpus for cap in room.values()), default=0)
+    if largest >= gpus:
+        return None
+    if largest == 0:
+        return f"needs {gpus} GPU{'s' if gpus > 1 else ''}; no agent has GPUs"
+    return f"needs {gpus} GPUs; largest agent has {largest}"
 
 
 def _done_on_disk(executions: list[tuple[str, str]]) -> set[tuple[str, str]]:

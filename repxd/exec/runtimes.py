@@ -1,6 +1,8 @@
 """Runtimes (lab-format §10): how a job script is started — natively, in bubblewrap, or in a
 podman/docker container built from the run's image. Each returns the command line to launch;
-the launcher (subprocess now, systemd units later) starts it."""
+the launcher (subprocess or systemd unit) starts it. A runtime given an attempt's DeviceGrant
+(`with_devices`) exposes exactly those GPUs: visibility variables natively, `--dev-bind` of their
+nodes and the driver's files in bubblewrap, CDI names or device nodes in containers."""
 
 from __future__ import annotations
 
@@ -12,15 +14,19 @@ import subprocess
 import tarfile
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from ..config import TargetConfig
 from ..errors import ConfigError, LabError, RepxError
+from ..hardware.devices import NO_DEVICES, DeviceGrant
 from ..lab.model import Lab
 from .layout import OutputLayout
 
 SANDBOX_PATH = "/usr/local/bin:/usr/bin:/bin:/usr/sbin:/sbin"
+NIXOS_DRIVER = "/run/opengl-driver"  # NixOS: the GPU driver's user space, where its programs look
+DRIVER_DIR = "/run/repx-driver"  # elsewhere: the driver's libraries, bound file by file
+CDI_KINDS = {"nvidia": "nvidia.com/gpu", "amd": "amd.com/gpu", "intel": "intel.com/gpu"}
 
 
 class RuntimePreparationError(RepxError):
@@ -43,15 +49,73 @@ class Runtime:
     name = "native"
     layout: OutputLayout
     host_tool_dirs: list[str] = field(default_factory=list)
+    devices: DeviceGrant = field(default=NO_DEVICES, kw_only=True)
 
     def prepare(self) -> None:
         """One-time work before the first job (image extraction, image load)."""
+
+    def with_devices(self, grant: DeviceGrant) -> Runtime:
+        """This (prepared) runtime for one attempt that was assigned `grant`."""
+        return replace(self, devices=grant)
 
     def invocation(self, script: Path, out: Path, repx: Path, args: list[str]) -> Invocation:
         inherited = os.environ.get("PATH", SANDBOX_PATH)
         env = dict(os.environ)
         env["PATH"] = os.pathsep.join([*self.host_tool_dirs, inherited])
+        env.update(self.devices.visible_env())
         return Invocation([str(script), *args], env, out)
+
+
+def _driver_libraries(grant: DeviceGrant) -> list[str]:
+    return [path for path in grant.driver_paths if path != NIXOS_DRIVER]
+
+
+def bwrap_device_args(grant: DeviceGrant) -> tuple[list[str], list[str]]:
+    """(mount arguments, environment arguments) exposing `grant` in bubblewrap. Only the assigned
+    GPUs' nodes are bound, so CUDA and ROCr enumerate only them; CUDA is also told their UUIDs."""
+    if not grant.gpus:
+        return [], []
+    mounts: list[str] = []
+    for node in dict.fromkeys(grant.nodes):
+        mounts += ["--dev-bind", node, node]
+    if grant.of("amd"):
+        mounts += ["--ro-bind", "/sys", "/sys"]  # ROCr reads the KFD topology from sysfs
+    if NIXOS_DRIVER in grant.driver_paths:
+        mounts += ["--ro-bind", NIXOS_DRIVER, NIXOS_DRIVER]
+    env: list[str] = []
+    libraries = _driver_libraries(grant)
+    if libraries:
+        mounts += ["--tmpfs", DRIVER_DIR]
+        for library in libraries:
+            mounts += ["--ro-bind", library, f"{DRIVER_DIR}/lib/{Path(library).name}"]
+        env += ["--setenv", "LD_LIBRARY_PATH", f"{DRIVER_DIR}/lib"]
+    uuids = [gpu.uuid for gpu in grant.of("nvidia") if gpu.uuid]
+    if uuids:
+        env += ["--setenv", "CUDA_VISIBLE_DEVICES", ",".join(uuids)]
+    return mounts, env
+
+
+def container_device_args(grant: DeviceGrant) -> list[str]:
+    """podman/docker arguments exposing `grant`: CDI names (`nvidia.com/gpu=0`) when the host has
+    a CDI spec for the vendor, else the device nodes and the driver's files."""
+    args: list[str] = []
+    nodes = False
+    for vendor in sorted({gpu.vendor for gpu in grant.gpus}):
+        kind = CDI_KINDS[vendor]
+        if kind in grant.cdi:
+            args += [a for gpu in grant.of(vendor) for a in ("--device", f"{kind}={gpu.index}")]
+        else:
+            args += [a for gpu in grant.of(vendor) for node in gpu.devices for a in ("--device", node)]
+            nodes = True
+    if nodes:
+        args += [a for node in grant.shared for a in ("--device", node)]
+        if NIXOS_DRIVER in grant.driver_paths:
+            args += ["--volume", f"{NIXOS_DRIVER}:{NIXOS_DRIVER}:ro"]
+        libraries = _driver_libraries(grant)
+        args += [a for lib in libraries for a in ("--volume", f"{lib}:{DRIVER_DIR}/lib/{Path(lib).name}:ro")]
+        if libraries:
+            args += ["--env", f"LD_LIBRARY_PATH={DRIVER_DIR}/lib"]
+    return args
 
 
 def _host_tool_dirs(lab: Lab, layout: OutputLayout) -> list[str]:
@@ -121,13 +185,18 @@ class BwrapRuntime(Runtime):
     def invocation(self, script: Path, out: Path, repx: Path, args: list[str]) -> Invocation:
         base = str(self.layout.base)
         path = ":".join([*self.host_tool_dirs, SANDBOX_PATH])
+        device_mounts, device_env = bwrap_device_args(self.devices)
+        if device_mounts:
+            for point in ("sys", NIXOS_DRIVER.lstrip("/"), DRIVER_DIR.lstrip("/")):
+                (self.rootfs / point).mkdir(parents=True, exist_ok=True)  # the rootfs is mounted read-only
         argv = [
             "bwrap", "--unshare-all", "--die-with-parent", "--new-session",
             "--ro-bind", str(self.rootfs), "/",
             "--dev", "/dev", "--proc", "/proc", "--tmpfs", "/tmp",
             "--ro-bind", base, base,
             "--bind", str(out), str(out), "--bind", str(repx), str(repx),
-            "--clearenv", "--setenv", "PATH", path, "--setenv", "HOME", "/tmp",
+            *device_mounts,
+            "--clearenv", "--setenv", "PATH", path, "--setenv", "HOME", "/tmp", *device_env,
             "--chdir", str(out), "--", str(script), *args,
         ]
         return Invocation(argv, {"PATH": os.environ.get("PATH", SANDBOX_PATH)}, out)
@@ -198,7 +267,7 @@ class ContainerRuntime(Runtime):
 
     def invocation(self, script: Path, out: Path, repx: Path, args: list[str]) -> Invocation:
         base = str(self.layout.base)
-        argv = [self.program, "run", "--rm", "--network", "none",
+        argv = [self.program, "run", "--rm", "--network", "none", *container_device_args(self.devices),
                 "--volume", f"{base}:{base}", "--workdir", str(out), self.tag, str(script), *args]
         return Invocation(argv, dict(os.environ), out)
 

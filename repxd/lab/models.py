@@ -61,6 +61,8 @@ class ResourceHints(BaseModel):
     time: str | None = None
     partition: str | None = None
     sbatch_opts: list[str] | None = None
+    gpus: int | None = Field(default=None, ge=0)
+    gpu: Literal["optional", "required"] | None = None
 
 
 class JobSpec(_Lenient):

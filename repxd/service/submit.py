@@ -8,6 +8,7 @@ from pathlib import Path
 
 from ..config import Config, parse_memory
 from ..engine.embedded import base_path_for, inter_run_order, open_lab, plan_run, resolve_target
+from ..hardware.request import gpu_request
 from ..lab.graph import Outcome, topological_order
 from ..store.queries import PlannedJob
 from ..store.records import RunRecord
@@ -31,9 +32,10 @@ def plan_submission(settings: Settings, lab_path: str, selection: list[str], tar
         edges = {d: d in job.soft_deps for d in job.deps if d in plan.closure}
         edges.update({d: soft for d, soft in after.get(job_id, {}).items() if d in plan.closure and d not in edges})
         deps = sorted(edges.items())
+        gpus = gpu_request(res)
         jobs.append(PlannedJob(job_id, deps, int(res.get("cpus-per-task") or 1),
                                parse_memory(res["mem"]) if res.get("mem") else 0,
-                               plan.outcomes.get(job_id) is Outcome.OK))
+                               plan.outcomes.get(job_id) is Outcome.OK, gpus.count, gpus.optional))
     # Placement is FIFO by position: dependencies first, in the Lab's order.
     topo = {j: i for i, j in enumerate(topological_order(lab, plan.closure))}
     jobs.sort(key=lambda j: topo[j.job_id])

@@ -86,4 +86,10 @@ MIGRATIONS: list[str] = [
         last_seen REAL NOT NULL
     );
     """,
+    # 2: GPUs. A job's request, and the devices an attempt was assigned
+    """
+    ALTER TABLE jobs ADD COLUMN gpus INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE jobs ADD COLUMN gpu_optional INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE attempts ADD COLUMN devices TEXT
+    """,
 ]

@@ -34,6 +34,8 @@ class PlannedJob:
     cpus: int
     mem: int
     done: bool  # its SUCCESS marker exists already
+    gpus: int = 0
+    gpu_optional: bool = False
 
 
 def create_run(db: Database, run: RunRecord, jobs: list[PlannedJob]) -> None:
@@ -48,10 +50,11 @@ def create_run(db: Database, run: RunRecord, jobs: list[PlannedJob]) -> None:
         for seq, job in enumerate(jobs):
             waiting_on = sum(1 for dep, _soft in job.deps if dep not in done)
             state = "succeeded" if job.done else ("pending" if waiting_on == 0 else "waiting")
-            rows.append((run.id, job.job_id, run.base_path, state, waiting_on, job.cpus, job.mem, seq, run.created))
+            rows.append((run.id, job.job_id, run.base_path, state, waiting_on, job.cpus, job.mem, seq, run.created,
+                         job.gpus, int(job.gpu_optional)))
             deps.extend((run.id, job.job_id, dep, int(soft)) for dep, soft in job.deps)
-        conn.executemany("INSERT INTO jobs(run_id, job_id, base_path, state, waiting_on, cpus, mem, seq, ready_at)"
-                         " VALUES (?,?,?,?,?,?,?,?,?)", rows)
+        conn.executemany("INSERT INTO jobs(run_id, job_id, base_path, state, waiting_on, cpus, mem, seq, ready_at, gpus, gpu_optional)"
+                         " VALUES (?,?,?,?,?,?,?,?,?,?,?)", rows)
         conn.executemany("INSERT INTO job_deps(run_id, job_id, dep_id, soft) VALUES (?,?,?,?)", deps)
         _event(conn, "run.submitted", run.id, jobs=len(jobs), already_succeeded=len(done), by=run.submitter_name)
         _finish_run_if_done(conn, run.id)
@@ -117,7 +120,8 @@ def _settle_execution(conn, base_path: str, job_id: str, state: str, reason: str
 
 
 def placeable(db: Database, now: float, limit: int) -> list:
-    return db.read("SELECT j.run_id, j.job_id, j.base_path, j.cpus, j.mem, j.ready_at FROM jobs j JOIN runs r ON r.id=j.run_id"
+    return db.read("SELECT j.run_id, j.job_id, j.base_path, j.cpus, j.mem, j.ready_at, j.gpus, j.gpu_optional, j.reason"
+                   " FROM jobs j JOIN runs r ON r.id=j.run_id"
                    " WHERE j.state='pending' AND j.not_before<=? ORDER BY r.created, j.seq LIMIT ?", (now, limit))
 
 
@@ -126,13 +130,17 @@ def live_attempt_for(conn, base_path: str, job_id: str):
                         (base_path, job_id)).fetchone()
 
 
-def place(db: Database, decisions: list[tuple[str, str, str | None]], done_on_disk: set[tuple[str, str]]) -> int:
-    """Apply placement decisions (run, job, agent or None when the job already runs elsewhere).
-    Returns the number of attempts created."""
+UNSCHEDULABLE = "unschedulable: "
+
+
+def place(db: Database, decisions: list[tuple], done_on_disk: set[tuple[str, str]]) -> int:
+    """Apply placement decisions (run, job, agent or None when the job already runs elsewhere[,
+    assigned GPU ids]). Returns the number of attempts created."""
     created = 0
     now = time.time()
     with db.transaction() as conn:
-        for run_id, job_id, agent_id in decisions:
+        for run_id, job_id, agent_id, *assigned in decisions:
+            devices = json.dumps(assigned[0]) if assigned and assigned[0] else None
             row = conn.execute("SELECT base_path, cpus, mem, state FROM jobs WHERE run_id=? AND job_id=?", (run_id, job_id)).fetchone()
             if row is None or row["state"] != "pending":
                 continue
@@ -147,12 +155,30 @@ def place(db: Database, decisions: list[tuple[str, str, str | None]], done_on_di
                 continue
             if agent_id is None:
                 continue
-            cur = conn.execute("INSERT INTO attempts(run_id, job_id, base_path, agent_id, state, cpus, mem, created)"
-                               " VALUES (?,?,?,?,?,?,?,?)", (run_id, job_id, row["base_path"], agent_id, "assigned", row["cpus"], row["mem"], now))
-            conn.execute("UPDATE jobs SET state='queued', tries=tries+1 WHERE run_id=? AND job_id=?", (run_id, job_id))
-            _event(conn, "attempt.assigned", run_id, job_id, attempt=cur.lastrowid, agent=agent_id)
+            cur = conn.execute("INSERT INTO attempts(run_id, job_id, base_path, agent_id, state, cpus, mem, created, devices)"
+                               " VALUES (?,?,?,?,?,?,?,?,?)", (run_id, job_id, row["base_path"], agent_id, "assigned", row["cpus"], row["mem"], now, devices))
+            conn.execute("UPDATE jobs SET state='queued', tries=tries+1, reason=CASE WHEN reason LIKE ? THEN NULL ELSE reason END"
+                         " WHERE run_id=? AND job_id=?", (UNSCHEDULABLE + "%", run_id, job_id))
+            _event(conn, "attempt.assigned", run_id, job_id, attempt=cur.lastrowid, agent=agent_id,
+                   **({"devices": assigned[0]} if devices else {}))
             created += 1
     return created
+
+
+def set_unschedulable(db: Database, updates: list[tuple[str, str, str | None]]) -> None:
+    """Say why pending jobs cannot be placed anywhere (None: they can again)."""
+    with db.transaction() as conn:
+        for run_id, job_id, why in updates:
+            conn.execute("UPDATE jobs SET reason=? WHERE run_id=? AND job_id=? AND state='pending'",
+                         (UNSCHEDULABLE + why if why else None, run_id, job_id))
+
+
+def held_devices(db: Database) -> dict[str, set[str]]:
+    """agent -> GPU ids its live attempts hold."""
+    held: dict[str, set[str]] = {}
+    for r in db.read(f"SELECT agent_id, devices FROM attempts WHERE state IN {LIVE_ATTEMPT_STATES} AND devices IS NOT NULL"):
+        held.setdefault(r["agent_id"], set()).update(json.loads(r["devices"]))
+    return held
 
 
 def agent_load(db: Database) -> dict[str, tuple[int, int, int]]:
@@ -175,7 +201,7 @@ def claim(db: Database, agent_id: str, limit: int) -> list[dict]:
             _event(conn, "attempt.running", row["run_id"], row["job_id"], attempt=row["id"], agent=agent_id)
             out.append({"attempt": row["id"], "run": row["run_id"], "job": row["job_id"], "base_path": row["base_path"],
                         "lab_path": row["lab_path"], "target": row["target"], "options": json.loads(row["options"]),
-                        "cpus": row["cpus"], "mem": row["mem"]})
+                        "cpus": row["cpus"], "mem": row["mem"], "devices": json.loads(row["devices"] or "[]")})
         return out
 
 

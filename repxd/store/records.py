@@ -62,10 +62,13 @@ class AttemptRecord:
     ended: float | None
     exit_status: int | None
     reason: str | None
+    devices: list[str] = field(default_factory=list)  # GPU ids assigned ("nvidia:0")
 
     @classmethod
     def from_row(cls, row) -> AttemptRecord:
-        return cls(**dict(row))
+        data = dict(row)
+        data["devices"] = json.loads(data.get("devices") or "[]")
+        return cls(**data)
 
 
 @dataclass
