@@ -1,0 +1,25 @@
+# NixOS VM tests (pkgs.testers.runNixOSTest). Each scenario file takes the shared pieces below;
+# the Python scenarios are tests/system/scenarios.py, the same code the systemd-nspawn tier runs,
+# and cluster-only helpers live in lib/. A new scenario (SLURM, an SSH target) is one more file
+# here and one more line in this set.
+{
+  pkgs,
+  module,
+  repx,
+}:
+let
+  common = import ./lib/nodes.nix { inherit module labs; };
+  labs = {
+    simple = ../examples/labs/simple;
+    naps = ../examples/labs/naps;
+  };
+  args = {
+    inherit pkgs common labs repx;
+    scenarios = ../tests/system;
+    helpers = ./lib;
+  };
+in
+{
+  vm-single-node = import ./single-node.nix args;
+  vm-cluster = import ./cluster.nix args;
+}

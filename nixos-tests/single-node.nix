@@ -1,0 +1,70 @@
+# One host with every role: units come up, an example Lab runs through repxctl, jobs run as
+# transient units, the agent restarts under a job, the watchdog catches a frozen scheduler,
+# the journal has the jobs' fields, and Prometheus scrapes the roles.
+{
+  pkgs,
+  common,
+  labs,
+  scenarios,
+  helpers,
+  ...
+}:
+pkgs.testers.runNixOSTest {
+  name = "repx-single-node";
+
+  nodes.machine =
+    { config, ... }:
+    {
+      imports = [ common.single ];
+      services.prometheus = {
+        enable = true;
+        globalConfig.scrape_interval = "2s";
+        scrapeConfigs = config.services.repx.metrics.scrapeConfigs;
+      };
+    };
+
+  # The scenarios are imported from a store path, which mypy cannot follow.
+  skipTypeCheck = true;
+
+  testScript = ''
+    import sys
+    sys.path.insert(0, "${scenarios}")
+    sys.path.insert(0, "${helpers}")
+    import scenarios
+    import prometheus
+
+    simple = "/etc/repx-test/labs/simple"
+    naps = "/etc/repx-test/labs/naps"
+
+    machine.start()
+
+    with subtest("units become ready"):
+        scenarios.units_become_ready(machine)
+        machine.succeed("test -L /etc/repx/repxd.toml")
+        machine.succeed("repxd check-config /etc/repx/repxd.toml")
+
+    with subtest("repxctl runs an example Lab"):
+        run_id = scenarios.example_lab_runs(machine, simple)
+        jobs = scenarios.run_jobs(machine, run_id)
+
+    with subtest("journald has the jobs' fields"):
+        scenarios.journal_has_job_fields(machine, jobs[0]["job_id"])
+
+    with subtest("jobs run as transient units in repx-jobs.slice"):
+        scenarios.jobs_run_as_transient_units(machine, naps, "nap-10s", memory_max=96 * 2**20)
+
+    with subtest("restarting the agent keeps a running job"):
+        scenarios.agent_restart_keeps_job(machine, naps, "nap-20s")
+
+    with subtest("the watchdog restarts a frozen scheduler"):
+        scenarios.watchdog_restarts_frozen_scheduler(machine)
+
+    with subtest("Prometheus scrapes every role"):
+        machine.wait_for_unit("prometheus.service")
+        machine.wait_for_open_port(9090)
+        prometheus.roles_are_scraped(machine, ["api", "scheduler", "agent"])
+        done = prometheus.value_at_least(machine, 'sum(repx_jobs{state="succeeded"})', len(jobs))
+        print(f"Prometheus sees {done:.0f} succeeded jobs")
+        prometheus.value_at_least(machine, "sum(repx_api_requests_total)", 1)
+  '';
+}
