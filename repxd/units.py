@@ -8,8 +8,10 @@ import sys
 from importlib import resources
 from pathlib import Path
 
-UNITS = ("repx-api.service", "repx-scheduler.service", "repx-agent.service", "repx.target", "repx-jobs.slice")
-EXTRAS = {"repx.sysusers": "etc/sysusers.d/repx.conf", "repx.tmpfiles": "etc/tmpfiles.d/repx.conf"}
+UNITS = ("repx-api.service", "repx-scheduler.service", "repx-agent.service", "repx-hwdetect.service", "repx.target",
+         "repx-jobs.slice")
+EXTRAS = {"repx.sysusers": "etc/sysusers.d/repx.conf", "repx.tmpfiles": "etc/tmpfiles.d/repx.conf",
+          "repx.polkit.rules": "etc/polkit-1/rules.d/60-repx.rules"}
 
 
 def repxd_executable() -> str:

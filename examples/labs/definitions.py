@@ -67,6 +67,25 @@ done > "$out/summary.txt"
 """
 
 
+NAP = HEADER + """seconds=$(get seconds "$params")
+echo "napping for ${seconds}s"
+sleep "$seconds"
+echo rested > "$out/rested.txt"
+echo "awake after ${seconds}s"
+"""
+
+
+def naps(image: ImageSpec | None = None) -> LabWriter:
+    """Long jobs with resource requests (memory, CPUs, a time limit), one run per length: for
+    watching jobs while they run, and for restarting services under them."""
+    lab = LabWriter(git_hash="0a70a70a" * 5)
+    for seconds in (10, 20, 30):
+        run = lab.run(f"nap-{seconds}s", image=image)
+        run.job("nap", NAP, params={"seconds": seconds}, outputs={"rested": "$out/rested.txt"},
+                resources={"mem": "96M", "cpus": 1, "time": "00:05:00"})
+    return lab
+
+
 def simple(image: ImageSpec | None = None) -> LabWriter:
     """Two runs: simulation (produce -> square -> total) and analysis (reads simulation's results)."""
     lab = LabWriter(git_hash="e1a2c3d4" * 5)
@@ -106,7 +125,7 @@ def sweep_scatter(image: ImageSpec | None = None) -> LabWriter:
     return lab
 
 
-EXAMPLES = {"simple": simple, "sweep-scatter": sweep_scatter}
+EXAMPLES = {"simple": simple, "sweep-scatter": sweep_scatter, "naps": naps}
 
 
 def build(name: str, dest: Path, image: ImageSpec | None = None) -> Path:

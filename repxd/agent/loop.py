@@ -7,7 +7,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import os
 import socket
 import threading
 import time
@@ -15,15 +14,17 @@ from pathlib import Path
 
 import httpx
 
-from .. import errors
+from .. import errors, hardware
 from ..api.client import ApiError, AsyncApi
 from ..config import Config, parse_memory
 from ..engine.admission import Admission
-from ..engine.embedded import machine_memory, resolve_target
+from ..engine.embedded import resolve_target
 from ..exec.artifacts import sync_artifacts
 from ..exec.job import JobContext, execute_job
+from ..exec.launcher import SubprocessLauncher
 from ..exec.layout import OutputLayout
 from ..exec.runtimes import choose_execution_type, make_runtime
+from ..exec.systemd_unit import choose_launcher
 from ..lab.loader import load_lab
 from ..observe import notify
 from ..observe.metrics import AgentMetrics
@@ -34,9 +35,11 @@ RETRY_SECONDS = 0.5
 
 
 def inventory(settings: Settings) -> dict:
-    cpus = settings.agent.cpus or len(os.sched_getaffinity(0))
-    mem = parse_memory(settings.agent.mem) if settings.agent.mem else machine_memory()
-    return {"cpus": cpus, "mem": mem, "slots": settings.agent.slots or cpus}
+    a = settings.agent
+    hw = hardware.agent_inventory(a.hardware_file, a.hardware_root, a.hardware_tools)
+    cpus = a.cpus or hw.cpu.cores
+    mem = parse_memory(a.mem) if a.mem else hw.memory.usable
+    return {"cpus": cpus, "mem": mem, "slots": a.slots or cpus, "hardware": hw.model_dump(mode="json")}
 
 
 class Agent:
@@ -54,6 +57,7 @@ class Agent:
         self._synced: set[tuple[str, str]] = set()
         self._runtimes: dict[tuple, object] = {}
         self._context_lock = threading.Lock()
+        self.launcher = SubprocessLauncher()
         # The scheduler admits work; this only bounds processes of scatter-gather fan-out.
         self.admission = Admission(max(1, self.inventory["slots"]), self.inventory["cpus"], self.inventory["mem"])
 
@@ -66,7 +70,7 @@ class Agent:
             except (httpx.TransportError, ApiError) as exc:
                 if isinstance(exc, ApiError) and exc.status < 500:
                     raise
-                log.debug("API unavailable (%s); retrying in %.1fs", exc, delay)
+                (log.warning if delay == RETRY_SECONDS else log.debug)("API unavailable (%s); retrying", exc)
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 5.0)
 
@@ -78,10 +82,14 @@ class Agent:
         return reply["adopt"]
 
     async def run(self) -> None:
+        self.launcher = await choose_launcher(self.settings.agent.launcher, self.settings.agent.job_user)
         for attempt_id in await self.register():
             await self._adopt(attempt_id)
         notify.ready(f"agent {self.id}: {self.inventory['slots']} slots")
-        log.info("agent %s ready: %s", self.id, self.inventory)
+        inv = self.inventory
+        log.info("agent %s ready: %d slots, %d CPUs, %d MiB, %d GPUs; jobs run as %s", self.id, inv["slots"], inv["cpus"],
+                 inv["mem"] >> 20, len(inv["hardware"].get("gpus", [])),
+                 "systemd units" if self.launcher.name == "systemd" else "subprocesses")
         await asyncio.gather(self._heartbeats(), self._claims(), notify.watchdog_loop(self.healthy))
 
     async def _adopt(self, attempt_id: int) -> None:
@@ -176,15 +184,20 @@ class Agent:
         extra = {"run_id": item["run"], "job_id": job_id, "attempt": attempt}
         started = time.monotonic()
         try:
+            grant = hardware.grant_for(self.inventory["hardware"], item.get("devices") or [])
+            hardware.check_present(grant, hardware.hardware_root(self.settings.agent.hardware_root))
             lab, layout, runtime, _target = await asyncio.to_thread(self._context, item)
+            runtime = runtime.with_devices(grant)
             job = lab.jobs[job_id]
             resources = self.settings.resources.for_job(job_id, job.resource_hints, item["target"])
             worker = self.settings.resources.worker_for(job_id, item["target"])
 
-            def spawned(pid: int) -> None:
-                asyncio.get_running_loop().create_task(self._quiet("POST", f"/v1/attempts/{attempt}/handle", {"handle": f"pid:{pid}"}))
+            def spawned(handle: str) -> None:
+                asyncio.get_running_loop().create_task(self._quiet("POST", f"/v1/attempts/{attempt}/handle", {"handle": handle}))
 
-            ctx = JobContext(lab, layout, runtime, self.admission, resources, worker, on_spawn=spawned)
+            ctx = JobContext(lab, layout, runtime, self.admission, resources, worker, on_spawn=spawned,
+                             launcher=self.launcher, attempt=attempt, run_id=item["run"],
+                             device_allow=hardware.device_allow(grant))
             log.info("running %s", job_id, extra=extra)
             result = await execute_job(ctx, job)
             outcome = "succeeded" if result.ok else "failed"
@@ -192,6 +205,12 @@ class Agent:
         except asyncio.CancelledError:
             report = {"outcome": "cancelled", "reason": "cancelled by user"}
             outcome = "cancelled"
+        except hardware.DevicesMissing as exc:  # not the job's fault: register without them, run elsewhere
+            log.error("attempt %s: %s", attempt, exc, extra=extra)
+            self.inventory = hardware.without_gpus(self.inventory, exc.gpus)
+            await self.register()
+            report = {"outcome": "error", "reason": str(exc)}
+            outcome = "error"
         except errors.RepxError as exc:
             report = {"outcome": "failed", "reason": str(exc)}
             outcome = "failed"

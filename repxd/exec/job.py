@@ -9,12 +9,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
-from ..config import parse_memory
+from ..config import parse_memory, parse_time
 from ..engine.admission import Admission
 from ..lab.graph import Outcome
 from ..lab.model import Job, Lab
 from .inputs import resolve_inputs
-from .launcher import forget_exit, guarded, spawn_and_wait
+from .launcher import LaunchRequest, SubprocessLauncher, forget_exit, launch_request
 from .layout import FAIL, SUCCESS, OutputLayout, clear_markers, write_json, write_marker
 from .runtimes import Runtime
 
@@ -30,7 +30,11 @@ class JobContext:
     resources: dict[str, Any] = field(default_factory=dict)
     worker_resources: dict[str, Any] = field(default_factory=dict)
     on_first_launch: Callable[[], None] | None = None
-    on_spawn: Callable[[int], None] | None = None
+    on_spawn: Callable[[str], None] | None = None  # gets the process's handle: pid:N or unit:NAME
+    launcher: Any = field(default_factory=SubprocessLauncher)
+    attempt: int | None = None
+    run_id: str | None = None
+    device_allow: list[tuple[str, str]] = field(default_factory=list)
 
     def launched(self) -> None:
         """Called when a process of the job gets admitted; reports the job as running once."""
@@ -43,6 +47,22 @@ class JobContext:
         cpus = int(res.get("cpus-per-task") or 1)
         mem = parse_memory(res["mem"]) if res.get("mem") else 0
         return cpus, mem
+
+    def launch_request(self, repx: Path, worker: bool) -> LaunchRequest:
+        job_id, *step, _ = repx.relative_to(self.layout.outputs).parts
+        cpus, mem = self.request(worker)
+        res = self.worker_resources if worker and self.worker_resources else self.resources
+        limit = time_limit(res.get("time"))
+        return launch_request(job_id, ".".join(step), self.attempt, run_id=self.run_id, cpus=cpus, mem=mem,
+                              time_seconds=limit, device_allow=self.device_allow)
+
+
+def time_limit(value: Any) -> int | None:
+    """Seconds from a `time` resource; None when absent or not a SLURM-style limit."""
+    try:
+        return parse_time(str(value)) if value else None
+    except ValueError:
+        return None
 
 
 @dataclass
@@ -65,8 +85,8 @@ async def run_step(ctx: JobContext, script: Path, out: Path, repx: Path, inputs_
     short-cuts when a concurrent launcher already finished it; an earlier launcher's finished
     process is adopted; else `prepare()` and start. `record(status)` writes the outcome."""
     invocation = ctx.runtime.invocation(script, out, repx, [str(out), str(inputs_json), str(params_json)])
-    cpus, mem = ctx.request(worker)
-    async with ctx.admission.hold(cpus, mem), guarded(ctx.layout.guard(repx)) as guard:
+    request = ctx.launch_request(repx, worker)
+    async with ctx.admission.hold(request.cpus, request.mem), ctx.launcher.guarded(ctx.layout.guard(repx), request) as guard:
         if guard.leftover_status is None:
             finished = done()
             if finished is not None:
@@ -75,7 +95,7 @@ async def run_step(ctx: JobContext, script: Path, out: Path, repx: Path, inputs_
         status = guard.leftover_status
         if status is None:
             prepare()
-            status = await spawn_and_wait(invocation, repx, guard, ctx.on_spawn)
+            status = await ctx.launcher.run(invocation, repx, guard, request, ctx.on_spawn)
         result = record(status)
         forget_exit(guard.path)
         return result
@@ -122,4 +142,9 @@ async def execute_job(ctx: JobContext, job: Job) -> JobResult:
 
 
 def exit_reason(status: int) -> str:
+    cause = getattr(status, "cause", None)
+    if cause == "oom-kill":
+        return "was killed for exceeding its memory limit (out of memory)"
+    if cause == "timeout":
+        return "was stopped for exceeding its time limit"
     return f"killed by signal {-status}" if status < 0 else f"exited with status {status}"

@@ -3,10 +3,10 @@
 A process runs under a small shell wrapper that holds an flock on its guard's lock file
 (inherited from the launcher) for its whole life and writes its exit status next to it.
 Guards (`<stem>.lock`, `<stem>.exit`) live under `<base>/cache/guards/`, outside the upstream
-output layout. So a
-launcher that dies (kill -9, crash, restart) leaves a process that can be adopted: the next
-launcher for the same directory waits for the lock, then reads `.exit` instead of starting the
-job again. This is what makes agent restarts safe; the systemd launcher will use unit names."""
+output layout. So a launcher that dies (kill -9, crash, restart) leaves a process that can be
+adopted: the next launcher for the same directory waits for the lock, then reads `.exit` instead
+of starting the job again. This is what makes agent restarts safe. The systemd launcher
+(`systemd_unit`) keeps the same guard files and adds unit names on top."""
 
 from __future__ import annotations
 
@@ -17,6 +17,7 @@ import os
 import signal
 from collections.abc import Callable
 from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from .runtimes import Invocation
@@ -33,6 +34,47 @@ _WRAPPER = 'exit_file=$1; shift; "$@"; status=$?; echo $status > "$exit_file"; e
 
 _made_dirs: set[Path] = set()
 
+
+class ExitStatus(int):
+    """A process's exit status (negative for a signal), with the cause when systemd knows more
+    than the number: `oom-kill` or `timeout`."""
+
+    cause: str | None = None
+
+    @classmethod
+    def with_cause(cls, status: int, cause: str | None) -> ExitStatus:
+        result = cls(status)
+        result.cause = cause
+        return result
+
+
+@dataclass
+class LaunchRequest:
+    """One process to start: its unit name and what it may use (the systemd launcher applies
+    the limits; the subprocess launcher relies on admission alone)."""
+
+    unit: str  # repx-job-<jobId>[.<step>]-<attempt>.service
+    pattern: str  # the same step under any attempt, to find a process to re-attach to
+    job_id: str
+    run_id: str | None = None
+    cpus: int = 1
+    mem: int = 0
+    time_seconds: int | None = None
+    device_allow: list[tuple[str, str]] = field(default_factory=list)
+    env: dict[str, str] = field(default_factory=dict)
+
+
+_UNIT_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789:_.-")
+
+
+def unit_name_part(text: str) -> str:
+    return "".join(c if c in _UNIT_CHARS else "_" for c in text)
+
+
+def launch_request(job_id: str, step: str, attempt: int | None, **limits) -> LaunchRequest:
+    """Names for the process of `step` ("" for the job's own process) of `job_id`."""
+    stem = unit_name_part(job_id)[:180] + (f".{unit_name_part(step)}" if step else "")
+    return LaunchRequest(f"repx-job-{stem}-{attempt or 0}.service", f"repx-job-{stem}-*.service", job_id, **limits)
 
 
 def exit_file(guard: Path) -> Path:
@@ -69,12 +111,44 @@ async def guarded(path: Path):
         os.close(fd)
 
 
-def adoptable_status(guard: Path) -> int | None:
-    """The exit status a finished, not yet recorded process left behind, if any."""
+def adoptable_status(guard: Path) -> ExitStatus | None:
+    """The exit status a finished, not yet recorded process left behind, if any: a number from
+    the shell wrapper, or `EXIT_CODE EXIT_STATUS SERVICE_RESULT` from a unit's ExecStopPost."""
     try:
-        return int(exit_file(guard).read_text().strip())
-    except (FileNotFoundError, ValueError):
+        words = exit_file(guard).read_text().split()
+    except FileNotFoundError:
         return None
+    try:
+        if len(words) == 1:
+            return ExitStatus(int(words[0]))
+        if len(words) == 3:
+            return status_from_unit(*words)
+    except (ValueError, KeyError):
+        pass
+    return None
+
+
+def status_from_unit(code: str, status: str, result: str) -> ExitStatus:
+    """systemd's `$EXIT_CODE $EXIT_STATUS $SERVICE_RESULT` as an exit status."""
+    if code == "exited":
+        number = int(status)
+    else:  # killed or dumped: the signal's name (KILL) or number
+        number = -(int(status) if status.isdigit() else signal.Signals[f"SIG{status}"].value)
+    return ExitStatus.with_cause(number, result if result in ("oom-kill", "timeout") else None)
+
+
+class SubprocessLauncher:
+    """Jobs as child processes in their own sessions (no systemd needed)."""
+
+    name = "subprocess"
+
+    def guarded(self, path: Path, request: LaunchRequest):
+        return guarded(path)
+
+    async def run(self, invocation: Invocation, repx: Path, guard: Guard, request: LaunchRequest,
+                  on_spawn: Callable[[str], None] | None = None) -> int:
+        return await spawn_and_wait(invocation, repx, guard,
+                                    None if on_spawn is None else lambda pid: on_spawn(f"pid:{pid}"))
 
 
 async def spawn_and_wait(invocation: Invocation, repx: Path, guard: Guard,

@@ -22,14 +22,25 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
+SYSTEM_RUNTIME_DIR = Path("/run/repx")
+
+
 def default_socket() -> Path:
-    if os.geteuid() == 0:
-        return Path("/run/repx/api.sock")
+    """The system socket for root and for the service user (who owns /run/repx, made by the API
+    unit's RuntimeDirectory=); else a per-user socket for a personal daemon."""
+    try:
+        service_user = SYSTEM_RUNTIME_DIR.stat().st_uid == os.geteuid()
+    except OSError:
+        service_user = False
+    if os.geteuid() == 0 or service_user:
+        return SYSTEM_RUNTIME_DIR / "api.sock"
     runtime = os.environ.get("XDG_RUNTIME_DIR") or f"/tmp/repx-{os.getuid()}"
     return Path(runtime) / "repx" / "api.sock"
 
 
 def default_state_dir() -> Path:
+    if os.environ.get("STATE_DIRECTORY"):  # systemd's StateDirectory= (the shipped units: /var/lib/repx)
+        return Path(os.environ["STATE_DIRECTORY"].split(":")[0])
     if os.geteuid() == 0:
         return Path("/var/lib/repx")
     return Path(os.environ.get("XDG_STATE_HOME") or Path.home() / ".local" / "state") / "repx" / "daemon"
@@ -62,8 +73,16 @@ class AgentSettings(_Strict):
     cpus: int | None = Field(default=None, ge=1)
     mem: str | None = None
     labels: dict[str, str] = {}
+    # The hardware inventory: a file (default: /run/repx/hardware.json when written this boot, else
+    # detected at start), or a root prefix to detect under (a recorded tree) with recorded tool outputs.
+    hardware_file: Path | None = None
+    hardware_root: Path | None = None
+    hardware_tools: Path | None = None
     heartbeat_interval: float = Field(default=2.0, gt=0)
     metrics: str | None = "127.0.0.1:9422"
+    # How jobs start: transient systemd units where the system bus allows it ("auto"), or always.
+    launcher: Literal["auto", "systemd", "subprocess"] = "auto"
+    job_user: str | None = None  # User= of job units; default: the agent's own user
 
 
 class Settings(_Strict):

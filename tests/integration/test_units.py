@@ -43,7 +43,7 @@ def test_security_exposure(installed):
     require_program("systemd-analyze")
     prefix, _ = installed
     scores = {}
-    for unit in ("repx-api.service", "repx-scheduler.service", "repx-agent.service"):
+    for unit in ("repx-api.service", "repx-scheduler.service", "repx-agent.service", "repx-hwdetect.service"):
         result = subprocess.run(["systemd-analyze", "security", "--offline=true", "--no-pager", f"./{unit}"],
                                 cwd=prefix / "etc/systemd/system", capture_output=True, text=True)
         match = SCORE.search(result.stdout)
@@ -51,5 +51,6 @@ def test_security_exposure(installed):
         scores[unit] = float(match.group(2))
     print("systemd-analyze security exposure:", scores)
     assert scores["repx-api.service"] <= 2.5 and scores["repx-scheduler.service"] <= 2.5
+    assert scores["repx-hwdetect.service"] <= 2.5
     # The agent starts sandboxes (bwrap/podman namespaces) and sees devices; README explains.
     assert scores["repx-agent.service"] <= 4.0

@@ -1,0 +1,136 @@
+"""Operator scenarios against a machine running repx under systemd.
+
+Each function takes a machine with the NixOS test driver's interface (succeed, fail, execute,
+wait_for_unit, wait_until_succeeds, wait_for_open_port, wait_for_file), so the same code drives
+the systemd-nspawn container of tests/system and the VMs of nixos-tests/. Only shell commands an
+operator would type are used: systemctl, journalctl, repxctl. Standard library only."""
+
+from __future__ import annotations
+
+import json
+import shlex
+
+ROLE_UNITS = ("repx-api.service", "repx-scheduler.service", "repx-agent.service")
+BASE = "/var/lib/repx/work"
+
+
+def units_become_ready(machine) -> None:
+    """Every role is Type=notify: `active` only after READY=1, with its STATUS= text shown."""
+    machine.wait_for_unit("repx.target")
+    for unit in ROLE_UNITS:
+        machine.wait_for_unit(unit)
+        assert machine.succeed(f"systemctl show -p Type --value {unit}").strip() == "notify"
+        machine.wait_until_succeeds(f"test -n \"$(systemctl show -p StatusText --value {unit})\"", timeout=30)
+        status = machine.succeed(f"systemctl status --no-pager {unit}")
+        assert "Status: \"" in status, f"systemctl status {unit} shows no STATUS= text:\n{status}"
+    machine.succeed("repxctl status")
+
+
+def submit(machine, lab: str, selection: str) -> str:
+    """`repxctl run --detach`; returns the run id."""
+    return machine.succeed(f"repxctl run {shlex.quote(selection)} --lab {shlex.quote(lab)} --detach").strip().splitlines()[-1]
+
+
+def run_details(machine, run_id: str) -> dict:
+    return json.loads(machine.succeed(f"repxctl runs {run_id} --json"))
+
+
+def wait_for_run(machine, run_id: str, timeout: float = 300, state: str = "succeeded") -> dict:
+    machine.wait_until_succeeds(f"repxctl runs {run_id} --json | grep -Eq '\"state\": \"(succeeded|failed|cancelled)\"'",
+                                timeout=timeout)
+    details = run_details(machine, run_id)
+    if details["state"] != state:
+        jobs = machine.succeed(f"repxctl jobs --run {run_id}")
+        raise AssertionError(f"run {run_id} ended {details['state']}, expected {state}:\n{jobs}")
+    return details
+
+
+def run_jobs(machine, run_id: str) -> list[dict]:
+    return json.loads(machine.succeed(f"repxctl jobs --run {run_id} --json"))
+
+
+def example_lab_runs(machine, lab: str, selection: str = "@all") -> str:
+    """An example Lab runs to success through the daemon; outputs land in the upstream layout."""
+    run_id = submit(machine, lab, selection)
+    wait_for_run(machine, run_id)
+    for job in run_jobs(machine, run_id):
+        assert job["state"] == "succeeded", job
+        machine.succeed(f"test -e {BASE}/outputs/{job['job_id']}/repx/SUCCESS")
+    return run_id
+
+
+def _running_unit(machine, pattern: str = "repx-job-*") -> str:
+    machine.wait_until_succeeds(f"systemctl list-units --no-legend --plain --state=active '{pattern}' | grep -q .",
+                                timeout=120)
+    return machine.succeed(f"systemctl list-units --no-legend --plain --state=active '{pattern}'").split()[0]
+
+
+def jobs_run_as_transient_units(machine, lab: str, run: str, memory_max: int) -> str:
+    """While a job runs it is a transient unit in repx-jobs.slice with the requested limits;
+    the unit is collected once it has ended. Returns the job id."""
+    run_id = submit(machine, lab, run)
+    unit = _running_unit(machine)
+    props = dict(line.split("=", 1) for line in machine.succeed(
+        f"systemctl show -p Slice -p MemoryMax -p CPUQuotaPerSecUSec -p RuntimeMaxUSec -p CollectMode {unit}").splitlines() if "=" in line)
+    assert props["Slice"] == "repx-jobs.slice", props
+    assert int(props["MemoryMax"]) == memory_max, props
+    assert props["CollectMode"] == "inactive-or-failed", props
+    assert props["RuntimeMaxUSec"] not in ("infinity", ""), props
+    (job,) = run_jobs(machine, run_id)
+    assert unit.startswith(f"repx-job-{job['job_id']}-"), (unit, job)
+    wait_for_run(machine, run_id)
+    machine.wait_until_fails(f"systemctl list-units --no-legend --all '{unit}' | grep -q .", timeout=30)
+    return job["job_id"]
+
+
+def journal_has_job_fields(machine, job_id: str) -> None:
+    """`journalctl REPX_JOB_ID=<id>` returns that job's lines (the agent's record of it)."""
+    lines = machine.succeed(f"journalctl --no-pager -o cat REPX_JOB_ID={job_id}")
+    assert f"running {job_id}" in lines, f"no start line for {job_id} in the journal:\n{lines}"
+    assert "succeeded" in lines, f"no completion line for {job_id} in the journal:\n{lines}"
+    entries = [json.loads(line) for line in machine.succeed(f"journalctl --no-pager -o json REPX_JOB_ID={job_id}").splitlines()]
+    assert {entry["REPX_JOB_ID"] for entry in entries} == {job_id}
+    assert {entry.get("REPX_ROLE") for entry in entries} == {"agent"}, "lines of other roles matched"
+    assert all(entry.get("REPX_RUN_ID") for entry in entries), "a job line without its run id"
+
+
+def agent_restart_keeps_job(machine, lab: str, run: str) -> None:
+    """Restarting the agent under a running job leaves the job's unit running (same process);
+    the new agent re-attaches and the result is recorded exactly once."""
+    run_id = submit(machine, lab, run)
+    unit = _running_unit(machine)
+    pid = machine.succeed(f"systemctl show -p MainPID --value {unit}").strip()
+    assert pid != "0"
+    machine.succeed("systemctl restart repx-agent.service")
+    machine.wait_for_unit("repx-agent.service")
+    assert machine.succeed(f"systemctl show -p MainPID --value {unit}").strip() == pid, "the job's process changed"
+    wait_for_run(machine, run_id)
+    (job,) = run_jobs(machine, run_id)
+    assert job["tries"] == 1, job
+    recorded = machine.succeed(f"grep -c '\"{job['job_id']}\"' {BASE}/outputs/completions.jsonl").strip()
+    assert recorded == "1", f"{job['job_id']} recorded {recorded} times in completions.jsonl"
+    machine.succeed(f"grep -q rested {BASE}/outputs/{job['job_id']}/out/rested.txt")
+
+
+def watchdog_restarts_frozen_scheduler(machine) -> None:
+    """A scheduler frozen with SIGSTOP stops pinging the watchdog; systemd kills and restarts it."""
+    unit = "repx-scheduler.service"
+    before = int(machine.succeed(f"systemctl show -p NRestarts --value {unit}"))
+    pid = machine.succeed(f"systemctl show -p MainPID --value {unit}").strip()
+    machine.succeed(f"kill -STOP {pid}")
+    machine.wait_until_succeeds(f"test $(systemctl show -p NRestarts --value {unit}) -gt {before}", timeout=120)
+    machine.wait_for_unit(unit)
+    assert machine.succeed(f"systemctl show -p MainPID --value {unit}").strip() != pid
+    log = machine.succeed(f"journalctl --no-pager -u {unit} -n 200")
+    assert "Watchdog timeout" in log or "watchdog" in log.lower(), log
+
+
+def reboot_mid_run_completes(machine, lab: str, run: str) -> None:
+    """The machine reboots while a job runs: repx comes back with the machine and the run completes."""
+    run_id = submit(machine, lab, run)
+    _running_unit(machine)
+    machine.reboot()
+    for unit in ROLE_UNITS:
+        machine.wait_for_unit(unit)
+    details = wait_for_run(machine, run_id, timeout=300)
+    assert details["state"] == "succeeded"
