@@ -348,8 +348,8 @@ in
     ];
 
     systemd.tmpfiles.rules =
-      optional (cfg.stateDir != "/var/lib/repx") "d ${cfg.stateDir} 0750 ${cfg.user} ${cfg.group} -"
-      ++ map (p: "d ${p} 0750 ${cfg.user} ${cfg.group} -") (
+      optional (cfg.stateDir != "/var/lib/repx") "d ${cfg.stateDir} 0755 ${cfg.user} ${cfg.group} -"
+      ++ map (p: "d ${p} 0755 ${cfg.user} ${cfg.group} -") (
         lib.filter (p: !lib.hasPrefix "${cfg.stateDir}/" p) basePaths
       );
 

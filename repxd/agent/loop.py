@@ -24,7 +24,7 @@ from ..exec.job import JobContext, execute_job
 from ..exec.launcher import SubprocessLauncher
 from ..exec.layout import OutputLayout
 from ..exec.runtimes import choose_execution_type, make_runtime
-from ..exec.systemd_unit import choose_launcher
+from ..exec.systemd_unit import UnitStopped, choose_launcher
 from ..lab.loader import load_lab
 from ..observe import notify
 from ..observe.metrics import AgentMetrics
@@ -205,6 +205,9 @@ class Agent:
         except asyncio.CancelledError:
             report = {"outcome": "cancelled", "reason": "cancelled by user"}
             outcome = "cancelled"
+        except UnitStopped as exc:  # the heartbeat hands the unreported attempt back to run it again
+            log.warning("attempt %s: %s; it will run again", attempt, exc, extra=extra)
+            return
         except hardware.DevicesMissing as exc:  # not the job's fault: register without them, run elsewhere
             log.error("attempt %s: %s", attempt, exc, extra=extra)
             self.inventory = hardware.without_gpus(self.inventory, exc.gpus)

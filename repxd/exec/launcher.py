@@ -122,6 +122,9 @@ def adoptable_status(guard: Path) -> ExitStatus | None:
         if len(words) == 1:
             return ExitStatus(int(words[0]))
         if len(words) == 3:
+            code, _status, result = words
+            if code != "exited" and result == "success":
+                return None  # stopped from outside (shutdown, a stop request): not the job's outcome
             return status_from_unit(*words)
     except (ValueError, KeyError):
         pass

@@ -53,6 +53,15 @@ _SERVICE_VARIABLES = {"NOTIFY_SOCKET", "WATCHDOG_PID", "WATCHDOG_USEC", "INVOCAT
 _RECORD_EXIT = 'echo "$EXIT_CODE $EXIT_STATUS $SERVICE_RESULT" > "$1"'
 
 
+class UnitStopped(Exception):
+    """A job's unit was stopped by someone else than this agent (a shutdown, `systemctl stop`):
+    not the job's outcome. The attempt stays the agent's and is started again when handed back."""
+
+    def __init__(self, unit: str) -> None:
+        super().__init__(f"{unit} was stopped from outside")
+        self.unit = unit
+
+
 class SystemdLauncher:
     """Starts and watches job units through the system manager."""
 
@@ -186,7 +195,7 @@ class SystemdLauncher:
                 except DBusError:
                     return None  # collected
                 if state in _ENDED and not pending_job:  # not a start job still queued
-                    return await self._result(path)
+                    return await self._result(path, unit)
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(changed.wait(), POLL_SECONDS)
         finally:
@@ -194,7 +203,7 @@ class SystemdLauncher:
             with contextlib.suppress(DBusError, OSError):
                 await self._call(path, "org.freedesktop.systemd1.Unit", "Unref", "", [])
 
-    async def _result(self, path: str) -> ExitStatus | None:
+    async def _result(self, path: str, unit: str) -> ExitStatus | None:
         try:
             reply = await self._call(path, PROPERTIES, "GetAll", "s", ["org.freedesktop.systemd1.Service"])
         except DBusError:
@@ -203,13 +212,15 @@ class SystemdLauncher:
         code, status, result = props["ExecMainCode"], props["ExecMainStatus"], props["Result"]
         if code == 0:  # never started its main process (a bad ExecStart)
             return ExitStatus.with_cause(127, None)
+        if code != 1 and result == "success":  # killed by a stop job, not by its own doing
+            raise UnitStopped(unit)
         number = status if code == 1 else -status  # CLD_EXITED, else killed or dumped
         return ExitStatus.with_cause(number, result if result in ("oom-kill", "timeout") else None)
 
     async def _stop(self, unit: str) -> None:
         with contextlib.suppress(DBusError):
             await self._call(ROOT, MANAGER, "StopUnit", "ss", [unit, "replace"])
-        with contextlib.suppress(TimeoutError):
+        with contextlib.suppress(TimeoutError, UnitStopped):
             await asyncio.wait_for(self._wait(unit), STOP_TIMEOUT_SECONDS + POLL_SECONDS)
 
     # ---- D-Bus plumbing --------------------------------------------------------------------

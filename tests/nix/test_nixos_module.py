@@ -174,7 +174,7 @@ def test_custom_user_state_dir_and_targets():
     assert agent["User"] == "lab" and agent["Group"] == "lab"
     assert sorted(agent["ReadWritePaths"]) == ["-/scratch/repx", "/srv/repx"]
     assert r["services"]["repx-api"]["serviceConfig"]["ReadWritePaths"] == ["/srv/repx"]
-    assert r["tmpfiles"] == ["d /srv/repx 0750 lab lab -", "d /scratch/repx 0750 lab lab -"]
+    assert r["tmpfiles"] == ["d /srv/repx 0755 lab lab -", "d /scratch/repx 0755 lab lab -"]
     assert r["settings"]["state_dir"] == "/srv/repx"
     assert r["settings"]["targets"] == {"scratch": {"base_path": "/scratch/repx", "default_execution_type": "bwrap"}}
     accepted_by_repxd(r["settings"])
