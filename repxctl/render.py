@@ -5,6 +5,7 @@ from __future__ import annotations
 import shutil
 import sys
 import time
+from pathlib import Path
 
 import click
 
@@ -24,7 +25,13 @@ class PlainReporter(Reporter):
         if ok:
             click.echo(f"[{self.done}/{self.total}] ok    {job_id} ({seconds:.1f}s)")
         else:
-            click.echo(f"[{self.done}/{self.total}] FAIL  {job_id}: {reason} (log: {self.log_dir(job_id)}/stderr.log)")
+            click.echo(f"[{self.done}/{self.total}] FAIL  {job_id}: {reason}{log_hint(self.log_dir(job_id))}")
+
+
+def log_hint(repx_dir) -> str:
+    """Where to look, when the job got as far as writing a log (not for a job that never started)."""
+    log = Path(repx_dir) / "stderr.log"
+    return f" (log: {log})" if log.exists() else ""
 
 
 class LiveReporter(Reporter):
@@ -49,7 +56,7 @@ class LiveReporter(Reporter):
         else:
             self.failed += 1
             self._clear()
-            self.stream.write(f"FAIL {job_id}: {reason} (log: {self.log_dir(job_id)}/stderr.log)\n")
+            self.stream.write(f"FAIL {job_id}: {reason}{log_hint(self.log_dir(job_id))}\n")
         self._draw(force=not ok or self.ok + self.failed == self.total)
 
     def _clear(self) -> None:

@@ -83,6 +83,10 @@ def naps(image: ImageSpec | None = None) -> LabWriter:
         run = lab.run(f"nap-{seconds}s", image=image)
         run.job("nap", NAP, params={"seconds": seconds}, outputs={"rested": "$out/rested.txt"},
                 resources={"mem": "96M", "cpus": 1, "time": "00:05:00"})
+    # Asks for more time than its limit allows: where limits are enforced, it fails saying so.
+    overtime = lab.run("nap-overtime", image=image)
+    overtime.job("nap", NAP, params={"seconds": 60}, outputs={"rested": "$out/rested.txt"},
+                 resources={"mem": "96M", "cpus": 1, "time": "00:00:03"})
     return lab
 
 

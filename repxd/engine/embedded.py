@@ -6,16 +6,18 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from .. import hardware
 from ..config import Config, Resources, TargetConfig, parse_memory, state_home
 from ..errors import ConfigError
 from ..exec.artifacts import sync_artifacts
-from ..exec.job import JobContext, execute_job
+from ..exec.job import JobContext, JobResult, execute_job
 from ..exec.layout import OutputLayout
 from ..exec.runtimes import Runtime, choose_execution_type, make_runtime
 from ..lab.graph import Outcome, closure, select, topological_order
 from ..lab.loader import load_lab
 from ..lab.model import Lab
 from .admission import Admission
+from .gpu_pool import GpuPool, GpuUnavailable
 from .local import LocalEngine, Reporter, RunSummary
 
 
@@ -112,6 +114,7 @@ class EmbeddedRun:
         mem = parse_memory(options.mem) if options.mem else machine_memory()
         self.admission = Admission(slots, total_cpus, mem)
         self.runtimes: dict[str | None, Runtime] = {}
+        self.gpus = GpuPool(hardware.agent_inventory)
         self.engine: LocalEngine | None = None
 
     def _runtime(self, image: str | None) -> Runtime:
@@ -133,9 +136,16 @@ class EmbeddedRun:
         job = lab.jobs[job_id]
         resources = self.options.resources.for_job(job_id, job.resource_hints, self.plan.target_name)
         worker = self.options.resources.worker_for(job_id, self.plan.target_name)
-        ctx = JobContext(lab, self.plan.layout, self._runtime(lab.image_of(job_id)), self.admission,
-                         resources, worker, on_first_launch)
-        return await execute_job(ctx, job)
+        try:
+            async with self.gpus.take(hardware.gpu_request(resources)) as grant:
+                runtime = self._runtime(lab.image_of(job_id))
+                if grant.gpus:
+                    runtime = runtime.with_devices(grant)
+                ctx = JobContext(lab, self.plan.layout, runtime, self.admission, resources, worker, on_first_launch,
+                                 device_allow=hardware.device_allow(grant) if grant.gpus else [])
+                return await execute_job(ctx, job)
+        except GpuUnavailable as exc:
+            return JobResult(job_id, False, str(exc))
 
     async def run(self) -> RunSummary:
         self.engine = LocalEngine(self.plan.lab, self.plan.to_run, self._execute, self.admission,

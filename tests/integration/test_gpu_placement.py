@@ -182,3 +182,34 @@ def test_a_gpu_that_disappears_fails_the_attempt_and_the_job_runs_elsewhere(daem
     first, second = attempts_of(d, run_id)
     assert (second["agent_id"], second["state"], second["devices"]) == ("dgx", "succeeded", ["nvidia:0"])
     assert record(d, ids["one", 0])["cuda"] == "0"
+
+
+def embedded_run(tmp_path: Path, fixture: str, lab: Path, *selection: str):
+    hardware = {"REPX_HARDWARE_ROOT": str(FIXTURES / fixture / "root"), "REPX_HARDWARE_TOOLS": str(FIXTURES / fixture / "tools")}
+    return repxctl("run", *selection, "--lab", str(lab), "--base-path", str(tmp_path / "base"), "-j", "4",
+                   "--continue-on-failure", env=hardware)
+
+
+def test_embedded_runs_give_gpu_jobs_their_own_devices(tmp_path):
+    lab, ids = gpu_lab(tmp_path, {"train": [({"gpus": 4}, 1.0)] * 3 + [({"gpus": 9}, 0)]})
+    result = embedded_run(tmp_path, "nvidia-dgx-a100", lab, "train")
+    assert result.code == 1, result.stderr
+    assert "needs 9 GPUs; this machine has 8" in result.stdout
+    runs = [json.loads((tmp_path / "base" / "outputs" / ids["train", i] / "out" / "gpu.json").read_text()) for i in range(3)]
+    for job in runs:
+        assert len(job["cuda"].split(",")) == 4 and job["rocr"] == "unset", job
+    for a, b in ((0, 1), (0, 2), (1, 2)):
+        overlap = runs[a]["start"] < runs[b]["end"] and runs[b]["start"] < runs[a]["end"]
+        if overlap:
+            assert not set(runs[a]["cuda"].split(",")) & set(runs[b]["cuda"].split(",")), (runs[a], runs[b])
+    assert not all(runs[a]["start"] < runs[b]["end"] and runs[b]["start"] < runs[a]["end"]
+                   for a, b in ((0, 1), (0, 2), (1, 2))), "three 4-GPU jobs ran at once on 8 GPUs"
+
+
+def test_embedded_optional_gpu_runs_on_the_cpu_of_a_machine_without_gpus(tmp_path):
+    lab, ids = gpu_lab(tmp_path, {"fit": [({"gpus": 1, "gpu": "optional"}, 0), ({"gpus": 1}, 0)]})
+    result = embedded_run(tmp_path, "cpu-vm", lab, "fit")
+    assert result.code == 1
+    assert "needs 1 GPU; this machine has no GPU" in result.stdout
+    optional = json.loads((tmp_path / "base" / "outputs" / ids["fit", 0] / "out" / "gpu.json").read_text())
+    assert optional["cuda"] == "unset"

@@ -98,6 +98,15 @@ def journal_has_job_fields(machine, job_id: str) -> None:
     assert all(entry.get("REPX_RUN_ID") for entry in entries), "a job line without its run id"
 
 
+def time_limit_is_enforced(machine, lab: str, run: str) -> None:
+    """A job past its `time` limit is stopped by systemd (RuntimeMaxSec) and fails saying why."""
+    run_id = submit(machine, lab, run)
+    wait_for_run(machine, run_id, timeout=120, state="failed")
+    (job,) = run_jobs(machine, run_id)
+    assert job["state"] == "failed" and "time limit" in (job["reason"] or ""), job
+    machine.fail(f"test -e {BASE}/outputs/{job['job_id']}/out/rested.txt")
+
+
 def agent_restart_keeps_job(machine, lab: str, run: str) -> None:
     """Restarting the agent under a running job leaves the job's unit running (same process);
     the new agent re-attaches and the result is recorded exactly once."""

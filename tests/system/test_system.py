@@ -42,6 +42,10 @@ def test_journal_finds_a_job_by_its_id(machine, unit_job):
     scenarios.journal_has_job_fields(machine, unit_job)
 
 
+def test_time_limit_stops_a_job_with_a_reason(machine):
+    scenarios.time_limit_is_enforced(machine, NAPS, "nap-overtime")
+
+
 def test_agent_restart_keeps_the_running_job(machine):
     scenarios.agent_restart_keeps_job(machine, NAPS, "nap-20s")
 

@@ -3,14 +3,17 @@ both launchers read back. The units themselves run in tests/system on a booted s
 
 from __future__ import annotations
 
+import asyncio
+import logging
 from pathlib import Path
 
 import pytest
 
+from repxd.errors import ConfigError
 from repxd.exec.job import exit_reason, time_limit
-from repxd.exec.launcher import adoptable_status, exit_file, launch_request
+from repxd.exec.launcher import SubprocessLauncher, adoptable_status, exit_file, launch_request
 from repxd.exec.runtimes import Invocation
-from repxd.exec.systemd_unit import SystemdLauncher
+from repxd.exec.systemd_unit import SystemdLauncher, choose_launcher
 
 
 class _Bus:
@@ -103,3 +106,13 @@ def test_time_limits_from_resources():
     assert time_limit("00:05:00") == 300
     assert time_limit("1-00:00:00") == 86400
     assert time_limit(None) is None and time_limit("soon") is None
+
+
+def test_without_a_system_bus_auto_falls_back_and_systemd_is_an_error(tmp_path, monkeypatch, caplog):
+    monkeypatch.setenv("DBUS_SYSTEM_BUS_ADDRESS", f"unix:path={tmp_path}/no-bus")
+    with caplog.at_level(logging.INFO, logger="repx.launcher"):
+        assert isinstance(asyncio.run(choose_launcher("auto")), SubprocessLauncher)
+    assert [r.message for r in caplog.records if "subprocesses" in r.message] != []
+    with pytest.raises(ConfigError, match='agent.launcher is "systemd"'):
+        asyncio.run(choose_launcher("systemd"))
+    assert isinstance(asyncio.run(choose_launcher("subprocess")), SubprocessLauncher)
