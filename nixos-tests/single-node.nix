@@ -1,6 +1,7 @@
 # One host with every role: units come up, an example Lab runs through repxctl, jobs run as
 # transient units, the agent restarts under a job, the watchdog catches a frozen scheduler,
-# the journal has the jobs' fields, and Prometheus scrapes the roles.
+# the journal has the jobs' fields, time limits hold, Prometheus scrapes the roles, and a reboot
+# mid-run ends with the run complete.
 {
   pkgs,
   common,
@@ -59,6 +60,9 @@ pkgs.testers.runNixOSTest {
     with subtest("the watchdog restarts a frozen scheduler"):
         scenarios.watchdog_restarts_frozen_scheduler(machine)
 
+    with subtest("a job past its time limit is stopped and fails saying so"):
+        scenarios.time_limit_is_enforced(machine, naps, "nap-overtime")
+
     with subtest("Prometheus scrapes every role"):
         machine.wait_for_unit("prometheus.service")
         machine.wait_for_open_port(9090)
@@ -66,5 +70,8 @@ pkgs.testers.runNixOSTest {
         done = prometheus.value_at_least(machine, 'sum(repx_jobs{state="succeeded"})', len(jobs))
         print(f"Prometheus sees {done:.0f} succeeded jobs")
         prometheus.value_at_least(machine, "sum(repx_api_requests_total)", 1)
+
+    with subtest("a reboot mid-run: repx comes back and the run completes"):
+        scenarios.reboot_mid_run_completes(machine, naps, "nap-30s")
   '';
 }

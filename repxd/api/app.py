@@ -20,6 +20,7 @@ from ..observe.metrics import ApiMetrics, exposition
 from ..service.settings import Settings
 from ..service.submit import plan_submission
 from ..store import queries as q
+from ..store import reads
 from ..store.db import AsyncDatabase
 from .auth import Authenticator, Caller, deny, require_admin, require_agent, require_owner
 from .models import (
@@ -95,7 +96,7 @@ def run_json(run) -> dict:
 
 
 async def _run_or_404(request: web.Request):
-    run = await db(request).run(q.get_run, db(request).db, request.match_info["run"])
+    run = await db(request).run(reads.get_run, db(request).db, request.match_info["run"])
     if run is None:
         raise web.HTTPNotFound(text=json.dumps({"error": f"no run {request.match_info['run']!r} (see `repxctl runs`)"}),
                                content_type="application/json")
@@ -117,13 +118,13 @@ async def submit(request: web.Request) -> web.Response:
                                         req.options.model_dump(), who.uid, who.name)
     await db(request).run(q.create_run, db(request).db, run, jobs)
     wakeups(db(request)).schedule.set()
-    return web.json_response(run_json(await db(request).run(q.get_run, db(request).db, run.id)), status=201)
+    return web.json_response(run_json(await db(request).run(reads.get_run, db(request).db, run.id)), status=201)
 
 
 async def list_runs(request: web.Request) -> web.Response:
     caller(request)
     limit = int(request.query.get("limit", "100"))
-    runs = await db(request).run(q.list_runs, db(request).db, limit)
+    runs = await db(request).run(reads.list_runs, db(request).db, limit)
     return web.json_response([run_json(r) for r in runs])
 
 
@@ -154,13 +155,13 @@ async def list_jobs(request: web.Request) -> web.Response:
     caller(request)
     # /v1/runs/{run}/jobs takes a run-id prefix and 404s; /v1/jobs?run= filters as given.
     run_id = (await _run_or_404(request)).id if "run" in request.match_info else request.query.get("run")
-    jobs = await db(request).run(q.list_jobs, db(request).db, run_id, request.query.get("state"))
+    jobs = await db(request).run(reads.list_jobs, db(request).db, run_id, request.query.get("state"))
     return web.json_response([asdict(j) for j in jobs])
 
 
 async def list_attempts(request: web.Request) -> web.Response:
     caller(request)
-    attempts = await db(request).run(q.list_attempts, db(request).db, request.query.get("run"), request.query.get("job"))
+    attempts = await db(request).run(reads.list_attempts, db(request).db, request.query.get("run"), request.query.get("job"))
     return web.json_response([asdict(a) for a in attempts])
 
 
@@ -198,7 +199,7 @@ async def job_log(request: web.Request) -> web.StreamResponse:
 
 async def list_agents(request: web.Request) -> web.Response:
     caller(request)
-    agents = await db(request).run(q.list_agents, db(request).db)
+    agents = await db(request).run(reads.list_agents, db(request).db)
     load = await db(request).run(q.agent_load, db(request).db)
     now = time.time()
     return web.json_response([asdict(a) | {"running": load.get(a.id, (0, 0, 0))[0], "lease_left": round(a.lease_expires - now, 1)}
@@ -207,7 +208,7 @@ async def list_agents(request: web.Request) -> web.Response:
 
 async def hardware(request: web.Request) -> web.Response:
     caller(request)
-    agents = await db(request).run(q.list_agents, db(request).db)
+    agents = await db(request).run(reads.list_agents, db(request).db)
     held = await db(request).run(q.held_devices, db(request).db)
     name = request.query.get("agent")
     if name and not any(a.id == name for a in agents):
@@ -312,8 +313,8 @@ async def status(request: web.Request) -> web.Response:
     caller(request)
     database = db(request)
     roles = await database.run(database.db.read, "SELECT * FROM roles ORDER BY name")
-    agents = await database.run(q.list_agents, database.db)
-    counts = await database.run(q.job_state_counts, database.db)
+    agents = await database.run(reads.list_agents, database.db)
+    counts = await database.run(reads.job_state_counts, database.db)
     now = time.time()
     return web.json_response({
         "roles": [{"name": r["name"], "host": r["host"], "pid": r["pid"], "age": round(now - r["last_seen"], 1)} for r in roles],

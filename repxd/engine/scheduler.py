@@ -18,6 +18,7 @@ from ..observe import notify
 from ..observe.metrics import SchedulerMetrics
 from ..service.settings import SchedulerSettings
 from ..store import queries as q
+from ..store import reads
 from ..store.db import AsyncDatabase
 
 log = logging.getLogger("repx.scheduler")
@@ -96,7 +97,7 @@ class Scheduler:
         self.wakeups = wakeups(database)
 
     async def _capacities(self, now: float) -> dict[str, Capacity]:
-        agents = await self.db.run(q.list_agents, self.db.db)
+        agents = await self.db.run(reads.list_agents, self.db.db)
         load = await self.db.run(q.agent_load, self.db.db)
         held = await self.db.run(q.held_devices, self.db.db)
         room = {}
@@ -130,7 +131,7 @@ class Scheduler:
             placed = await self._place(pending, now)
         if now - self._counts_at > 1.0:
             self._counts_at = now
-            for state, count in (await self.db.run(q.job_state_counts, self.db.db)).items():
+            for state, count in (await self.db.run(reads.job_state_counts, self.db.db)).items():
                 self.metrics.jobs.labels(state).set(count)
             await self.db.run(q.touch_role, self.db.db, "scheduler", socket.gethostname(), os.getpid(), self.started)
         self.last_tick = time.monotonic()
