@@ -12,10 +12,8 @@ import threading
 import time
 from pathlib import Path
 
-import httpx
-
 from .. import errors, hardware
-from ..api.client import ApiError, AsyncApi
+from ..api.client import ApiError, ApiUnavailable, AsyncApi
 from ..config import Config, parse_memory
 from ..engine.admission import Admission
 from ..engine.embedded import resolve_target
@@ -67,7 +65,7 @@ class Agent:
         while True:
             try:
                 return await self.api.call(method, path, json, timeout)
-            except (httpx.TransportError, ApiError) as exc:
+            except (ApiUnavailable, ApiError) as exc:
                 if isinstance(exc, ApiError) and exc.status < 500:
                     raise
                 (log.warning if delay == RETRY_SECONDS else log.debug)("API unavailable (%s); retrying", exc)
@@ -115,7 +113,7 @@ class Agent:
                 if exc.status == 404:
                     await self.register()
                 continue
-            except httpx.TransportError:
+            except ApiUnavailable:
                 self.metrics.heartbeat_age.set(time.monotonic() - self.last_heartbeat)
                 continue
             self.last_heartbeat = time.monotonic()
@@ -140,7 +138,7 @@ class Agent:
                 continue
             try:
                 work = await self.api.call("POST", f"/v1/agents/{self.id}/claim", {"max": free, "wait": 20}, timeout=40)
-            except (httpx.TransportError, ApiError) as exc:
+            except (ApiUnavailable, ApiError) as exc:
                 log.debug("claim failed (%s)", exc)
                 await asyncio.sleep(RETRY_SECONDS)
                 continue
@@ -226,5 +224,5 @@ class Agent:
         await self._retrying("POST", f"/v1/attempts/{attempt}/report", report)
 
     async def _quiet(self, method: str, path: str, json) -> None:
-        with contextlib.suppress(httpx.TransportError, ApiError):
+        with contextlib.suppress(ApiUnavailable, ApiError):
             await self.api.call(method, path, json)
