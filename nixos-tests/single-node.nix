@@ -60,6 +60,9 @@ pkgs.testers.runNixOSTest {
     with subtest("the watchdog restarts a frozen scheduler"):
         scenarios.watchdog_restarts_frozen_scheduler(machine)
 
+    with subtest("cancelling a run stops its job's unit"):
+        scenarios.cancel_stops_the_unit(machine, naps, "nap-30s")
+
     with subtest("a job past its time limit is stopped and fails saying so"):
         scenarios.time_limit_is_enforced(machine, naps, "nap-overtime")
 

@@ -125,6 +125,20 @@ def agent_restart_keeps_job(machine, lab: str, run: str) -> None:
     machine.succeed(f"grep -q rested {BASE}/outputs/{job['job_id']}/out/rested.txt")
 
 
+def cancel_stops_the_unit(machine, lab: str, run: str) -> None:
+    """`repxctl cancel` stops a running job's unit; the run ends cancelled and the job leaves no
+    result behind (it runs again when asked for again)."""
+    run_id = submit(machine, lab, run)
+    unit = _running_unit(machine)
+    machine.succeed(f"repxctl cancel {run_id}")
+    machine.wait_until_fails(f"systemctl list-units --no-legend --all '{unit}' | grep -q .", timeout=60)
+    wait_for_run(machine, run_id, timeout=60, state="cancelled")
+    (job,) = run_jobs(machine, run_id)
+    assert job["state"] == "cancelled", job
+    machine.fail(f"test -e {BASE}/outputs/{job['job_id']}/repx/SUCCESS")
+    machine.fail(f"test -e {BASE}/outputs/{job['job_id']}/repx/FAIL")
+
+
 def watchdog_restarts_frozen_scheduler(machine) -> None:
     """A scheduler frozen with SIGSTOP stops pinging the watchdog; systemd kills and restarts it."""
     unit = "repx-scheduler.service"

@@ -50,6 +50,10 @@ def test_agent_restart_keeps_the_running_job(machine):
     scenarios.agent_restart_keeps_job(machine, NAPS, "nap-20s")
 
 
+def test_cancel_stops_the_job_unit(machine):
+    scenarios.cancel_stops_the_unit(machine, NAPS, "nap-30s")
+
+
 def test_watchdog_restarts_a_frozen_scheduler(machine):
     scenarios.watchdog_restarts_frozen_scheduler(machine)
 
