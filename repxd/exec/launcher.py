@@ -61,7 +61,6 @@ class LaunchRequest:
     mem: int = 0
     time_seconds: int | None = None
     device_allow: list[tuple[str, str]] = field(default_factory=list)
-    env: dict[str, str] = field(default_factory=dict)
 
 
 _UNIT_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789:_.-")

@@ -120,13 +120,17 @@ class SystemdLauncher:
         except asyncio.CancelledError:
             await asyncio.shield(self._stop(request.unit))
             raise
-        return adoptable_status(guard.path) if status is None else status
+        if status is None:
+            status = adoptable_status(guard.path)
+        if status is None:  # collected before its result could be read, and it left none
+            raise UnitStopped(request.unit)
+        return status
 
     # ---- units -----------------------------------------------------------------------------
 
     def _properties(self, invocation: Invocation, repx: Path | None, request: LaunchRequest,
                     exit_path: Path | None = None) -> list:
-        env = [f"{k}={v}" for k, v in {**invocation.env, **request.env}.items() if k not in _SERVICE_VARIABLES]
+        env = [f"{k}={v}" for k, v in invocation.env.items() if k not in _SERVICE_VARIABLES]
         props = [
             ("Description", Variant("s", f"repx job {request.job_id}")),
             ("ExecStart", Variant("a(sasb)", [[invocation.argv[0], invocation.argv, False]])),

@@ -102,7 +102,7 @@ def test_cpu_only_vm_recording():
 
 
 def test_this_machine_is_cpu_only():
-    if Path("/dev/nvidiactl").exists() or Path("/dev/kfd").exists() or list(Path("/dev").glob("dri/renderD*")):
+    if Path("/dev/nvidiactl").exists() or Path("/proc/driver/nvidia/gpus").exists() or Path("/dev/kfd").exists() or list(Path("/dev").glob("dri/renderD*")):
         pytest.skip("this machine has GPU device nodes")
     inv = detect("/")
     assert inv.gpus == [] and inv.root == "/"
