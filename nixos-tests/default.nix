@@ -12,6 +12,7 @@ let
   labs = {
     simple = ../examples/labs/simple;
     naps = ../examples/labs/naps;
+    sweep-scatter = ../examples/labs/sweep-scatter;
   };
   args = {
     inherit pkgs common labs repx;

@@ -48,6 +48,9 @@ pkgs.testers.runNixOSTest {
         run_id = scenarios.example_lab_runs(machine, simple)
         jobs = scenarios.run_jobs(machine, run_id)
 
+    with subtest("a researcher's jobs run as that researcher"):
+        scenarios.jobs_run_as_their_submitter(machine, "alice", "/etc/repx-test/labs/sweep-scatter", "sweep")
+
     with subtest("journald has the jobs' fields"):
         scenarios.journal_has_job_fields(machine, jobs[0]["job_id"])
 

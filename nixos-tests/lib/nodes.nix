@@ -41,8 +41,10 @@ in
       services.repx = {
         # A loopback TCP listener so that Prometheus can scrape the API's /metrics.
         settings.api.tcp = "127.0.0.1:8420";
+        settings.agent.run_as_submitter = true;
         credentials.admin-token = tokens.admin-token;
       };
+      users.users.alice.isNormalUser = true; # a researcher who submits runs
     };
 
   # API and scheduler for a cluster; agents connect over TCP with the agent token.

@@ -6,7 +6,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import getpass
 import logging
+import os
 import socket
 import threading
 import time
@@ -81,6 +83,8 @@ class Agent:
 
     async def run(self) -> None:
         self.launcher = await choose_launcher(self.settings.agent.launcher, self.settings.agent.job_user)
+        if self.settings.agent.run_as_submitter and self.launcher.name != "systemd":
+            log.warning("agent.run_as_submitter needs systemd units; jobs run as %s", getpass.getuser())
         for attempt_id in await self.register():
             await self._adopt(attempt_id)
         notify.ready(f"agent {self.id}: {self.inventory['slots']} slots")
@@ -195,7 +199,7 @@ class Agent:
 
             ctx = JobContext(lab, layout, runtime, self.admission, resources, worker, on_spawn=spawned,
                              launcher=self.launcher, attempt=attempt, run_id=item["run"],
-                             device_allow=hardware.device_allow(grant))
+                             device_allow=hardware.device_allow(grant), run_as=self._run_as(item))
             log.info("running %s", job_id, extra=extra)
             result = await execute_job(ctx, job)
             outcome = "succeeded" if result.ok else "failed"
@@ -222,6 +226,14 @@ class Agent:
         self.metrics.durations.labels(outcome).observe(time.monotonic() - started)
         log.info("attempt %s %s", attempt, outcome, extra=extra)
         await self._retrying("POST", f"/v1/attempts/{attempt}/report", report)
+
+    def _run_as(self, item: dict) -> int | None:
+        """The submitter's uid when jobs run as their submitters: only through systemd units,
+        never as root, and not for token callers (who have no uid)."""
+        uid = item.get("submitter_uid")
+        if not self.settings.agent.run_as_submitter or self.launcher.name != "systemd":
+            return None
+        return uid if uid is not None and uid > 0 and uid != os.geteuid() else None
 
     async def _quiet(self, method: str, path: str, json) -> None:
         with contextlib.suppress(ApiUnavailable, ApiError):

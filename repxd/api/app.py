@@ -253,7 +253,7 @@ async def claim(request: web.Request) -> web.Response:
 
 async def attempt_details(request: web.Request) -> web.Response:
     require_agent(caller(request))
-    rows = await db(request).run(db(request).db.read, "SELECT a.*, r.lab_path, r.options, r.target FROM attempts a JOIN runs r ON r.id=a.run_id WHERE a.id=?",
+    rows = await db(request).run(db(request).db.read, "SELECT a.*, r.lab_path, r.options, r.target, r.submitter_uid FROM attempts a JOIN runs r ON r.id=a.run_id WHERE a.id=?",
                                  (int(request.match_info["attempt"]),))
     if not rows:
         return error(404, "no such attempt")
@@ -261,7 +261,7 @@ async def attempt_details(request: web.Request) -> web.Response:
     return web.json_response({"attempt": row["id"], "run": row["run_id"], "job": row["job_id"], "base_path": row["base_path"],
                               "lab_path": row["lab_path"], "target": row["target"], "options": json.loads(row["options"]),
                               "cpus": row["cpus"], "mem": row["mem"], "state": row["state"],
-                              "devices": json.loads(row["devices"] or "[]")})
+                              "devices": json.loads(row["devices"] or "[]"), "submitter_uid": row["submitter_uid"]})
 
 
 async def report(request: web.Request) -> web.Response:

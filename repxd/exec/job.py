@@ -35,6 +35,7 @@ class JobContext:
     attempt: int | None = None
     run_id: str | None = None
     device_allow: list[tuple[str, str]] = field(default_factory=list)
+    run_as: int | None = None  # the submitter's uid: the launcher empties `out/` and hands it over
 
     def launched(self) -> None:
         """Called when a process of the job gets admitted; reports the job as running once."""
@@ -54,7 +55,7 @@ class JobContext:
         res = self.worker_resources if worker and self.worker_resources else self.resources
         limit = time_limit(res.get("time"))
         return launch_request(job_id, ".".join(step), self.attempt, run_id=self.run_id, cpus=cpus, mem=mem,
-                              time_seconds=limit, device_allow=self.device_allow)
+                              time_seconds=limit, device_allow=self.device_allow, user=self.run_as)
 
 
 def time_limit(value: Any) -> int | None:
@@ -130,7 +131,7 @@ async def execute_job(ctx: JobContext, job: Job) -> JobResult:
     inputs = resolve_inputs(ctx.lab, job, layout)
 
     def prepare() -> None:
-        prepare_dirs(out, repx, fresh_out=True)
+        prepare_dirs(out, repx, fresh_out=ctx.run_as is None)
         write_json(repx / "inputs.json", inputs)
         write_json(repx / "parameters.json", job.params)
 

@@ -61,6 +61,7 @@ class LaunchRequest:
     mem: int = 0
     time_seconds: int | None = None
     device_allow: list[tuple[str, str]] = field(default_factory=list)
+    user: int | None = None  # run as this uid (the submitter); the launcher then owns `out/`
 
 
 _UNIT_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789:_.-")

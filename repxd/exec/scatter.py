@@ -36,7 +36,7 @@ async def execute_scatter_gather(ctx: JobContext, job: Job) -> JobResult:
     if not ((scatter_repx / SUCCESS).exists() and items_path.exists()):
         status = await run_step(ctx, script_path(ctx, job.executables["scatter"].path), scatter_out,
                                 scatter_repx, inputs_json, params_json,
-                                prepare=lambda: prepare_dirs(scatter_out, scatter_repx, fresh_out=True),
+                                prepare=lambda: prepare_dirs(scatter_out, scatter_repx, fresh_out=ctx.run_as is None),
                                 record=lambda status: _record_step(scatter_repx, status, items_path),
                                 done=lambda: 0 if (scatter_repx / SUCCESS).exists() and items_path.exists() else None)
         if status != 0:
@@ -69,7 +69,7 @@ async def execute_scatter_gather(ctx: JobContext, job: Job) -> JobResult:
             gather_inputs[mapping.target_input] = template.replace("$out", str(scatter_out))
 
     def prepare_gather() -> None:
-        prepare_dirs(out, repx, fresh_out=True)
+        prepare_dirs(out, repx, fresh_out=ctx.run_as is None)
         write_json(repx / "worker_outs_manifest.json", manifest)
         write_json(repx / "gather_inputs.json", gather_inputs)
 
@@ -122,7 +122,7 @@ async def _run_branch(ctx: JobContext, job: Job, branch: Path, item, order: list
                 inputs[mapping.target_input] = static_inputs[mapping.target_input]
 
         def prepare(step_out=step_out, step_repx=step_repx, inputs=inputs) -> None:
-            prepare_dirs(step_out, step_repx, fresh_out=True)
+            prepare_dirs(step_out, step_repx, fresh_out=ctx.run_as is None)
             write_json(step_repx / "inputs.json", inputs)
 
         status = await run_step(ctx, script_path(ctx, exe.path), step_out, step_repx,

@@ -51,6 +51,8 @@ _SERVICE_VARIABLES = {"NOTIFY_SOCKET", "WATCHDOG_PID", "WATCHDOG_USEC", "INVOCAT
                       "LISTEN_PID", "LISTEN_FDS", "LISTEN_FDNAMES", "SYSTEMD_EXEC_PID", "MANAGERPID",
                       "CREDENTIALS_DIRECTORY", "MAINPID"}
 _RECORD_EXIT = 'echo "$EXIT_CODE $EXIT_STATUS $SERVICE_RESULT" > "$1"'
+# An empty `out/` owned by the job's user: earlier attempts' files may belong to that user.
+_HAND_OVER = 'find "$1" -mindepth 1 -delete && chown "$2" "$1"'
 
 
 class UnitStopped(Exception):
@@ -147,9 +149,18 @@ class SystemdLauncher:
         if repx is not None:
             props += [("StandardOutputFileToAppend", Variant("s", str(repx / "stdout.log"))),
                       ("StandardErrorFileToAppend", Variant("s", str(repx / "stderr.log")))]
-        if exit_path is not None:
-            props.append(("ExecStopPost", Variant("a(sasb)", [["/bin/sh", ["/bin/sh", "-c", _RECORD_EXIT, "repx-exit",
-                                                                           str(exit_path)], False]])))
+        record_exit = ["/bin/sh", ["/bin/sh", "-c", _RECORD_EXIT, "repx-exit", str(exit_path)]]
+        if request.user is not None:
+            # The job runs as the submitter; these two steps keep root's rights ("+" in a unit
+            # file): handing `out/` over, and writing the result next to the agent's guard.
+            props.append(("User", Variant("s", str(request.user))))
+            props.append(("ExecStartPreEx", Variant("a(sasas)", [["/bin/sh", ["/bin/sh", "-c", _HAND_OVER, "repx-out",
+                                                                               str(invocation.cwd), str(request.user)],
+                                                                  ["privileged"]]])))
+            if exit_path is not None:
+                props.append(("ExecStopPostEx", Variant("a(sasas)", [[*record_exit, ["privileged"]]])))
+        elif exit_path is not None:
+            props.append(("ExecStopPost", Variant("a(sasb)", [[*record_exit, False]])))
         if request.mem:
             props.append(("MemoryMax", Variant("t", request.mem)))
         if request.time_seconds:
@@ -157,7 +168,7 @@ class SystemdLauncher:
         if request.device_allow:
             props += [("DevicePolicy", Variant("s", "closed")),
                       ("DeviceAllow", Variant("a(ss)", [list(entry) for entry in request.device_allow]))]
-        if self.user:
+        if self.user and request.user is None:
             props.append(("User", Variant("s", self.user)))
         return [list(prop) for prop in props]
 

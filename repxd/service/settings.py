@@ -83,6 +83,8 @@ class AgentSettings(_Strict):
     # How jobs start: transient systemd units where the system bus allows it ("auto"), or always.
     launcher: Literal["auto", "systemd", "subprocess"] = "auto"
     job_user: str | None = None  # User= of job units; default: the agent's own user
+    # Job units run as the user who submitted the run over the socket (not root, not token callers).
+    run_as_submitter: bool = False
 
 
 class Settings(_Strict):

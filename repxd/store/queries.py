@@ -188,7 +188,7 @@ def agent_load(db: Database) -> dict[str, tuple[int, int, int]]:
 def claim(db: Database, agent_id: str, limit: int) -> list[dict]:
     """Hand the agent its assigned attempts (they become running), with what it needs to run them."""
     with db.transaction() as conn:
-        rows = conn.execute("SELECT a.*, r.lab_path, r.options, r.target FROM attempts a JOIN runs r ON r.id=a.run_id"
+        rows = conn.execute("SELECT a.*, r.lab_path, r.options, r.target, r.submitter_uid FROM attempts a JOIN runs r ON r.id=a.run_id"
                             " WHERE a.agent_id=? AND a.state='assigned' ORDER BY a.id LIMIT ?", (agent_id, limit)).fetchall()
         now = time.time()
         out = []
@@ -199,7 +199,8 @@ def claim(db: Database, agent_id: str, limit: int) -> list[dict]:
             _event(conn, "attempt.running", row["run_id"], row["job_id"], attempt=row["id"], agent=agent_id)
             out.append({"attempt": row["id"], "run": row["run_id"], "job": row["job_id"], "base_path": row["base_path"],
                         "lab_path": row["lab_path"], "target": row["target"], "options": json.loads(row["options"]),
-                        "cpus": row["cpus"], "mem": row["mem"], "devices": json.loads(row["devices"] or "[]")})
+                        "cpus": row["cpus"], "mem": row["mem"], "devices": json.loads(row["devices"] or "[]"),
+                        "submitter_uid": row["submitter_uid"]})
         return out
 
 

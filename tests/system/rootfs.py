@@ -27,8 +27,10 @@ PACKAGES = ["systemd", "systemd-sysv", "dbus", "libpam-systemd", "polkitd", "pyt
 REPXD_TOML = """\
 [agent]
 launcher = "systemd"  # fail loudly instead of falling back to subprocesses
+run_as_submitter = true
 heartbeat_interval = 1.0
 """
+RESEARCHER = "alice"  # a user who submits runs
 # Operators tune this; a short watchdog keeps the frozen-scheduler scenario quick.
 WATCHDOG_DROPIN = "[Service]\nWatchdogSec=10s\n"
 
@@ -84,7 +86,7 @@ def repx_machine(workdir: Path):
     rootfs = workdir / "rootfs"
     subprocess.run(["cp", "-a", "--reflink=auto", str(base), str(rootfs)], check=True)
     shutil.copytree(wheels, rootfs / "root" / "wheels")
-    for lab in ("simple", "naps"):
+    for lab in ("simple", "naps", "sweep-scatter"):
         shutil.copytree(ROOT / "examples" / "labs" / lab, rootfs / "srv" / "labs" / lab)
     (rootfs / "etc" / "repx").mkdir(parents=True, exist_ok=True)
     (rootfs / "etc" / "repx" / "repxd.toml").write_text(REPXD_TOML)
@@ -103,6 +105,7 @@ def repx_machine(workdir: Path):
             "systemd-sysusers && systemd-tmpfiles --create",
             "systemctl daemon-reload && systemctl restart polkit",
             "systemctl enable --now repx.target",
+            f"useradd --create-home {RESEARCHER}",
             timeout=600,
         )
         yield vm

@@ -63,6 +63,20 @@ def example_lab_runs(machine, lab: str, selection: str = "@all") -> str:
     return run_id
 
 
+def jobs_run_as_their_submitter(machine, user: str, lab: str, selection: str) -> None:
+    """With agent.run_as_submitter, a researcher's jobs run as that researcher: the files in
+    `out/` are theirs, the bookkeeping in `repx/` stays the service's."""
+    run_id = machine.succeed(f"runuser -u {user} -- repxctl run {shlex.quote(selection)} --lab {shlex.quote(lab)} "
+                             "--detach").strip().splitlines()[-1]
+    details = wait_for_run(machine, run_id)
+    assert details["submitter_name"] == user, details
+    for job in run_jobs(machine, run_id):
+        root = f"{BASE}/outputs/{job['job_id']}"
+        owners = set(machine.succeed(f"find {root} -path '*/out/*' -type f -exec stat -c %U {{}} +").split())
+        assert owners == {user}, f"{root}: out/ files owned by {owners}"
+        assert machine.succeed(f"stat -c %U {root}/repx/SUCCESS").strip() != user
+
+
 def _running_unit(machine, pattern: str = "repx-job-*") -> str:
     machine.wait_until_succeeds(f"systemctl list-units --no-legend --plain --state=active '{pattern}' | grep -q .",
                                 timeout=120)

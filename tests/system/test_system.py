@@ -5,12 +5,13 @@ from __future__ import annotations
 
 import pytest
 import scenarios
-from rootfs import repx_machine
+from rootfs import RESEARCHER, repx_machine
 
 pytestmark = pytest.mark.system
 
 SIMPLE = "/srv/labs/simple"
 NAPS = "/srv/labs/naps"
+SWEEP = "/srv/labs/sweep-scatter"
 NAP_MEMORY = 96 * 1024 * 1024  # the naps Lab asks for mem = "96M"
 
 
@@ -32,6 +33,10 @@ def test_units_become_ready_with_status_text(machine):
 
 def test_example_lab_runs_through_the_service(machine):
     scenarios.example_lab_runs(machine, SIMPLE)
+
+
+def test_jobs_run_as_the_researcher_who_submitted_them(machine):
+    scenarios.jobs_run_as_their_submitter(machine, RESEARCHER, SWEEP, "sweep")
 
 
 def test_jobs_run_as_transient_units_with_their_limits(unit_job):

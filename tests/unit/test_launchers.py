@@ -116,3 +116,13 @@ def test_without_a_system_bus_auto_falls_back_and_systemd_is_an_error(tmp_path, 
     with pytest.raises(ConfigError, match='agent.launcher is "systemd"'):
         asyncio.run(choose_launcher("systemd"))
     assert isinstance(asyncio.run(choose_launcher("subprocess")), SubprocessLauncher)
+
+
+def test_a_submitters_unit_hands_out_over_and_records_with_root_rights():
+    props = _properties(launch_request("abc-nap-1.0", "", 1, user=1000), user="repx")
+    assert props["User"].value == "1000"
+    ((_sh, hand_over, flags),) = props["ExecStartPreEx"].value
+    assert hand_over[-2:] == ["/work/outputs/x/out", "1000"] and flags == ["privileged"]
+    ((_sh, record, flags),) = props["ExecStopPostEx"].value
+    assert record[-1] == "/work/cache/guards/x%repx.exit" and flags == ["privileged"]
+    assert "ExecStopPost" not in props
