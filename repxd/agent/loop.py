@@ -58,6 +58,7 @@ class Agent:
         self._runtimes: dict[tuple, object] = {}
         self._context_lock = threading.Lock()
         self.launcher = SubprocessLauncher()
+        self._new_handles: dict[int, str] = {}  # sent with the next heartbeat
         # The scheduler admits work; this only bounds processes of scatter-gather fan-out.
         self.admission = Admission(max(1, self.inventory["slots"]), self.inventory["cpus"], self.inventory["mem"])
 
@@ -112,7 +113,9 @@ class Agent:
         while True:
             await asyncio.sleep(self.settings.agent.heartbeat_interval)
             try:
-                reply = await self.api.call("POST", f"/v1/agents/{self.id}/heartbeat", {"running": list(self.running)})
+                handles = dict(self._new_handles)
+                reply = await self.api.call("POST", f"/v1/agents/{self.id}/heartbeat",
+                                            {"running": list(self.running), "handles": handles})
             except ApiError as exc:
                 if exc.status == 404:
                     await self.register()
@@ -120,6 +123,8 @@ class Agent:
             except ApiUnavailable:
                 self.metrics.heartbeat_age.set(time.monotonic() - self.last_heartbeat)
                 continue
+            for attempt_id in handles:
+                self._new_handles.pop(attempt_id, None)
             self.last_heartbeat = time.monotonic()
             self.metrics.heartbeat_age.set(0)
             self.state = reply["state"]
@@ -195,7 +200,7 @@ class Agent:
             worker = self.settings.resources.worker_for(job_id, item["target"])
 
             def spawned(handle: str) -> None:
-                asyncio.get_running_loop().create_task(self._quiet("POST", f"/v1/attempts/{attempt}/handle", {"handle": handle}))
+                self._new_handles[attempt] = handle
 
             ctx = JobContext(lab, layout, runtime, self.admission, resources, worker, on_spawn=spawned,
                              launcher=self.launcher, attempt=attempt, run_id=item["run"],
@@ -234,7 +239,3 @@ class Agent:
         if not self.settings.agent.run_as_submitter or self.launcher.name != "systemd":
             return None
         return uid if uid is not None and uid > 0 and uid != os.geteuid() else None
-
-    async def _quiet(self, method: str, path: str, json) -> None:
-        with contextlib.suppress(ApiUnavailable, ApiError):
-            await self.api.call(method, path, json)

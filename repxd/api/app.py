@@ -25,7 +25,6 @@ from ..store.db import AsyncDatabase
 from .auth import Authenticator, Caller, deny, require_admin, require_agent, require_owner
 from .models import (
     ClaimRequest,
-    HandleRequest,
     HeartbeatRequest,
     RegisterRequest,
     ReportRequest,
@@ -231,7 +230,8 @@ async def heartbeat(request: web.Request) -> web.Response:
     require_agent(caller(request))
     req = await body(request, HeartbeatRequest)
     lease = request.app[SETTINGS].scheduler.lease_seconds
-    state, cancel, adopt = await db(request).run(q.heartbeat, db(request).db, request.match_info["agent"], lease, req.running)
+    state, cancel, adopt = await db(request).run(q.heartbeat, db(request).db, request.match_info["agent"], lease, req.running,
+                                                 req.handles)
     if state is None:
         return error(404, f"agent {request.match_info['agent']!r} is not registered; register again")
     return web.json_response({"state": state, "cancel": cancel, "adopt": adopt, "lease_seconds": lease})
@@ -273,13 +273,6 @@ async def report(request: web.Request) -> web.Response:
                                      req.outcome, req.exit_status, req.reason, policy)
     wakeups(db(request)).schedule.set()  # room freed, dependents may be placeable
     return web.json_response({"recorded": recorded})
-
-
-async def set_handle(request: web.Request) -> web.Response:
-    require_agent(caller(request))
-    req = await body(request, HandleRequest)
-    await db(request).run(q.set_handle, db(request).db, int(request.match_info["attempt"]), req.handle)
-    return web.json_response({"ok": True})
 
 
 async def agent_state(request: web.Request) -> web.Response:
@@ -362,5 +355,4 @@ def make_app(settings: Settings, database: AsyncDatabase, version: str) -> web.A
     r.add_delete("/v1/agents/{agent}", forget_agent)
     r.add_get("/v1/attempts/{attempt}", attempt_details)
     r.add_post("/v1/attempts/{attempt}/report", report)
-    r.add_post("/v1/attempts/{attempt}/handle", set_handle)
     return app

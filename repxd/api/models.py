@@ -33,6 +33,7 @@ class RegisterRequest(_Body):
 
 class HeartbeatRequest(_Body):
     running: list[int] = []
+    handles: dict[int, str] = {}  # where attempts started since the last heartbeat run (pid:N, unit:NAME)
 
 
 class ClaimRequest(_Body):
@@ -45,6 +46,3 @@ class ReportRequest(_Body):
     exit_status: int | None = None
     reason: str | None = None
 
-
-class HandleRequest(_Body):
-    handle: str

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from .models import (
     ClaimRequest,
-    HandleRequest,
     HeartbeatRequest,
     RegisterRequest,
     ReportRequest,
@@ -33,7 +32,6 @@ _ROUTES = [
     ("delete", "/v1/agents/{agent}", "Forget an idle agent (admin)", None),
     ("get", "/v1/attempts/{attempt}", "What an agent needs to run an attempt", None),
     ("post", "/v1/attempts/{attempt}/report", "Report how an attempt ended", ReportRequest),
-    ("post", "/v1/attempts/{attempt}/handle", "Record where an attempt runs (pid, unit)", HandleRequest),
 ]
 
 

@@ -204,10 +204,6 @@ def claim(db: Database, agent_id: str, limit: int) -> list[dict]:
         return out
 
 
-def set_handle(db: Database, attempt_id: int, handle: str) -> None:
-    with db.transaction() as conn:
-        conn.execute("UPDATE attempts SET handle=? WHERE id=?", (handle, attempt_id))
-
 
 def complete_attempt(db: Database, attempt_id: int, outcome: str, exit_status: int | None, reason: str | None,
                      retry: RetryPolicy) -> bool:
@@ -280,9 +276,11 @@ def register_agent(db: Database, agent_id: str, host: str, inventory: dict, labe
 UNKNOWN_ATTEMPT_GRACE = 5.0  # a claim's reply may still be on its way to the agent
 
 
-def heartbeat(db: Database, agent_id: str, lease: float, running: list[int]) -> tuple[str | None, list[int], list[int]]:
-    """Extend the lease. Returns the agent's state (None if unknown), attempts to cancel, and
-    attempts the store says it runs but it does not know (a claim whose reply was lost)."""
+def heartbeat(db: Database, agent_id: str, lease: float, running: list[int],
+              handles: dict[int, str] | None = None) -> tuple[str | None, list[int], list[int]]:
+    """Extend the lease and record where new attempts run. Returns the agent's state (None if
+    unknown), attempts to cancel, and attempts the store says it runs but it does not know (a
+    claim whose reply was lost)."""
     now = time.time()
     with db.transaction() as conn:
         row = conn.execute("SELECT state FROM agents WHERE id=?", (agent_id,)).fetchone()
@@ -290,6 +288,8 @@ def heartbeat(db: Database, agent_id: str, lease: float, running: list[int]) -> 
             return None, [], []
         state = "active" if row["state"] == "lost" else row["state"]
         conn.execute("UPDATE agents SET lease_expires=?, last_seen=?, state=? WHERE id=?", (now + lease, now, state, agent_id))
+        conn.executemany("UPDATE attempts SET handle=? WHERE id=? AND agent_id=?",
+                         [(handle, attempt, agent_id) for attempt, handle in (handles or {}).items()])
         cancel = [r["id"] for r in conn.execute("SELECT id FROM attempts WHERE agent_id=? AND state='cancelling'", (agent_id,))]
         known = set(running)
         unknown = [r["id"] for r in conn.execute("SELECT id FROM attempts WHERE agent_id=? AND state='running' AND started<?",

@@ -11,6 +11,8 @@ from cli import repxctl
 from definitions import simple, sweep_scatter
 from service import Daemon
 
+from repxd.api.client import Api
+
 
 @pytest.fixture
 def daemon():
@@ -56,6 +58,12 @@ def test_three_roles_as_separate_processes(daemon, tmp_path):
     check_examples_succeed(daemon, tmp_path)
     agents = json.loads(repxctl("agents", "--json", env=api_env(daemon)).stdout)
     assert [a["id"] for a in agents] == ["agent-1"] and agents[0]["state"] == "active"
+    # Where each attempt ran reaches the store with the agent's next heartbeat.
+    api = Api(str(daemon.socket))
+    deadline = time.monotonic() + 15
+    while any(not (a["handle"] or "").startswith("pid:") for a in api.call("GET", "/v1/attempts")):
+        assert time.monotonic() < deadline, api.call("GET", "/v1/attempts")
+        time.sleep(0.2)
 
 
 def test_cancel_and_retry(daemon, tmp_path):
