@@ -10,6 +10,7 @@ import shutil
 import subprocess
 import sys
 from pathlib import Path
+from typing import NoReturn
 
 import pytest
 
@@ -20,13 +21,17 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 REQUIRE_SYSTEM = os.environ.get("REPX_REQUIRE_SYSTEM_TESTS") == "1"
 
 
+def missing(message: str) -> NoReturn:
+    """Skip for what this host lacks, or fail when REPX_REQUIRE_SYSTEM_TESTS=1 (CI)."""
+    if REQUIRE_SYSTEM:
+        pytest.fail(f"REPX_REQUIRE_SYSTEM_TESTS=1 but {message}")
+    pytest.skip(message)
+
+
 def require_program(name: str) -> str:
     path = shutil.which(name)
     if path is None:
-        message = f"{name} is not installed (apt install it; .ci/run does)"
-        if REQUIRE_SYSTEM:
-            pytest.fail(f"REPX_REQUIRE_SYSTEM_TESTS=1 but {message}")
-        pytest.skip(message)
+        missing(f"{name} is not installed (apt install it; .ci/run does)")
     return path
 
 

@@ -20,7 +20,7 @@ from pathlib import Path
 import httpx
 import pytest
 from cli import Result
-from conftest import REQUIRE_SYSTEM, require_program
+from conftest import missing, require_program
 from service import Daemon
 
 GROUP = "repxt-users"
@@ -91,12 +91,6 @@ def _remove_accounts() -> None:
         subprocess.run(["groupdel", GROUP], capture_output=True)
 
 
-def _setup_problem(message: str):
-    if REQUIRE_SYSTEM:
-        pytest.fail(f"REPX_REQUIRE_SYSTEM_TESTS=1 but {message}")
-    pytest.skip(message)
-
-
 def _prefix(name: str) -> tuple[str, ...]:
     """setpriv to the user with its groups. When the interpreter is out of the user's reach (a
     Python under root's 0700 home, as with pyenv on this machine), the user keeps only
@@ -115,7 +109,7 @@ def _prefix(name: str) -> tuple[str, ...]:
 @pytest.fixture(scope="module")
 def users():
     if os.geteuid() != 0:
-        _setup_problem("the auth tests need root (they create Unix users)")
+        missing("the auth tests need root (they create Unix users)")
     for program in ("useradd", "userdel", "groupadd", "groupdel", "setpriv", "getent"):
         require_program(program)
     if not REPXCTL.exists():
@@ -129,7 +123,7 @@ def users():
         for command in commands:
             done = subprocess.run(command, capture_output=True, text=True)
             if done.returncode != 0:
-                _setup_problem(f"`{' '.join(command)}` failed: {done.stderr.strip()}")
+                missing(f"`{' '.join(command)}` failed: {done.stderr.strip()}")
         made = {}
         for name in (*MEMBERS, OUTSIDER):
             entry = pwd.getpwnam(name)

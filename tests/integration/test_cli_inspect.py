@@ -29,13 +29,13 @@ from pathlib import Path
 from xml.etree import ElementTree
 
 import pytest
+from conftest import require_program
 
 from repxd.lab.loader import load_lab
 from repxd.lab.writer import LabWriter
 
 ROOT = Path(__file__).resolve().parents[2]
 DEFINITIONS = ROOT / "examples" / "labs" / "definitions.py"
-REQUIRE_SYSTEM = os.environ.get("REPX_REQUIRE_SYSTEM_TESTS") == "1"
 
 
 # ---- helpers ---------------------------------------------------------------------------------
@@ -165,13 +165,6 @@ def ambiguous_prefix(ids: list[str]) -> tuple[str, list[str]]:
         if len(matches) > 1:
             return first, matches
     raise AssertionError(f"no two job ids share a first character: {ids}")
-
-
-def dot_or_skip() -> None:
-    if shutil.which("dot") is None:
-        if REQUIRE_SYSTEM:
-            pytest.fail("Graphviz `dot` is not installed, and REPX_REQUIRE_SYSTEM_TESTS=1")
-        pytest.skip("Graphviz `dot` is not installed")
 
 
 def table(stdout: str) -> list[list[str]]:
@@ -560,7 +553,7 @@ def test_viz_dot_to_stdout(simple, sweep, tmp_path):
 
 @pytest.mark.integration
 def test_viz_svg_and_png(simple, chatty, tmp_path):
-    dot_or_skip()
+    require_program("dot")
     svg, png, explicit, quoted = (tmp_path / name for name in ("lab.svg", "lab.png", "lab.out", "chatty.svg"))
     simple.many([["viz", "-o", svg], ["viz", "-o", png], ["viz", "--format", "svg", "-o", explicit]])
     chatty("viz", "-o", quoted)  # the param value 'say "hi"' must not break the dot syntax

@@ -15,7 +15,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
-from conftest import REQUIRE_SYSTEM, require_program
+from conftest import missing, require_program
 from machine import NspawnMachine
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -33,14 +33,6 @@ heartbeat_interval = 1.0
 RESEARCHER = "alice"  # a user who submits runs
 # Operators tune this; a short watchdog keeps the frozen-scheduler scenario quick.
 WATCHDOG_DROPIN = "[Service]\nWatchdogSec=10s\n"
-
-
-def _need(condition: bool, message: str) -> None:
-    if condition:
-        return
-    if REQUIRE_SYSTEM:
-        pytest.fail(f"REPX_REQUIRE_SYSTEM_TESTS=1 but {message}")
-    pytest.skip(message)
 
 
 def base_rootfs() -> Path:
@@ -80,7 +72,8 @@ def repx_machine(workdir: Path):
     require_program("systemd-nspawn")
     require_program("debootstrap")
     require_program("nsenter")
-    _need(os.geteuid() == 0, "the system tier boots a container: run it as root")
+    if os.geteuid() != 0:
+        missing("the system tier boots a container: run it as root")
     base = base_rootfs()
     wheels = build_wheels()
     rootfs = workdir / "rootfs"
