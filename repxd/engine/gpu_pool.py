@@ -8,7 +8,7 @@ import asyncio
 from collections.abc import Callable
 from contextlib import asynccontextmanager
 
-from ..hardware import NO_DEVICES, GpuRequest, Inventory, grant_for
+from ..hardware import NO_DEVICES, GpuRequest, Inventory, grant_for, tightest_vendor
 
 
 class GpuUnavailable(Exception):
@@ -29,9 +29,6 @@ class GpuPool:
                 self._free.setdefault(gpu.vendor, []).append(gpu.id)
         return self._inventory
 
-    def _vendor_with(self, count: int) -> str | None:
-        return next((vendor for vendor, ids in sorted(self._free.items()) if len(ids) >= count), None)
-
     @asynccontextmanager
     async def take(self, request: GpuRequest):
         """Yields the grant for `request`, waiting while the GPUs are busy. An optional request
@@ -45,11 +42,9 @@ class GpuPool:
             have = f"this machine has {largest}" if largest else "this machine has no GPU"
             raise GpuUnavailable(f"needs {request.count} GPU{'s' if request.count > 1 else ''}; {have}")
         async with self._released:
-            if request.optional and (request.count > largest or self._vendor_with(request.count) is None):
-                vendor = None
-            else:
-                await self._released.wait_for(lambda: self._vendor_with(request.count) is not None)
-                vendor = self._vendor_with(request.count)
+            vendor = tightest_vendor(self._free, request.count)
+            if vendor is None and not request.optional:
+                vendor = await self._released.wait_for(lambda: tightest_vendor(self._free, request.count))
             ids = self._free[vendor][:request.count] if vendor else []
             if vendor:
                 del self._free[vendor][:request.count]

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..exec.layout import SUCCESS, OutputLayout
+from ..hardware import tightest_vendor
 from ..observe import notify
 from ..observe.metrics import SchedulerMetrics
 from ..service.settings import SchedulerSettings
@@ -63,12 +64,7 @@ class Capacity:
 
     def fits(self, cpus: int, mem: int, gpus: int = 0) -> bool:
         return (self.slots >= 1 and self.cpus >= min(cpus, self.total_cpus)
-                and self.mem >= min(mem, self.total_mem) and (gpus == 0 or self._group(gpus) is not None))
-
-    def _group(self, n: int) -> str | None:
-        """The vendor whose free GPUs fit `n` most tightly (one job's GPUs share a vendor)."""
-        fitting = [(len(free), vendor) for vendor, free in self.gpus.items() if len(free) >= n]
-        return min(fitting)[1] if fitting else None
+                and self.mem >= min(mem, self.total_mem) and (gpus == 0 or tightest_vendor(self.gpus, gpus) is not None))
 
     def take(self, cpus: int, mem: int, gpus: int = 0) -> list[str]:
         self.slots -= 1
@@ -76,7 +72,7 @@ class Capacity:
         self.mem -= mem
         if not gpus:
             return []
-        vendor = self._group(gpus)
+        vendor = tightest_vendor(self.gpus, gpus)
         taken, self.gpus[vendor] = self.gpus[vendor][:gpus], self.gpus[vendor][gpus:]
         return taken
 

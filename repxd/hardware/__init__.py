@@ -9,6 +9,7 @@ from .devices import (
     check_present,
     device_allow,
     grant_for,
+    tightest_vendor,
     without_gpus,
 )
 from .model import Cpu, Gpu, Inventory, Memory
@@ -17,5 +18,5 @@ from .request import GpuRequest, gpu_request
 __all__ = [
     "NO_DEVICES", "Cpu", "DeviceGrant", "DevicesMissing", "Gpu", "GpuRequest", "Inventory", "Memory",
     "agent_inventory", "check_present", "detect", "device_allow", "gpu_request", "grant_for",
-    "hardware_root", "read_inventory", "without_gpus", "write_inventory",
+    "hardware_root", "read_inventory", "tightest_vendor", "without_gpus", "write_inventory",
 ]

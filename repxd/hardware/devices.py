@@ -57,6 +57,13 @@ class DeviceGrant:
 NO_DEVICES = DeviceGrant()
 
 
+def tightest_vendor(free: dict[str, list[str]], count: int) -> str | None:
+    """The vendor whose free GPUs fit `count` most tightly (one job's GPUs share a vendor), so
+    larger groups stay whole for larger jobs; None when none fits."""
+    fitting = [(len(ids), vendor) for vendor, ids in free.items() if len(ids) >= count]
+    return min(fitting)[1] if fitting else None
+
+
 def grant_for(inventory: Inventory | dict, gpu_ids: Iterable[str]) -> DeviceGrant:
     """The grant of `gpu_ids` on an agent with `inventory` (its registered hardware)."""
     if isinstance(inventory, dict):
