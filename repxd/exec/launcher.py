@@ -122,17 +122,17 @@ def adoptable_status(guard: Path) -> ExitStatus | None:
         if len(words) == 1:
             return ExitStatus(int(words[0]))
         if len(words) == 3:
-            code, _status, result = words
-            if code != "exited" and result == "success":
-                return None  # stopped from outside (shutdown, a stop request): not the job's outcome
             return status_from_unit(*words)
     except (ValueError, KeyError):
         pass
     return None
 
 
-def status_from_unit(code: str, status: str, result: str) -> ExitStatus:
-    """systemd's `$EXIT_CODE $EXIT_STATUS $SERVICE_RESULT` as an exit status."""
+def status_from_unit(code: str, status: str, result: str) -> ExitStatus | None:
+    """systemd's `$EXIT_CODE $EXIT_STATUS $SERVICE_RESULT` as an exit status; None for a unit
+    stopped from outside (shutdown, a stop request), which is not the job's outcome."""
+    if code != "exited" and result == "success":
+        return None
     if code == "exited":
         number = int(status)
     else:  # killed or dumped: the signal's name (KILL) or number

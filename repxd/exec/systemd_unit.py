@@ -32,6 +32,7 @@ from .launcher import (
     adoptable_status,
     exit_file,
     guarded,
+    status_from_unit,
 )
 from .runtimes import Invocation
 
@@ -227,10 +228,10 @@ class SystemdLauncher:
         code, status, result = props["ExecMainCode"], props["ExecMainStatus"], props["Result"]
         if code == 0:  # never started its main process (a bad ExecStart)
             return ExitStatus.with_cause(127, None)
-        if code != 1 and result == "success":  # killed by a stop job, not by its own doing
+        exit_status = status_from_unit("exited" if code == 1 else "killed", str(status), result)  # 1: CLD_EXITED
+        if exit_status is None:
             raise UnitStopped(unit)
-        number = status if code == 1 else -status  # CLD_EXITED, else killed or dumped
-        return ExitStatus.with_cause(number, result if result in ("oom-kill", "timeout") else None)
+        return exit_status
 
     async def _stop(self, unit: str) -> None:
         with contextlib.suppress(DBusError):
