@@ -12,6 +12,7 @@ import click
 
 from repxd.api.client import Api
 from repxd.errors import RepxError
+from repxd.service.settings import SYSTEM_SOCKET, personal_socket
 
 from .table import print_table
 
@@ -21,11 +22,8 @@ TOKEN_ENV = "REPX_TOKEN"
 
 
 def default_api() -> str:
-    system = Path("/run/repx/api.sock")
-    if system.exists():
-        return str(system)
-    runtime = os.environ.get("XDG_RUNTIME_DIR") or f"/tmp/repx-{os.getuid()}"
-    return str(Path(runtime) / "repx" / "api.sock")
+    """The system daemon's socket where one is there, else the user's own daemon's."""
+    return str(SYSTEM_SOCKET if SYSTEM_SOCKET.exists() else personal_socket())
 
 
 def connect(api_address: str | None) -> Api:

@@ -23,6 +23,13 @@ class _Strict(BaseModel):
 
 
 SYSTEM_RUNTIME_DIR = Path("/run/repx")
+SYSTEM_SOCKET = SYSTEM_RUNTIME_DIR / "api.sock"
+
+
+def personal_socket() -> Path:
+    """The socket of a user's own daemon (`repxd all` on a laptop)."""
+    runtime = os.environ.get("XDG_RUNTIME_DIR") or f"/tmp/repx-{os.getuid()}"
+    return Path(runtime) / "repx" / "api.sock"
 
 
 def default_socket() -> Path:
@@ -32,10 +39,7 @@ def default_socket() -> Path:
         service_user = SYSTEM_RUNTIME_DIR.stat().st_uid == os.geteuid()
     except OSError:
         service_user = False
-    if os.geteuid() == 0 or service_user:
-        return SYSTEM_RUNTIME_DIR / "api.sock"
-    runtime = os.environ.get("XDG_RUNTIME_DIR") or f"/tmp/repx-{os.getuid()}"
-    return Path(runtime) / "repx" / "api.sock"
+    return SYSTEM_SOCKET if os.geteuid() == 0 or service_user else personal_socket()
 
 
 def default_state_dir() -> Path:
