@@ -52,4 +52,6 @@ def open_session(lab_path: Path | None, base_path: Path | None, target: str | No
     target_name, target_cfg = resolve_target(config, target)
     base = base_path_for(target_cfg, base_path)
     lab = open_lab(lab_path, base, verify=not no_verify)
+    for warning in lab.warnings:
+        click.echo(f"repxctl: warning: {warning}", err=True)
     return Session(lab, OutputLayout(base), config, target_name, target_cfg)

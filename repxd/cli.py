@@ -30,6 +30,8 @@ def verify_lab(lab: Path, no_hashes: bool, as_json: bool) -> None:
     try:
         with tempfile.TemporaryDirectory(prefix="repx-verify-") as unpack:
             loaded = load_lab(lab, verify=not no_hashes, unpack_dir=Path(unpack))
+            for warning in loaded.warnings:
+                click.echo(f"repxd: warning: {warning}", err=True)
             summary = {"lab": loaded.lab_id, "runs": len(loaded.runs), "jobs": len(loaded.jobs),
                        "groups": sorted(loaded.groups), "files_verified": 0 if no_hashes else len(loaded.manifest.files)}
     except RepxError as exc:

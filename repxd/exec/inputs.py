@@ -13,6 +13,9 @@ def output_template(lab: Lab, job_id: str, output: str) -> str:
     template = exe.outputs.get(output) if exe else None
     if template is None:
         raise LabError(f"a job asks for output {output!r} of {job_id}, which does not declare it (it has {sorted(exe.outputs) if exe else []})")
+    if not isinstance(template, str):
+        # Upstream resolves only path templates for consumers (repx-client inputs.rs) and refuses others.
+        raise LabError(f"a job asks for output {output!r} of {job_id}, which is a JSON value, not a path template like \"$out/file\"")
     return template
 
 
@@ -33,7 +36,8 @@ def resolve_inputs(lab: Lab, job: Job, layout: OutputLayout, executables: list[s
                 inputs[mapping.target_input] = str(layout.base)
             elif mapping.source_run:
                 run = lab.runs.get(mapping.source_run)
-                if run is None:
-                    raise LabError(f"job {job.id} input {mapping.target_input!r} names run {mapping.source_run!r}, which is not in this Lab")
-                inputs[mapping.target_input] = str(layout.artifacts / run.metadata_path)
+                # A per-run Lab lacks the other runs: the input is left out, as upstream does
+                # (the loader has said so in `lab.warnings`).
+                if run is not None:
+                    inputs[mapping.target_input] = str(layout.artifacts / run.metadata_path)
     return inputs

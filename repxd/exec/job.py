@@ -43,19 +43,22 @@ class JobContext:
             callback, self.on_first_launch = self.on_first_launch, None
             callback()
 
-    def request(self, worker: bool = False) -> tuple[int, int]:
-        res = self.worker_resources if worker and self.worker_resources else self.resources
-        cpus = int(res.get("cpus-per-task") or 1)
-        mem = parse_memory(res["mem"]) if res.get("mem") else 0
-        return cpus, mem
+    def step_resources(self, hints: dict[str, Any]) -> dict[str, Any]:
+        """A scatter-gather step's resources as upstream's `resolve_worker_resources` makes them:
+        the job's, then the step's own hints from the Lab, then the config's `worker_resources`."""
+        merged = dict(self.resources)
+        for key, value in hints.items():
+            merged["cpus-per-task" if key == "cpus" else key] = value
+        merged.update(self.worker_resources)
+        return merged
 
-    def launch_request(self, repx: Path, worker: bool) -> LaunchRequest:
+    def launch_request(self, repx: Path, resources: dict[str, Any]) -> LaunchRequest:
         job_id, *step, _ = repx.relative_to(self.layout.outputs).parts
-        cpus, mem = self.request(worker)
-        res = self.worker_resources if worker and self.worker_resources else self.resources
-        limit = time_limit(res.get("time"))
+        cpus = int(resources.get("cpus-per-task") or 1)
+        mem = parse_memory(resources["mem"]) if resources.get("mem") else 0
         return launch_request(job_id, ".".join(step), self.attempt, run_id=self.run_id, cpus=cpus, mem=mem,
-                              time_seconds=limit, device_allow=self.device_allow, user=self.run_as)
+                              time_seconds=time_limit(resources.get("time")), device_allow=self.device_allow,
+                              user=self.run_as)
 
 
 def time_limit(value: Any) -> int | None:
@@ -80,13 +83,14 @@ def script_path(ctx: JobContext, exe_path: str) -> Path:
 
 async def run_step(ctx: JobContext, script: Path, out: Path, repx: Path, inputs_json: Path,
                    params_json: Path, *, prepare: Callable[[], None], record: Callable[[int], T],
-                   done: Callable[[], T | None] = lambda: None, worker: bool = False) -> T:
+                   done: Callable[[], T | None] = lambda: None, resources: dict[str, Any] | None = None) -> T:
     """Run one process of the contract `<script> OUT INPUTS PARAMS` under admission, logging to
     `repx`, at most once at a time for this directory. Under the directory's guard: `done()`
     short-cuts when a concurrent launcher already finished it; an earlier launcher's finished
-    process is adopted; else `prepare()` and start. `record(status)` writes the outcome."""
+    process is adopted; else `prepare()` and start. `record(status)` writes the outcome.
+    `resources` (default: the job's) decide admission and the process's limits."""
     invocation = ctx.runtime.invocation(script, out, repx, [str(out), str(inputs_json), str(params_json)])
-    request = ctx.launch_request(repx, worker)
+    request = ctx.launch_request(repx, ctx.resources if resources is None else resources)
     async with ctx.admission.hold(request.cpus, request.mem), ctx.launcher.guarded(ctx.layout.guard(repx), request) as guard:
         if guard.leftover_status is None:
             finished = done()
@@ -133,7 +137,7 @@ async def execute_job(ctx: JobContext, job: Job) -> JobResult:
     def prepare() -> None:
         prepare_dirs(out, repx, fresh_out=ctx.run_as is None)
         write_json(repx / "inputs.json", inputs)
-        write_json(repx / "parameters.json", job.params)
+        write_json(repx / "parameters.json", job.spec.params)
 
     return await run_step(
         ctx, script_path(ctx, job.executables["main"].path), out, repx, repx / "inputs.json",

@@ -28,7 +28,7 @@ async def execute_scatter_gather(ctx: JobContext, job: Job) -> JobResult:
     clear_markers(repx)
     static_inputs = resolve_inputs(ctx.lab, job, layout)
     write_json(repx / "inputs.json", static_inputs)
-    write_json(repx / "parameters.json", job.params)
+    write_json(repx / "parameters.json", job.spec.params)
     inputs_json, params_json = repx / "inputs.json", repx / "parameters.json"
 
     scatter_out, scatter_repx = root / "scatter" / "out", root / "scatter" / "repx"
@@ -59,14 +59,14 @@ async def execute_scatter_gather(ctx: JobContext, job: Job) -> JobResult:
 
     sink = _sink_step(job, order)
     sink_outputs = job.executables[f"step-{sink}"].outputs
-    manifest = [{name: tmpl.replace("$out", str(root / f"branch-{i}" / f"step-{sink}" / "out"))
+    manifest = [{name: _resolve(tmpl, root / f"branch-{i}" / f"step-{sink}" / "out")
                  for name, tmpl in sink_outputs.items()} for i in range(len(items))]
     gather_inputs = dict(static_inputs)
     gather_inputs["worker__outs"] = str(repx / "worker_outs_manifest.json")
     for mapping in job.executables["gather"].inputs:
         if mapping.job_id == "self" and mapping.source_output:
             template = job.executables["scatter"].outputs.get(mapping.source_output, "")
-            gather_inputs[mapping.target_input] = template.replace("$out", str(scatter_out))
+            gather_inputs[mapping.target_input] = _resolve(template, scatter_out)
 
     def prepare_gather() -> None:
         prepare_dirs(out, repx, fresh_out=ctx.run_as is None)
@@ -78,6 +78,12 @@ async def execute_scatter_gather(ctx: JobContext, job: Job) -> JobResult:
         params_json, prepare=prepare_gather,
         record=lambda status: finish(ctx, job.id, repx, status == 0, None if status == 0 else f"gather {exit_reason(status)}"),
         done=lambda: JobResult(job.id, True) if (repx / SUCCESS).exists() else None)
+
+
+def _resolve(template, out: Path):
+    """A path template with `$out` filled in; other JSON values (upstream's outputs may be any,
+    e.g. the scatter's `worker__arg` object) pass through unchanged."""
+    return template.replace("$out", str(out)) if isinstance(template, str) else template
 
 
 def _record_step(repx: Path, status: int, required: Path | None = None) -> int:
@@ -117,7 +123,7 @@ async def _run_branch(ctx: JobContext, job: Job, branch: Path, item, order: list
             elif source.startswith("step:") and mapping.source_output:
                 dep = source[5:]
                 template = job.executables[f"step-{dep}"].outputs.get(mapping.source_output, "")
-                inputs[mapping.target_input] = template.replace("$out", str(branch / f"step-{dep}" / "out"))
+                inputs[mapping.target_input] = _resolve(template, branch / f"step-{dep}" / "out")
             elif mapping.job_id and mapping.target_input in static_inputs:
                 inputs[mapping.target_input] = static_inputs[mapping.target_input]
 
@@ -126,7 +132,9 @@ async def _run_branch(ctx: JobContext, job: Job, branch: Path, item, order: list
             write_json(step_repx / "inputs.json", inputs)
 
         status = await run_step(ctx, script_path(ctx, exe.path), step_out, step_repx,
-                                step_repx / "inputs.json", params_json, prepare=prepare, worker=True,
+                                step_repx / "inputs.json", params_json, prepare=prepare,
+                                resources=ctx.step_resources(exe.resource_hints.model_dump(exclude_none=True)
+                                                             if exe.resource_hints else {}),
                                 record=lambda status, step_repx=step_repx: _record_step(step_repx, status),
                                 done=lambda step_repx=step_repx: 0 if (step_repx / SUCCESS).exists() else None)
         if status != 0:

@@ -22,7 +22,7 @@ from ..exec.layout import OutputLayout
 from .graph import JobStatus, matching_jobs, statuses, topological_order
 from .loader import load_lab
 from .model import Job, Lab, Run
-from .models import Manifest, RootMetadata, RunMetadata
+from .schema import Manifest, RootMetadata, RunMetadata
 
 if TYPE_CHECKING:
     import pandas as pd

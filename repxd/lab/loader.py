@@ -21,7 +21,7 @@ from pydantic import BaseModel, ValidationError
 
 from ..errors import LabError
 from .model import Job, Lab, Run
-from .models import JobSpec, Manifest, RootMetadata, RunMetadata
+from .schema import JobSpec, Manifest, RootMetadata, RunMetadata
 
 MANIFEST_SUFFIX = "lab-metadata.json"
 SMALL_FILE = 1 << 16  # files up to this size are hashed from one read
@@ -77,13 +77,18 @@ def _assemble(root: Path, manifest: Manifest, root_meta: RootMetadata) -> Lab:
     run_paths = {name: rel for rel, name in path_to_run.items()}
 
     specs: dict[str, tuple[str, JobSpec]] = {}
+    warnings: list[str] = []
     for run_name, meta in run_metas.items():
         deps: dict[str, str] = {}
         for dep_path, kind in meta.dependencies.items():
             dep_run = path_to_run.get(dep_path) or (dep_path if dep_path in run_metas else None)
             if dep_run is None:
-                raise LabError(f"run {run_name!r} depends on {dep_path!r}, which is not a run of this Lab")
-            deps[dep_run] = kind
+                # A per-run Lab (upstream's `runs.<name>`) keeps its run's dependencies but not the
+                # runs themselves; upstream loads it and leaves their metadata inputs out.
+                warnings.append(f"run {run_name!r} depends on {dep_path!r}, which this Lab does not contain "
+                                "(a per-run Lab?); inputs from that run are left out")
+                continue
+            deps[dep_run] = "soft" if kind == "soft" else "hard"
         if meta.image is not None:
             _check_relative(meta.image, f"run {run_name!r} image")
             image_dir = root / meta.image
@@ -95,6 +100,11 @@ def _assemble(root: Path, manifest: Manifest, root_meta: RootMetadata) -> Lab:
                 raise LabError(f"job {job_id} appears in runs {specs[job_id][0]!r} and {run_name!r}; job ids must be unique")
             specs[job_id] = (run_name, spec)
 
+    absent_runs = sorted({m.source_run for _, spec in specs.values() for exe in spec.executables.values()
+                          for m in exe.inputs if m.source_run and m.source_run not in runs})
+    for absent in absent_runs:
+        warnings.append(f"jobs take the metadata of run {absent!r}, which this Lab does not contain "
+                        "(a per-run Lab?); that input is left out, as upstream does")
     jobs = _resolve_dependencies(specs)
     _check_job_files(root, jobs)
     _check_acyclic(jobs)
@@ -104,7 +114,7 @@ def _assemble(root: Path, manifest: Manifest, root_meta: RootMetadata) -> Lab:
         for member in members:
             if member not in runs:
                 raise LabError(f"group {group!r} names run {member!r}, which is not a run of this Lab")
-    return Lab(root, manifest, root_meta, runs, jobs, groups)
+    return Lab(root, manifest, root_meta, runs, jobs, groups, warnings)
 
 
 def _resolve_dependencies(specs: dict[str, tuple[str, JobSpec]]) -> dict[str, Job]:

@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .models import Executable, JobSpec, Manifest, RootMetadata
+from .schema import Executable, JobSpec, Manifest, RootMetadata
 
 
 @dataclass(frozen=True, slots=True)
@@ -22,7 +22,8 @@ class Job:
 
     @property
     def name(self) -> str:
-        return self.spec.name
+        """The stage name; upstream allows it to be absent, then the id without its hash stands in."""
+        return self.spec.name or self.id.partition("-")[2] or self.id
 
     @property
     def stage_type(self) -> str:
@@ -30,7 +31,9 @@ class Job:
 
     @property
     def params(self) -> dict[str, Any]:
-        return self.spec.params
+        """Named parameters; `spec.params` keeps the JSON value as the Lab wrote it (parameters.json)."""
+        params = self.spec.params
+        return params if isinstance(params, dict) else {}
 
     @property
     def executables(self) -> dict[str, Executable]:
@@ -41,7 +44,7 @@ class Job:
         return self.spec.stage_type == "scatter-gather"
 
     @property
-    def outputs(self) -> dict[str, str]:
+    def outputs(self) -> dict[str, Any]:
         exe = self.executables.get("main") or self.executables.get("gather")
         return dict(exe.outputs) if exe else {}
 
@@ -68,6 +71,7 @@ class Lab:
     runs: dict[str, Run]
     jobs: dict[str, Job]
     groups: dict[str, list[str]] = field(default_factory=dict)
+    warnings: list[str] = field(default_factory=list)  # what loads but differs from a whole Lab
 
     @property
     def lab_id(self) -> str:

@@ -45,13 +45,6 @@ class InputMapping(_Lenient):
     source_key: str | None = None
 
 
-class Executable(_Lenient):
-    path: str
-    inputs: list[InputMapping] = Field(default_factory=list)
-    outputs: dict[str, str] = Field(default_factory=dict)
-    deps: list[str] = Field(default_factory=list)
-
-
 class ResourceHints(BaseModel):
     # Hints are free-form in upstream (gpus etc. may appear); keep what we don't know.
     model_config = ConfigDict(extra="allow", frozen=True)
@@ -65,10 +58,21 @@ class ResourceHints(BaseModel):
     gpu: Literal["optional", "required"] | None = None
 
 
+class Executable(_Lenient):
+    path: str
+    inputs: list[InputMapping] = Field(default_factory=list)
+    # Upstream's `Executable.outputs` maps a name to any JSON value: a scatter declares
+    # `worker__arg` as an object. Only path templates (strings) are resolved for consumers.
+    outputs: dict[str, Any] = Field(default_factory=dict)
+    # Scatter-gather executables carry their own hints (upstream's stage-scatter-gather.nix).
+    resource_hints: ResourceHints | None = None
+    deps: list[str] = Field(default_factory=list)
+
+
 class JobSpec(_Lenient):
-    name: str
+    name: str | None = None  # optional in upstream's model.rs
     stage_type: Literal["simple", "scatter-gather", "worker", "gather"] = "simple"
-    params: dict[str, Any] = Field(default_factory=dict)
+    params: Any = Field(default_factory=dict)  # any JSON value in upstream's model.rs
     executables: dict[str, Executable]
     resource_hints: ResourceHints | None = None
 
@@ -77,6 +81,7 @@ class RunMetadata(_Lenient):
     type: Literal["run"] = "run"
     name: str
     gitHash: str | None = None
-    dependencies: dict[str, Literal["hard", "soft"]] = Field(default_factory=dict)
+    # Upstream's model.rs takes any string; its expand step writes "hard" or "soft".
+    dependencies: dict[str, str] = Field(default_factory=dict)
     image: str | None = None
     jobs: dict[str, JobSpec] = Field(default_factory=dict)
