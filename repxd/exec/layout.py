@@ -123,6 +123,7 @@ def write_json(path: Path, value) -> None:
 
 
 def write_json_atomic(path: Path, value) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
+    # The temporary name is per process: two runs may register the same file at once.
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     tmp.write_text(json.dumps(value, indent=2))
     os.replace(tmp, path)

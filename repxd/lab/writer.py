@@ -26,6 +26,7 @@ from typing import Any
 from .ids import compact_json, job_hash, ordered_mapping
 
 REPX_VERSION = "0.5.0"
+CONTAINER_MODES = ("per-run", "unified", "none")  # upstream's mkLab `containerMode` values
 
 
 @dataclass(frozen=True)
@@ -56,6 +57,7 @@ class Step:
     inputs: dict[str, Any] = field(default_factory=dict)
     outputs: dict[str, str] = field(default_factory=dict)
     deps: list[str] = field(default_factory=list)
+    resources: dict[str, Any] | None = None  # the step's own `resource_hints`
 
 
 @dataclass(frozen=True)
@@ -140,17 +142,23 @@ class RunWriter:
     def scatter_gather(self, pname: str, *, scatter: str, steps: dict[str, Step], gather: str,
                        version: str = "1.0", params: dict[str, Any] | None = None,
                        inputs: dict[str, JobOutput] | None = None, outputs: dict[str, str] | None = None,
-                       resources: dict[str, Any] | None = None) -> JobRef:
-        """A scatter-gather stage: `scatter` writes `$out/work_items.json`; each item runs the step DAG;
-        `gather` gets `worker__outs` (the sink step's outputs, one {output: path} object per branch)
-        and writes `outputs`."""
+                       resources: dict[str, Any] | None = None, worker_arg: Any = None,
+                       scatter_resources: dict[str, Any] | None = None,
+                       gather_resources: dict[str, Any] | None = None) -> JobRef:
+        """A scatter-gather stage in the shape of upstream's stage-scatter-gather.nix: `scatter`
+        declares the outputs `worker__arg` (any JSON value, default `{}`) and `work__items`
+        (`$out/work_items.json`); each item runs the step DAG; `gather` gets `worker__outs`
+        (the sink step's outputs, one {output: path} object per branch) and writes `outputs`.
+        Every executable carries its `resource_hints` (null when not given), as upstream's do."""
         params = params or {}
         inputs = inputs or {}
         outputs = outputs or {}
         ext_mappings, deps = self._external_mappings(inputs)
         ext_mappings += self._inter_run_mappings(not deps)
+        scatter_outputs = {"work__items": "$out/work_items.json", "worker__arg": {} if worker_arg is None else worker_arg}
         executables: dict[str, Any] = {
-            "scatter": {"inputs": ext_mappings, "outputs": {"work_items": "$out/work_items.json"}, "path": ""},
+            "scatter": {"inputs": ext_mappings, "outputs": scatter_outputs, "path": "",
+                        "resource_hints": scatter_resources},
         }
         identities = [f"{pname}-scatter-{version}"]
         for step_name in sorted(steps):
@@ -158,15 +166,16 @@ class RunWriter:
             step_mappings = []
             for target, source in sorted(step.inputs.items()):
                 if source == WORK_ITEM:
-                    step_mappings.append(_mapping(source="scatter:work_item", target_input=target, type="intra-pipeline", dependency_type="hard"))
+                    step_mappings.append(_mapping(source="scatter:work_item", target_input=target))
                 elif isinstance(source, StepOutput):
-                    step_mappings.append(_mapping(source=f"step:{source.step}", source_output=source.output, target_input=target, type="intra-pipeline", dependency_type="hard"))
+                    step_mappings.append(_mapping(source=f"step:{source.step}", source_output=source.output, target_input=target))
                 elif isinstance(source, JobOutput):
                     step_mappings.append(_mapping(type="intra-pipeline", job_id=source.job.id, source_output=source.output, target_input=target, dependency_type="hard"))
                     deps = sorted(set(deps) | {source.job.id})
                 else:
                     raise ValueError(f"step {step_name!r} input {target!r}: use WORK_ITEM, StepOutput or JobOutput")
-            entry: dict[str, Any] = {"inputs": step_mappings, "outputs": dict(sorted(step.outputs.items())), "path": ""}
+            entry: dict[str, Any] = {"inputs": step_mappings, "outputs": dict(sorted(step.outputs.items())), "path": "",
+                                     "resource_hints": step.resources}
             if step.deps:
                 entry["deps"] = sorted(step.deps)
             executables[f"step-{step_name}"] = entry
@@ -180,6 +189,7 @@ class RunWriter:
             "inputs": [_mapping(source="runner:worker_outputs", source_key=sink_output, target_input="worker__outs")],
             "outputs": dict(sorted(outputs.items())),
             "path": "",
+            "resource_hints": gather_resources,
         }
         all_mappings = [m for exe in executables.values() for m in exe["inputs"]]
         short = job_hash(identities, params, deps, all_mappings)
@@ -227,8 +237,17 @@ class LabWriter:
     def group(self, name: str, runs: list[RunWriter]) -> None:
         self.groups[name] = [r.name for r in runs]
 
-    def write(self, dest: Path) -> Path:
-        """Write the Lab directory at `dest` (replaced if it exists); returns `dest`."""
+    def write(self, dest: Path, *, only_run: str | None = None, container_mode: str = "per-run") -> Path:
+        """Write the Lab directory at `dest` (replaced if it exists); returns `dest`.
+
+        `only_run` writes one of upstream's per-run Labs (`mkLab … runs.<name>`): that run alone,
+        no groups, its jobs still taking the other runs' metadata as inputs. `container_mode` is
+        upstream's: "per-run" (an image per run), "unified" (the runs with an image share one,
+        made from the first run's), "none" (no images)."""
+        if container_mode not in CONTAINER_MODES:
+            raise ValueError(f"container_mode must be one of {CONTAINER_MODES}")
+        if only_run is not None and only_run not in self.runs:
+            raise ValueError(f"no run {only_run!r}")
         dest = Path(dest)
         if dest.exists():
             shutil.rmtree(dest)
@@ -236,9 +255,13 @@ class LabWriter:
         (dest / "revision").mkdir()
         (dest / "readme").mkdir()
         (dest / "readme" / "README.md").write_text("# Lab written by repxd.lab.writer\n")
+        runs = [self.runs[only_run]] if only_run else list(self.runs.values())
+        shared = next((r.image for r in runs if r.image), None)
         run_paths = {}
-        for run in self.runs.values():
-            image_rel = _write_image(dest, run.image) if run.image else None
+        for run in runs:
+            image = None if container_mode == "none" else shared if container_mode == "unified" and run.image else run.image
+            name = "repx-shared-image" if container_mode == "unified" else None
+            image_rel = _write_image(dest, image, name) if image else None
             for entry in run.jobs.values():
                 job_dir = dest / "jobs" / entry.dir_name
                 for rel, (content, mode) in entry.files.items():
@@ -246,15 +269,18 @@ class LabWriter:
                     path.parent.mkdir(parents=True, exist_ok=True)
                     path.write_bytes(content)
                     path.chmod(mode)
+            # As upstream's expand step: only dependencies on runs this Lab contains are listed.
+            present = {r.name for r in runs}
             run_meta: dict[str, Any] = {"type": "run", "name": run.name, "gitHash": self.git_hash,
-                                        "dependencies": {f"revision/metadata-{d}.json": k for d, k in sorted(run.dependencies.items())}}
+                                        "dependencies": {f"revision/metadata-{d}.json": k for d, k in sorted(run.dependencies.items())
+                                                         if d in present}}
             if image_rel:
                 run_meta["image"] = image_rel
             run_meta["jobs"] = {e.dir_name: e.metadata for e in run.jobs.values()}
             run_paths[run.name] = f"revision/metadata-{run.name}.json"
             (dest / run_paths[run.name]).write_text(json.dumps(run_meta, indent=2))
         top = {"repx_version": self.repx_version, "type": "root", "gitHash": self.git_hash, "runs": list(run_paths.values())}
-        if self.groups:
+        if self.groups and only_run is None:
             top["groups"] = self.groups
         (dest / "revision" / "metadata-top.json").write_text(json.dumps(top, indent=2))
         files = _hash_tree(dest)
@@ -263,10 +289,10 @@ class LabWriter:
         (dest / "lab" / "lab-metadata.json").write_text(json.dumps(manifest, indent=1))
         return dest
 
-    def write_tar(self, dest: Path, *, prefix: str = "result") -> Path:
-        """Write the Lab as a tar with every member under `prefix/`."""
+    def write_tar(self, dest: Path, *, prefix: str = "result", **options: Any) -> Path:
+        """Write the Lab as a tar with every member under `prefix/` (`options` as for `write`)."""
         tree = Path(str(dest) + ".d")
-        self.write(tree)
+        self.write(tree, **options)
         with tarfile.open(dest, "w") as tf:
             tf.add(tree, arcname=prefix)
         shutil.rmtree(tree)
@@ -285,7 +311,7 @@ def _hash_tree(root: Path) -> list[dict[str, str]]:
     return sorted(files, key=lambda f: f["path"])
 
 
-def _write_image(dest: Path, image: ImageSpec) -> str:
+def _write_image(dest: Path, image: ImageSpec, name: str | None = None) -> str:
     """Pack `image.rootfs` into one layer and write the unpacked docker-archive; returns its Lab path."""
     buf = io.BytesIO()
     with tarfile.open(fileobj=buf, mode="w", format=tarfile.PAX_FORMAT) as tf:
@@ -303,7 +329,7 @@ def _write_image(dest: Path, image: ImageSpec) -> str:
               "rootfs": {"type": "layers", "diff_ids": [f"sha256:{layer_hash}"]}}
     config_bytes = json.dumps(config, sort_keys=True).encode()
     config_hash = hashlib.sha256(config_bytes).hexdigest()
-    image_rel = f"images/{config_hash[:32]}-{image.tag.split(':')[0].replace('/', '-')}"
+    image_rel = f"images/{config_hash[:32]}-{name or image.tag.split(':')[0].replace('/', '-')}"
     image_dir = dest / image_rel
     if not image_dir.exists():
         (image_dir / layer_hash).mkdir(parents=True)
