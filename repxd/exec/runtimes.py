@@ -20,6 +20,7 @@ from pathlib import Path
 from ..config import TargetConfig
 from ..errors import ConfigError, LabError, RepxError
 from ..hardware.devices import NO_DEVICES, DeviceGrant
+from ..lab import tarsafe
 from ..lab.model import Lab
 from .layout import OutputLayout
 
@@ -174,7 +175,10 @@ class BwrapRuntime(Runtime):
                 shutil.rmtree(partial, ignore_errors=True)
                 partial.mkdir(parents=True)
                 for layer in read_image_manifest(self.image)["Layers"]:
-                    _apply_layer(self.image / layer, partial)
+                    try:
+                        _apply_layer(self.image / layer, partial)
+                    except (tarfile.TarError, OSError) as exc:
+                        raise LabError(f"image layer {self.image / layer} could not be extracted ({exc}); rebuild the image") from None
                 shutil.rmtree(rootfs, ignore_errors=True)
                 os.replace(partial, rootfs)
                 (rootfs.parent / "complete").touch()
@@ -206,7 +210,9 @@ def _apply_layer(layer_tar: Path, dest: Path) -> None:
     """Extract one image layer, honouring OCI whiteouts (`.wh.<name>`, `.wh..wh..opq`)."""
     with tarfile.open(layer_tar) as tf:
         members = []
-        for m in tf.getmembers():
+        all_members = tf.getmembers()
+        symlinks = tarsafe.symlink_names(all_members)
+        for m in all_members:
             name = Path(m.name)
             if name.name == ".wh..wh..opq":
                 target = dest / name.parent
@@ -221,8 +227,13 @@ def _apply_layer(layer_tar: Path, dest: Path) -> None:
                 elif victim.exists() or victim.is_symlink():
                     victim.unlink()
                 continue
+            if not (m.isfile() or m.isdir() or m.issym() or m.islnk()):
+                continue  # device nodes and fifos: an unprivileged rootfs cannot hold them anyway
+            reason = tarsafe.unsafe_reason(m, symlinks, absolute_symlinks=True)
+            if reason is not None:
+                raise LabError(f"image layer {layer_tar}: member {m.name!r} {reason}; rebuild the image")
             members.append(m)
-        tf.extractall(dest, members=members, filter="tar")
+        tarsafe.extract(tf, dest, members)
 
 
 @dataclass

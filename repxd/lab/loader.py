@@ -20,6 +20,7 @@ from pathlib import Path, PurePosixPath
 from pydantic import BaseModel, ValidationError
 
 from ..errors import LabError
+from . import tarsafe
 from .model import Job, Lab, Run
 from .schema import JobSpec, Manifest, RootMetadata, RunMetadata
 
@@ -361,12 +362,13 @@ def unpack_tar_lab(tar_path: Path, unpack_dir: Path) -> Path:
         except TAR_ERRORS as exc:
             raise LabError(f"{tar_path} is truncated or corrupted ({_one_line(exc)}); copy or rebuild the tar") from None
         prefix = _tar_prefix(members, tar_path)
+        symlinks = tarsafe.symlink_names(members)
         for m in members:
-            _check_tar_member(m, tar_path)
+            _check_tar_member(m, tar_path, symlinks)
         if not done.exists():
             try:
                 dest.mkdir(parents=True, exist_ok=True)
-                tf.extractall(dest, filter="tar")
+                tarsafe.extract(tf, dest, members)
                 done.touch()
             except TAR_ERRORS as exc:
                 shutil.rmtree(dest, ignore_errors=True)
@@ -401,26 +403,10 @@ def _tar_prefix(members: list[tarfile.TarInfo], tar_path: Path) -> str:
     raise LabError(f"{tar_path} contains no lab/*{MANIFEST_SUFFIX}; it is not a tar of a Lab")
 
 
-def _check_tar_member(m: tarfile.TarInfo, tar_path: Path) -> None:
-    name = PurePosixPath(m.name)
-    if name.is_absolute() or ".." in name.parts:
-        raise LabError(f"{tar_path}: member {m.name!r} escapes the Lab (absolute or '..'); refusing to unpack")
-    if m.issym() or m.islnk():
-        target = PurePosixPath(m.linkname)
-        resolved = target if m.islnk() else name.parent / target
-        if target.is_absolute() or _escapes(resolved):
-            raise LabError(f"{tar_path}: link {m.name!r} -> {m.linkname!r} points outside the Lab; refusing to unpack")
-    elif not (m.isfile() or m.isdir()):
+def _check_tar_member(m: tarfile.TarInfo, tar_path: Path, symlinks: set[PurePosixPath]) -> None:
+    reason = tarsafe.unsafe_reason(m, symlinks)
+    if reason is not None:
+        what = "link" if m.issym() or m.islnk() else "member"
+        raise LabError(f"{tar_path}: {what} {m.name!r} {reason}; refusing to unpack this Lab")
+    if not (m.isfile() or m.isdir() or m.issym() or m.islnk()):
         raise LabError(f"{tar_path}: member {m.name!r} is a device or fifo; Labs contain only files, directories and links")
-
-
-def _escapes(path: PurePosixPath) -> bool:
-    depth = 0
-    for part in path.parts:
-        if part == "..":
-            depth -= 1
-            if depth < 0:
-                return True
-        elif part != ".":
-            depth += 1
-    return False

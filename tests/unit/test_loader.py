@@ -304,6 +304,21 @@ def test_job_directory_symlinked_outside_lab(lab_dir: Path, tmp_path: Path) -> N
     ],
 )
 def test_tar_member_escaping(tmp_path: Path, member: str, link: str | None, words: list[str]) -> None:
+    _check_escaping_member(tmp_path, member, link, words)
+
+
+def test_tar_member_written_through_a_symlink(tmp_path: Path) -> None:
+    """`a/b -> ..` stays inside, but `a/b/c -> ../..` then lands two levels above the root: a
+    lexical check of each link alone misses it; Python's extraction filters (absent on Debian's
+    3.11.2) would catch it, so our own check must."""
+    tar = build_tar(tmp_path / "lab.tar")
+    add_tar_member(tar, "result/a/b", symlink_to="..")
+    add_tar_member(tar, "result/a/b/c", symlink_to="../..")
+    lab_error(tar, "'result/a/b/c'", "beneath a symbolic link", "refusing to unpack", unpack_dir=tmp_path / "unpack")
+    assert not any((tmp_path / "unpack").glob("*/result/lab")), "nothing may be unpacked"
+
+
+def _check_escaping_member(tmp_path: Path, member: str, link: str | None, words: list[str]) -> None:
     tar = build_tar(tmp_path / "lab.tar")
     add_tar_member(tar, member, symlink_to=link)
     lab_error(tar, *words, "refusing to unpack", unpack_dir=tmp_path / "unpack")
