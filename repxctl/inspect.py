@@ -249,7 +249,11 @@ def _log_from_daemon(job: str, follow: bool, use_stderr: bool, api_address: str 
         with api.stream(f"/v1/jobs/{job}/log", params) as response:
             if response.status_code >= 400:
                 response.read()
-                raise ApiError(response.status_code, response.json().get("error", response.text))
+                try:
+                    message = response.json().get("error", response.text)
+                except ValueError:  # not our JSON: a proxy's or an older daemon's page
+                    message = response.text.strip() or response.reason_phrase
+                raise ApiError(response.status_code, message)
             for chunk in response.iter_bytes():
                 click.get_binary_stream("stdout").write(chunk)
                 click.get_binary_stream("stdout").flush()

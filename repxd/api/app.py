@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import os
 import time
 import weakref
 from dataclasses import asdict
@@ -15,7 +16,7 @@ from pydantic import BaseModel, ValidationError
 
 from ..engine.scheduler import wakeups
 from ..errors import RepxError
-from ..exec.layout import FAIL, SUCCESS, OutputLayout
+from ..exec.layout import FAIL, SUCCESS, OutputLayout, open_job_file
 from ..observe.metrics import ApiMetrics, exposition
 from ..service.settings import Settings
 from ..service.submit import plan_submission
@@ -41,6 +42,21 @@ PEERS = web.AppKey("peers", weakref.WeakKeyDictionary)
 
 def error(status: int, message: str) -> web.Response:
     return web.json_response({"error": message}, status=status)
+
+
+def int_query(request: web.Request, name: str, default: int, low: int, high: int) -> int:
+    """A whole-number query parameter within [low, high]; anything else is the caller's 400."""
+    raw = request.query.get(name)
+    if raw is None:
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        value = None
+    if value is None or not low <= value <= high:
+        raise web.HTTPBadRequest(text=json.dumps({"error": f"query parameter {name}={raw!r}: give a whole number from {low} to {high}"}),
+                                 content_type="application/json")
+    return value
 
 
 @web.middleware
@@ -122,7 +138,7 @@ async def submit(request: web.Request) -> web.Response:
 
 async def list_runs(request: web.Request) -> web.Response:
     caller(request)
-    limit = int(request.query.get("limit", "100"))
+    limit = int_query(request, "limit", 100, 1, 1000)
     runs = await db(request).run(reads.list_runs, db(request).db, limit)
     return web.json_response([run_json(r) for r in runs])
 
@@ -174,23 +190,61 @@ async def job_log(request: web.Request) -> web.StreamResponse:
     repx = layout.repx_dir(rows[0]["job_id"])
     path = repx / ("stderr.log" if request.query.get("stream") == "stderr" else "stdout.log")
     follow = request.query.get("follow") in ("1", "true")
+    tail = int_query(request, "tail", 0, 0, MAX_TAIL_LINES)
     response = web.StreamResponse(headers={"Content-Type": "text/plain; charset=utf-8"})
     await response.prepare(request)
-    position = 0
+    position = await asyncio.to_thread(_tail_start, path, tail) if tail else 0
     while True:
-        if path.exists():
-            with open(path, "rb") as fh:
-                fh.seek(position)
-                chunk = fh.read()
-            if chunk:
-                position += len(chunk)
-                await response.write(chunk)
+        # Bounded reads off the event loop: a log may be gigabytes, or something other than a file.
+        chunk = await asyncio.to_thread(_read_log_chunk, path, position)
+        if chunk:
+            position += len(chunk)
+            await response.write(chunk)
+            continue
         finished = (repx / SUCCESS).exists() or (repx / FAIL).exists()
-        if not follow or (finished and (not path.exists() or path.stat().st_size == position)):
+        if not follow or finished:
             break
         await asyncio.sleep(0.25)
     await response.write_eof()
     return response
+
+
+LOG_CHUNK = 1 << 20
+MAX_TAIL_LINES = 100_000
+
+
+def _read_log_chunk(path: Path, position: int) -> bytes:
+    try:
+        fd = open_job_file(path)
+    except (OSError, ValueError):
+        return b""
+    with os.fdopen(fd, "rb") as fh:
+        fh.seek(position)
+        return fh.read(LOG_CHUNK)
+
+
+def _tail_start(path: Path, lines: int) -> int:
+    """Where the last `lines` lines of the log begin, reading backwards block by block."""
+    try:
+        fd = open_job_file(path)
+    except (OSError, ValueError):
+        return 0
+    with os.fdopen(fd, "rb") as fh:
+        end = fh.seek(0, os.SEEK_END)
+        position, seen = end, 0
+        while position > 0:
+            step = min(LOG_CHUNK, position)
+            position -= step
+            fh.seek(position)
+            block = fh.read(step)
+            if position + step == end and block.endswith(b"\n"):
+                seen -= 1  # the final newline ends the last line; it does not start one
+            index = len(block)
+            while (index := block.rfind(b"\n", 0, index)) >= 0:
+                seen += 1
+                if seen == lines:
+                    return position + index + 1
+        return 0
 
 
 # ---- agents ------------------------------------------------------------------------------

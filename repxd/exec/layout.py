@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import errno
 import json
 import os
+import stat
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -127,3 +129,32 @@ def write_json_atomic(path: Path, value) -> None:
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     tmp.write_text(json.dumps(value, indent=2))
     os.replace(tmp, path)
+
+
+class UnreadableJobFile(ValueError):
+    """A file a job produced that repx will not read: not a regular file, or too large."""
+
+
+def open_job_file(path: Path) -> int:
+    """Open a file a job could have replaced: never blocks on a FIFO, never follows a symlink,
+    and only a regular file is accepted. Returns the descriptor."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise UnreadableJobFile(f"{path.name} is a symbolic link, not a regular file") from None
+        raise
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        raise UnreadableJobFile(f"{path.name} is not a regular file (a FIFO, device or directory)")
+    return fd
+
+
+def read_job_file(path: Path, limit: int) -> bytes:
+    """The whole of a job-produced file of at most `limit` bytes (blocking: call it off the event loop)."""
+    fd = open_job_file(path)
+    with os.fdopen(fd, "rb") as fh:
+        data = fh.read(limit + 1)
+    if len(data) > limit:
+        raise UnreadableJobFile(f"{path.name} is larger than {limit} bytes")
+    return data

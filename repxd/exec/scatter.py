@@ -10,7 +10,12 @@ from pathlib import Path
 from ..lab.model import Job
 from .inputs import resolve_inputs
 from .job import JobContext, JobResult, exit_reason, finish, prepare_dirs, run_step, script_path
-from .layout import FAIL, SUCCESS, clear_markers, write_json, write_marker
+from .layout import FAIL, SUCCESS, clear_markers, read_job_file, write_json, write_marker
+
+# Each work item is a branch of processes and directories; beyond these a stage is refused
+# rather than allowed to exhaust the daemon's memory (50,000 items once took it to 2 GB).
+MAX_WORK_ITEMS = 10_000
+MAX_WORK_ITEMS_BYTES = 16 << 20
 
 
 def _step_order(job: Job) -> list[str]:
@@ -44,10 +49,14 @@ async def execute_scatter_gather(ctx: JobContext, job: Job) -> JobResult:
         if not items_path.exists():
             return finish(ctx, job.id, repx, False, "scatter succeeded but wrote no $out/work_items.json")
     try:
-        items = json.loads(items_path.read_text())
+        # The scatter wrote this file: it may be a FIFO or huge, so it is read off the event loop,
+        # without blocking and within bounds.
+        items = json.loads(await asyncio.to_thread(read_job_file, items_path, MAX_WORK_ITEMS_BYTES))
         if not isinstance(items, list):
             raise ValueError("not a JSON array")
-    except ValueError as exc:
+        if len(items) > MAX_WORK_ITEMS:
+            raise ValueError(f"{len(items)} work items, more than the {MAX_WORK_ITEMS} a stage may have")
+    except (ValueError, OSError) as exc:
         return finish(ctx, job.id, repx, False, f"scatter/out/work_items.json is invalid: {exc}")
 
     order = _step_order(job)
@@ -86,6 +95,13 @@ def _resolve(template, out: Path):
     return template.replace("$out", str(out)) if isinstance(template, str) else template
 
 
+def _previous_item(path: Path) -> bytes | None:
+    try:
+        return read_job_file(path, MAX_WORK_ITEMS_BYTES)
+    except (ValueError, OSError):
+        return None
+
+
 def _record_step(repx: Path, status: int, required: Path | None = None) -> int:
     """Markers of a scatter or step process; a scatter without work items is not a success."""
     ok = status == 0 and (required is None or required.exists())
@@ -106,7 +122,7 @@ async def _run_branch(ctx: JobContext, job: Job, branch: Path, item, order: list
     branch_repx.mkdir(parents=True, exist_ok=True)
     item_path = branch_repx / "work_item.json"
     item_json = json.dumps(item, separators=(",", ":"))
-    if item_path.exists() and item_path.read_text() != item_json:
+    if item_path.exists() and _previous_item(item_path) != item_json.encode():
         for marker in branch.glob(f"step-*/repx/{SUCCESS}"):
             marker.unlink()  # a changed work item invalidates the branch's finished steps
     item_path.write_text(item_json)

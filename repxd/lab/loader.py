@@ -100,6 +100,7 @@ def _assemble(root: Path, manifest: Manifest, root_meta: RootMetadata) -> Lab:
             if job_id in specs:
                 raise LabError(f"job {job_id} appears in runs {specs[job_id][0]!r} and {run_name!r}; job ids must be unique")
             specs[job_id] = (run_name, spec)
+            _check_output_templates(job_id, spec)
 
     absent_runs = sorted({m.source_run for _, spec in specs.values() for exe in spec.executables.values()
                           for m in exe.inputs if m.source_run and m.source_run not in runs})
@@ -116,6 +117,16 @@ def _assemble(root: Path, manifest: Manifest, root_meta: RootMetadata) -> Lab:
             if member not in runs:
                 raise LabError(f"group {group!r} names run {member!r}, which is not a run of this Lab")
     return Lab(root, manifest, root_meta, runs, jobs, groups, warnings)
+
+
+def _check_output_templates(job_id: str, spec: JobSpec) -> None:
+    """An output template names a path inside the job's `$out`; `..` would hand a dependant
+    (and `show output`) a path anywhere on the machine."""
+    for exe_name, exe in spec.executables.items():
+        for name, template in exe.outputs.items():
+            if isinstance(template, str) and ".." in template and ".." in PurePosixPath(template).parts:
+                raise LabError(f"job {job_id} ({exe_name}) output {name!r} is {template!r}, which leaves $out; "
+                               "output paths must stay inside the job's $out")
 
 
 def _resolve_dependencies(specs: dict[str, tuple[str, JobSpec]]) -> dict[str, Job]:
