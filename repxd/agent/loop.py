@@ -29,6 +29,7 @@ from ..lab.loader import load_lab
 from ..observe import notify
 from ..observe.metrics import AgentMetrics
 from ..service.settings import Settings
+from .identity import job_uid
 
 log = logging.getLogger("repx.agent")
 RETRY_SECONDS = 0.5
@@ -83,9 +84,10 @@ class Agent:
         return reply["adopt"]
 
     async def run(self) -> None:
-        self.launcher = await choose_launcher(self.settings.agent.launcher, self.settings.agent.job_user)
-        if self.settings.agent.run_as_submitter and self.launcher.name != "systemd":
-            log.warning("agent.run_as_submitter needs systemd units; jobs run as %s", getpass.getuser())
+        self.launcher = await choose_launcher(self.settings.agent.launcher)
+        if self.settings.agent.allow_jobs_as_daemon_user:
+            log.warning("agent.allow_jobs_as_daemon_user is set: jobs may run as %s, with the daemon's powers",
+                        getpass.getuser())
         for attempt_id in await self.register():
             await self._adopt(attempt_id)
         notify.ready(f"agent {self.id}: {self.inventory['slots']} slots")
@@ -233,9 +235,7 @@ class Agent:
         await self._retrying("POST", f"/v1/attempts/{attempt}/report", report)
 
     def _run_as(self, item: dict) -> int | None:
-        """The submitter's uid when jobs run as their submitters: only through systemd units,
-        never as root, and not for token callers (who have no uid)."""
-        uid = item.get("submitter_uid")
-        if not self.settings.agent.run_as_submitter or self.launcher.name != "systemd":
-            return None
-        return uid if uid is not None and uid > 0 and uid != os.geteuid() else None
+        agent = self.settings.agent
+        return job_uid(item.get("submitter_uid"), run_as_submitter=agent.run_as_submitter, job_user=agent.job_user,
+                       allow_daemon_user=agent.allow_jobs_as_daemon_user,
+                       can_switch=os.geteuid() == 0 or self.launcher.name == "systemd")

@@ -14,10 +14,12 @@ import asyncio
 import contextlib
 import fcntl
 import os
+import pwd
 import signal
+import subprocess
 from collections.abc import Callable
 from contextlib import asynccontextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from .runtimes import Invocation
@@ -30,6 +32,8 @@ EXIT_FILE = "exit"
 # Readers look at the exit file only once they hold the lock, which this shell holds until it
 # exits, so a plain builtin write is enough (no extra process per job for an atomic rename).
 _WRAPPER = 'exit_file=$1; shift; "$@"; status=$?; echo $status > "$exit_file"; exit $status'
+# Before a job runs as another user: its `out/` emptied and handed to that user (run as root).
+HAND_OVER = 'find "$1" -mindepth 1 -delete && chown "$2" "$1"'
 
 
 _made_dirs: set[Path] = set()
@@ -150,15 +154,25 @@ class SubprocessLauncher:
 
     async def run(self, invocation: Invocation, repx: Path, guard: Guard, request: LaunchRequest,
                   on_spawn: Callable[[str], None] | None = None) -> int:
-        return await spawn_and_wait(invocation, repx, guard,
-                                    None if on_spawn is None else lambda pid: on_spawn(f"pid:{pid}"))
+        argv = list(invocation.argv)
+        if request.user is not None and request.user != os.geteuid():
+            # The wrapper stays the agent's (it holds the guard and writes the exit record); only
+            # the job itself drops to the user, with that user's groups.
+            await asyncio.to_thread(subprocess.run, ["/bin/sh", "-c", HAND_OVER, "repx-out", str(invocation.cwd),
+                                                     str(request.user)], check=True)
+            gid = pwd.getpwuid(request.user).pw_gid
+            argv = ["setpriv", f"--reuid={request.user}", f"--regid={gid}", "--init-groups", "--", *argv]
+        return await spawn_and_wait(replace(invocation, argv=argv), repx, guard,
+                                    None if on_spawn is None else lambda pid: on_spawn(f"pid:{pid}"),
+                                    time_limit=request.time_seconds)
 
 
 async def spawn_and_wait(invocation: Invocation, repx: Path, guard: Guard,
-                         on_spawn: Callable[[int], None] | None = None) -> int:
+                         on_spawn: Callable[[int], None] | None = None, time_limit: int | None = None) -> int:
     """Run `invocation` with stdout/stderr written to `repx/{stdout,stderr}.log`; the process
-    inherits the guard's lock. Returns the exit status (negative for a signal). Cancelling the
-    awaiting task stops the whole process group."""
+    inherits the guard's lock. Returns the exit status (negative for a signal), with the cause
+    `timeout` when it ran past `time_limit` seconds and was stopped. Cancelling the awaiting
+    task stops the whole process group."""
     with open(repx / "stdout.log", "wb") as out, open(repx / "stderr.log", "wb") as err:
         proc = await asyncio.create_subprocess_exec(
             "/bin/sh", "-c", _WRAPPER, "repx-job", str(exit_file(guard.path)), *invocation.argv,
@@ -168,7 +182,10 @@ async def spawn_and_wait(invocation: Invocation, repx: Path, guard: Guard,
     if on_spawn is not None:
         on_spawn(proc.pid)
     try:
-        return await proc.wait()
+        return await asyncio.wait_for(proc.wait(), time_limit)
+    except TimeoutError:
+        await _stop(proc)
+        return ExitStatus.with_cause(await proc.wait(), "timeout")
     except asyncio.CancelledError:
         await asyncio.shield(_stop(proc))
         raise

@@ -25,6 +25,7 @@ from dbus_next.errors import DBusError
 
 from ..errors import ConfigError
 from .launcher import (
+    HAND_OVER,
     ExitStatus,
     Guard,
     LaunchRequest,
@@ -53,7 +54,6 @@ _SERVICE_VARIABLES = {"NOTIFY_SOCKET", "WATCHDOG_PID", "WATCHDOG_USEC", "INVOCAT
                       "CREDENTIALS_DIRECTORY", "MAINPID"}
 _RECORD_EXIT = 'echo "$EXIT_CODE $EXIT_STATUS $SERVICE_RESULT" > "$1"'
 # An empty `out/` owned by the job's user: earlier attempts' files may belong to that user.
-_HAND_OVER = 'find "$1" -mindepth 1 -delete && chown "$2" "$1"'
 
 
 class UnitStopped(Exception):
@@ -70,17 +70,16 @@ class SystemdLauncher:
 
     name = "systemd"
 
-    def __init__(self, bus: MessageBus, user: str | None = None) -> None:
+    def __init__(self, bus: MessageBus) -> None:
         self.bus = bus
-        self.user = user
         self._changed: dict[str, asyncio.Event] = {}
         bus.add_message_handler(self._on_message)
 
     @classmethod
-    async def connect(cls, user: str | None = None) -> SystemdLauncher:
+    async def connect(cls) -> SystemdLauncher:
         """Raises OSError or DBusError when there is no system bus or it refuses us."""
         bus = await MessageBus(bus_type=BusType.SYSTEM).connect()
-        launcher = cls(bus, user)
+        launcher = cls(bus)
         await launcher._call(ROOT, MANAGER, "Subscribe", "", [])
         await launcher._add_match(f"type='signal',sender='{SYSTEMD}',interface='{PROPERTIES}',"
                                   f"member='PropertiesChanged',path_namespace='{ROOT}/unit'")
@@ -155,7 +154,7 @@ class SystemdLauncher:
             # The job runs as the submitter; these two steps keep root's rights ("+" in a unit
             # file): handing `out/` over, and writing the result next to the agent's guard.
             props.append(("User", Variant("s", str(request.user))))
-            props.append(("ExecStartPreEx", Variant("a(sasas)", [["/bin/sh", ["/bin/sh", "-c", _HAND_OVER, "repx-out",
+            props.append(("ExecStartPreEx", Variant("a(sasas)", [["/bin/sh", ["/bin/sh", "-c", HAND_OVER, "repx-out",
                                                                                str(invocation.cwd), str(request.user)],
                                                                   ["privileged"]]])))
             if exit_path is not None:
@@ -169,8 +168,6 @@ class SystemdLauncher:
         if request.device_allow:
             props += [("DevicePolicy", Variant("s", "closed")),
                       ("DeviceAllow", Variant("a(ss)", [list(entry) for entry in request.device_allow]))]
-        if self.user and request.user is None:
-            props.append(("User", Variant("s", self.user)))
         return [list(prop) for prop in props]
 
     async def _start(self, request: LaunchRequest, properties: list) -> None:
@@ -269,13 +266,13 @@ class SystemdLauncher:
         return reply.body
 
 
-async def choose_launcher(mode: str, user: str | None = None):
+async def choose_launcher(mode: str):
     """`subprocess`, `systemd` (required: errors propagate), or `auto`: systemd where the system
     bus lets us manage units, else the subprocess launcher (logged once)."""
     if mode == "subprocess":
         return SubprocessLauncher()
     try:
-        launcher = await SystemdLauncher.connect(user)
+        launcher = await SystemdLauncher.connect()
         await launcher.probe()
         return launcher
     except (OSError, DBusError, TimeoutError) as exc:

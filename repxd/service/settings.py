@@ -86,9 +86,13 @@ class AgentSettings(_Strict):
     metrics: str | None = "127.0.0.1:9422"
     # How jobs start: transient systemd units where the system bus allows it ("auto"), or always.
     launcher: Literal["auto", "systemd", "subprocess"] = "auto"
-    job_user: str | None = None  # User= of job units; default: the agent's own user
-    # Job units run as the user who submitted the run over the socket (not root, not token callers).
-    run_as_submitter: bool = False
+    # Jobs of token callers (who have no uid) run as this user; default `nobody` where the agent
+    # can switch users (as root, or through systemd units).
+    job_user: str | None = None
+    # Jobs of socket submissions run as the user who submitted them.
+    run_as_submitter: bool = True
+    # Only by an administrator's explicit choice may a job run as the agent's own user (warned at every start).
+    allow_jobs_as_daemon_user: bool = False
 
 
 class Settings(_Strict):

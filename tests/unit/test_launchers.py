@@ -21,8 +21,8 @@ class _Bus:
         self.handler = handler
 
 
-def _properties(request, env=None, user=None) -> dict:
-    launcher = SystemdLauncher(_Bus(), user)
+def _properties(request, env=None) -> dict:
+    launcher = SystemdLauncher(_Bus())
     invocation = Invocation(["/work/artifacts/jobs/x/bin/main", "OUT", "IN", "PARAMS"],
                             env or {"PATH": "/usr/bin"}, Path("/work/outputs/x/out"))
     props = launcher._properties(invocation, Path("/work/outputs/x/repx"), request, Path("/work/cache/guards/x%repx.exit"))
@@ -42,8 +42,7 @@ def test_unit_names_follow_job_step_and_attempt():
 def test_unit_gets_limits_logs_and_journal_fields():
     request = launch_request("abc-nap-1.0", "", 3, run_id="r1", cpus=2, mem=96 << 20, time_seconds=300,
                              device_allow=[("/dev/nvidia0", "rw"), ("/dev/nvidiactl", "rw")])
-    props = _properties(request, env={"PATH": "/usr/bin", "NOTIFY_SOCKET": "/run/systemd/notify", "HOME": "/var/lib/repx"},
-                        user="repx")
+    props = _properties(request, env={"PATH": "/usr/bin", "NOTIFY_SOCKET": "/run/systemd/notify", "HOME": "/var/lib/repx"})
     assert props["ExecStart"].value == [["/work/artifacts/jobs/x/bin/main",
                                          ["/work/artifacts/jobs/x/bin/main", "OUT", "IN", "PARAMS"], False]]
     assert props["WorkingDirectory"].value == "/work/outputs/x/out"
@@ -58,7 +57,7 @@ def test_unit_gets_limits_logs_and_journal_fields():
     assert props["StandardErrorFileToAppend"].value == "/work/outputs/x/repx/stderr.log"
     assert props["LogExtraFields"].value == [b"REPX_JOB_ID=abc-nap-1.0", b"REPX_RUN_ID=r1"]
     assert props["CollectMode"].value == "inactive-or-failed"
-    assert props["User"].value == "repx"
+    assert "User" not in props  # whom a job runs as is the agent's choice (request.user), see agent/identity.py
     # the agent's own service variables are not handed to jobs
     assert sorted(props["Environment"].value) == ["HOME=/var/lib/repx", "PATH=/usr/bin"]
     (post,) = props["ExecStopPost"].value
@@ -119,7 +118,7 @@ def test_without_a_system_bus_auto_falls_back_and_systemd_is_an_error(tmp_path, 
 
 
 def test_a_submitters_unit_hands_out_over_and_records_with_root_rights():
-    props = _properties(launch_request("abc-nap-1.0", "", 1, user=1000), user="repx")
+    props = _properties(launch_request("abc-nap-1.0", "", 1, user=1000))
     assert props["User"].value == "1000"
     ((_sh, hand_over, flags),) = props["ExecStartPreEx"].value
     assert hand_over[-2:] == ["/work/outputs/x/out", "1000"] and flags == ["privileged"]
