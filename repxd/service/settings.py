@@ -12,7 +12,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from ..config import Resources, TargetConfig
+from ..config import Config, Resources, TargetConfig
 from ..errors import ConfigError
 
 DEFAULT_CONFIG = Path("/etc/repx/repxd.toml")
@@ -100,6 +100,11 @@ class Settings(_Strict):
     agent: AgentSettings = AgentSettings()
     targets: dict[str, TargetConfig] = {}
     resources: Resources = Resources()
+
+    def target_config(self) -> Config:
+        """The daemon's targets as a user config: the daemon runs jobs on its own agents, so a
+        target without default_scheduler is local here (upstream's CLI would pick slurm)."""
+        return Config(targets=self.targets, default_scheduler="local")
 
     @property
     def database(self) -> Path:
