@@ -78,6 +78,12 @@ class Runtime:
     def prepare(self) -> None:
         """One-time work before the first job (image extraction, image load)."""
 
+    def _check_mount_paths(self) -> None:
+        for host_path in self.mounts.paths:
+            if not os.path.isabs(host_path) or not os.path.exists(host_path):
+                raise ConfigError(f"mount_paths entry {host_path!r} is not an existing absolute path on this host;"
+                                  " create it or remove it from the target")
+
     def with_devices(self, grant: DeviceGrant) -> Runtime:
         """This (prepared) runtime for one attempt that was assigned `grant`."""
         return replace(self, devices=grant)
@@ -192,6 +198,7 @@ class BwrapRuntime(Runtime):
     def prepare(self) -> None:
         if shutil.which("bwrap") is None:
             raise ConfigError("execution type bwrap needs the `bwrap` program (install bubblewrap), or choose --runtime native")
+        self._check_mount_paths()
         rootfs = self.rootfs
         with _locked(rootfs.parent / "lock"):
             if not (rootfs.parent / "complete").exists():
@@ -307,6 +314,7 @@ class ContainerRuntime(Runtime):
     def prepare(self) -> None:
         if shutil.which(self.program) is None:
             raise ConfigError(f"execution type {self.program} needs the `{self.program}` program, or choose --runtime native")
+        self._check_mount_paths()
         tag = self.tag
         with _locked(self.layout.cache / "images" / f"{self.image.name}.{self.program}.lock"):
             if self._image_present(tag):

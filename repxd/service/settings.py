@@ -118,7 +118,7 @@ def validation_errors(exc: ValidationError, source: str) -> list[str]:
         if err["type"] == "extra_forbidden":
             messages.append(f"{source}: unknown key {where!r}")
         else:
-            messages.append(f"{source}: {where}: {err['msg']}")
+            messages.append(f"{source}: {where}: {err['msg'].removeprefix('Value error, ')}")
     return messages
 
 

@@ -96,3 +96,31 @@ def test_podman_mount_host_paths_shares_the_host_directories(tmp_path, busybox_r
         pytest.skip("the probe's shared directory must be under /tmp, one of the shared host directories")
     lines = run_probe(tmp_path, busybox_rootfs, "podman", "mount_host_paths = true\n", env=podman_env)
     assert lines == ["image-root", "host-data", "shared-writable"]
+
+
+@pytest.mark.parametrize(("target_lines", "words"), [
+    ('mount_paths = ["/no/such/dir"]\n', ["mount_paths", "'/no/such/dir'", "create it or remove it"]),
+    ('mount_paths = ["relative/dir"]\n', ["mount_paths", "'relative/dir'", "absolute"]),
+])
+def test_bad_mount_path_is_one_line_exit_2(tmp_path, busybox_rootfs, target_lines, words):
+    require_program("bwrap")
+    lab = probe_lab(tmp_path, busybox_rootfs, tmp_path)
+    config = tmp_path / "config.toml"
+    config.write_text(f'[targets.local]\nbase_path = "{tmp_path / "base"}"\ndefault_scheduler = "local"\n'
+                      'default_execution_type = "bwrap"\n' + target_lines + '[targets.local.local]\nexecution_types = ["bwrap"]\n')
+    result = repxctl("run", "probe", "--lab", lab, "--config", config)
+    (error,) = [line for line in result.stderr.splitlines() if "error" in line]
+    assert result.code == 2 and error.startswith("repxctl: error: "), result.stderr
+    for word in words:
+        assert word in error
+    assert not list((tmp_path / "base").glob("outputs/*/out/probe.txt"))
+
+
+def test_relative_base_path_is_one_line_exit_2(tmp_path, busybox_rootfs):
+    lab = probe_lab(tmp_path, busybox_rootfs, tmp_path)
+    config = tmp_path / "config.toml"
+    config.write_text('[targets.local]\nbase_path = "work"\ndefault_scheduler = "local"\n')
+    result = repxctl("run", "probe", "--lab", lab, "--config", config, cwd=tmp_path)
+    assert result.code == 2 and len(result.stderr.strip().splitlines()) == 1, result.stderr
+    assert "base_path 'work' is relative" in result.stderr
+    assert not (tmp_path / "work").exists()
