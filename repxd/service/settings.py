@@ -13,6 +13,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from ..config import Config, Resources, TargetConfig
+from ..config import SchedulerSettings as TargetSchedulerSettings
 from ..errors import ConfigError
 
 DEFAULT_CONFIG = Path("/etc/repx/repxd.toml")
@@ -102,9 +103,14 @@ class Settings(_Strict):
     resources: Resources = Resources()
 
     def target_config(self) -> Config:
-        """The daemon's targets as a user config: the daemon runs jobs on its own agents, so a
-        target without default_scheduler is local here (upstream's CLI would pick slurm)."""
-        return Config(targets=self.targets, default_scheduler="local")
+        """The daemon's targets as a user config. Two defaults differ from upstream's CLI, as the
+        module documents them: a target without default_scheduler is local (the daemon runs jobs
+        on its own agents), and a default_execution_type without a `local` section is used (upstream
+        would run natively — silently dropping the sandbox an admin asked for)."""
+        targets = {name: target if target.local is not None or target.default_execution_type is None
+                   else target.model_copy(update={"local": TargetSchedulerSettings(execution_types=[target.default_execution_type])})
+                   for name, target in self.targets.items()}
+        return Config(targets=targets, default_scheduler="local")
 
     @property
     def database(self) -> Path:

@@ -10,6 +10,8 @@ import pytest
 from repxd.config import load_config, load_resources, wildmatch
 from repxd.engine.embedded import resolve_target
 from repxd.errors import ConfigError
+from repxd.exec.runtimes import choose_execution_type
+from repxd.service.settings import Settings
 
 
 @pytest.fixture(autouse=True)
@@ -110,3 +112,16 @@ def test_sources_of_merged_resources(isolated: Path) -> None:
         "cpus-per-task": (4, "lab hint"),
         "partition": ("big", f"rule 2 of {cwd}"),
     }
+
+
+def test_daemon_targets_keep_their_execution_type_without_a_local_section(tmp_path: Path) -> None:
+    """Upstream's CLI (client.rs resolve_execution_type) runs natively when a target has no
+    `local` section, whatever default_execution_type says; repxctl does the same. The daemon's
+    repxd.toml (ours, not upstream's) documents default_execution_type alone as enough, so there it
+    is honoured: an admin's sandbox is never dropped silently."""
+    text = 'default_scheduler = "local"\n[targets.box]\nbase_path = "/b"\ndefault_execution_type = "bwrap"\n'
+    cli_target = config_from(tmp_path, text).targets["box"]
+    assert choose_execution_type(cli_target, None, has_image=True) == "native"
+    daemon = Settings(targets={"box": cli_target}).target_config()
+    assert choose_execution_type(resolve_target(daemon, "box")[1], None, has_image=True) == "bwrap"
+    assert daemon.scheduler_of(daemon.targets["box"]) == "local"
