@@ -10,6 +10,7 @@ import click
 import httpx
 
 from repxd.api.client import ApiError
+from repxd.config import Resources, load_resources
 from repxd.errors import RepxError, SelectionError
 from repxd.exec.inputs import resolve_inputs, resolve_output
 from repxd.exec.layout import FAIL, SUCCESS
@@ -142,12 +143,19 @@ def show() -> None:
 @click.argument("job")
 @lab_options
 @click.option("--json", "as_json", is_flag=True)
-def show_job(job, as_json, **kw) -> None:
+@click.option("--resources", "show_resources", is_flag=True,
+              help="Only the merged resources, and which default, Lab hint or rule set each.")
+@click.option("--resources-file", type=click.Path(path_type=Path, dir_okay=False, exists=True),
+              help="A resources.toml merged last, as `run --resources FILE`.")
+def show_job(job, as_json, show_resources, resources_file, **kw) -> None:
     """Everything about one job: status, parameters, inputs, outputs, resources and paths."""
     session = open_session(**kw)
     lab, layout = session.lab, session.layout
     job_id = one_job(lab, job)
     j = lab.jobs[job_id]
+    if show_resources:
+        print_resources(session, job_id, load_resources(resources_file), as_json)
+        return
     record = {
         "id": job_id, "run": j.run, "stage": j.name, "stage_type": j.stage_type,
         "status": all_statuses(session)[job_id].value, "params": j.params,
@@ -168,6 +176,16 @@ def show_job(job, as_json, **kw) -> None:
                 click.echo("  (none)")
         else:
             click.echo(f"{key}: {value}")
+
+
+def print_resources(session: Session, job_id: str, resources: Resources, as_json: bool) -> None:
+    explained = resources.explain(job_id, session.lab.jobs[job_id].resource_hints, session.target_name)
+    if as_json:
+        click.echo(json.dumps({"job": job_id, "target": session.target_name, "resources": {
+            key: {"value": value, "source": source} for key, (value, source) in explained.items()}}, indent=2))
+        return
+    click.echo(f"resources of {job_id} on target {session.target_name}:")
+    print_table(["key", "value", "source"], [[key, value, source] for key, (value, source) in explained.items()])
 
 
 @show.command("output")

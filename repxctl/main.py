@@ -7,7 +7,9 @@ import sys
 import click
 
 from repxd import __version__
+from repxd.config import LoggingSettings, load_config
 from repxd.errors import RepxError
+from repxd.observe.session_log import start_session_log
 
 from . import daemon, gc, hardware, inspect, run, viz
 
@@ -25,6 +27,16 @@ class RepxctlGroup(click.Group):
 @click.version_option(__version__, prog_name="repxctl")
 def cli() -> None:
     """Run and inspect RepX Labs: reproducible experiments built by Nix."""
+    start_session_log(logging_settings())
+
+
+def logging_settings() -> LoggingSettings:
+    """config.toml's [logging]; defaults when the file is bad, as upstream — the command itself
+    reports that file's error."""
+    try:
+        return load_config().logging
+    except RepxError:
+        return LoggingSettings()
 
 
 cli.add_command(run.run)

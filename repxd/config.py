@@ -4,14 +4,21 @@ Unknown keys are errors that name the key and the file."""
 
 from __future__ import annotations
 
-import fnmatch
 import os
 import re
 import tomllib
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    PrivateAttr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from .errors import ConfigError
 
@@ -30,20 +37,31 @@ class SchedulerSettings(_Strict):
 
 class LoggingSettings(_Strict):
     max_files: int = 50
-    max_age_days: int = 30
+    max_age_days: int = 7  # upstream's default (repx-core config.rs)
 
 
 class TargetConfig(_Strict):
     address: str | None = None
     base_path: Path
     node_local_path: Path | None = None
-    default_scheduler: SchedulerType = "local"
+    default_scheduler: SchedulerType | None = None  # then Config.default_scheduler, then "slurm" (upstream)
     default_execution_type: ExecutionType | None = None
-    artifact_store: str | None = None
+    artifact_store: Literal["shared", "node-local"] | None = None
     mount_host_paths: bool = False
     mount_paths: list[str] = []
     local: SchedulerSettings | None = None
     slurm: SchedulerSettings | None = None
+
+    @model_validator(mode="after")
+    def _local_base_path_is_absolute(self) -> TargetConfig:
+        """As upstream's load_config: `~` is expanded; a target without `address` needs an absolute
+        base_path (a relative one would depend on the directory repx was started in)."""
+        self.base_path = self.base_path.expanduser()
+        if self.node_local_path is not None:
+            self.node_local_path = self.node_local_path.expanduser()
+        if self.address is None and not self.base_path.is_absolute():
+            raise ValueError(f"base_path {str(self.base_path)!r} is relative; local targets need an absolute path or one starting with '~'")
+        return self
 
     def execution_types(self, scheduler: str) -> list[str]:
         settings = self.slurm if scheduler == "slurm" else self.local
@@ -56,6 +74,13 @@ class Config(_Strict):
     default_scheduler: SchedulerType | None = None
     logging: LoggingSettings = LoggingSettings()
     targets: dict[str, TargetConfig] = {}
+
+    def scheduler_of(self, target: TargetConfig | None) -> str:
+        """Upstream (repx-runner lib.rs): the target's default_scheduler, else the top-level one,
+        else slurm. Without a configured target we run locally: there is nothing to submit to."""
+        if target is None:
+            return "local"
+        return target.default_scheduler or self.default_scheduler or "slurm"
 
 
 MEMORY_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([KMGT]?)i?B?\s*$", re.IGNORECASE)
@@ -112,31 +137,65 @@ class ResourceRule(_Strict):
         return self.model_dump(by_alias=True, exclude_none=True, exclude={"job_id_glob", "target", "worker_resources"})
 
 
+def wildmatch(pattern: str, text: str) -> bool:
+    """Upstream matches `job_id_glob` with the wildmatch crate (2.x, WildMatch::new): `?` is any one
+    character, `*` any run of characters (`/` included), everything else literal and case-sensitive
+    (no `[...]` classes, no escapes), and the whole id must match. fnmatch would read `[` as a class."""
+    p_pos = t_pos = 0
+    star_p = star_t = -1
+    while t_pos < len(text):
+        if p_pos < len(pattern) and pattern[p_pos] in ("?", text[t_pos]):
+            p_pos, t_pos = p_pos + 1, t_pos + 1
+        elif p_pos < len(pattern) and pattern[p_pos] == "*":
+            star_p, star_t = p_pos, t_pos
+            p_pos += 1
+        elif star_p >= 0:  # let the last `*` swallow one more character and retry
+            star_t += 1
+            p_pos, t_pos = star_p + 1, star_t
+        else:
+            return False
+    return all(c == "*" for c in pattern[p_pos:])
+
+
 class Resources(_Strict):
     defaults: ResourceRule = ResourceRule()
     rules: list[ResourceRule] = []
+    # Where each value came from, for `show job --resources`: the file that last set each key of
+    # [defaults], and the one file whose [[rules]] array survived the merge.
+    _defaults_from: dict[str, str] = PrivateAttr(default_factory=dict)
+    _rules_from: str | None = PrivateAttr(default=None)
 
     def for_job(self, job_id: str, hints: dict[str, Any], target: str | None) -> dict[str, Any]:
-        """defaults, then the Lab's hints (`cpus` -> `cpus-per-task`), then every matching rule."""
-        merged = self.defaults.values()
+        """Upstream's resolve_for_job: defaults, then the Lab's hints (`cpus` -> `cpus-per-task`),
+        then every matching rule in order."""
+        return {key: value for key, (value, _source) in self.explain(job_id, hints, target).items()}
+
+    def explain(self, job_id: str, hints: dict[str, Any], target: str | None) -> dict[str, tuple[Any, str]]:
+        """for_job, with the source of each value: `default (FILE)`, `lab hint`, `rule N of FILE`."""
+        merged = {key: (value, f"default ({self._defaults_from.get(key, 'resources')})")
+                  for key, value in self.defaults.values().items()}
         for key, value in hints.items():
-            merged["cpus-per-task" if key == "cpus" else key] = value
-        for rule in self._matching(job_id, target):
-            merged.update(rule.values())
+            merged["cpus-per-task" if key == "cpus" else key] = (value, "lab hint")
+        for number, rule in self._matching(job_id, target):
+            merged.update({key: (value, f"rule {number} of {self._rules_from or 'resources'}")
+                           for key, value in rule.values().items()})
         return merged
 
-    def worker_for(self, job_id: str, target: str | None) -> dict[str, Any]:
-        """Resources of scatter-gather steps: the matching rules' `worker_resources`, in order."""
-        merged: dict[str, Any] = {}
-        for rule in self._matching(job_id, target):
-            if rule.worker_resources is not None:
-                merged.update(rule.worker_resources.values())
+    def worker_for(self, job_id: str, hints: dict[str, Any], target: str | None) -> dict[str, Any]:
+        """Resources of scatter-gather steps, as upstream's resolve_worker_resources: the job's own,
+        overlaid with the `worker_resources` of the LAST matching rule only (earlier rules' are
+        ignored; a last match without one leaves the job's resources)."""
+        merged = self.for_job(job_id, hints, target)
+        matching = self._matching(job_id, target)
+        if matching and matching[-1][1].worker_resources is not None:
+            merged.update(matching[-1][1].worker_resources.values())
         return merged
 
-    def _matching(self, job_id: str, target: str | None) -> list[ResourceRule]:
-        return [rule for rule in self.rules
+    def _matching(self, job_id: str, target: str | None) -> list[tuple[int, ResourceRule]]:
+        """(1-based number in its file, rule) for each rule that applies to `job_id` on `target`."""
+        return [(number, rule) for number, rule in enumerate(self.rules, 1)
                 if (rule.target is None or rule.target == target)
-                and (rule.job_id_glob is None or fnmatch.fnmatchcase(job_id, rule.job_id_glob))]
+                and (rule.job_id_glob is None or wildmatch(rule.job_id_glob, job_id))]
 
 
 def _validated(model: type[BaseModel], data: dict[str, Any], source: str):
@@ -147,7 +206,8 @@ def _validated(model: type[BaseModel], data: dict[str, Any], source: str):
         where = ".".join(str(p) for p in err["loc"])
         if err["type"] == "extra_forbidden":
             raise ConfigError(f"{source}: unknown key {where!r}; remove it or check its spelling") from None
-        raise ConfigError(f"{source}: {where}: {err['msg']}") from None
+        message = err["msg"].removeprefix("Value error, ")
+        raise ConfigError(f"{source}: {where}: {message}") from None
 
 
 def _read_toml(path: Path) -> dict[str, Any]:
@@ -178,18 +238,31 @@ def load_config(path: Path | None = None) -> Config:
 
 
 def load_resources(extra: Path | None = None) -> Resources:
-    """Merge the user's resources.toml, ./resources.toml and `extra` (lab-format §8)."""
-    merged = Resources()
-    candidates = [config_home() / "resources.toml", Path("resources.toml")]
-    for path in candidates:
-        if path.is_file():
-            merged = _merge(merged, _validated(Resources, _read_toml(path), str(path)))
+    """The user's resources.toml, then ./resources.toml, then `extra` (a missing `extra` is an error),
+    merged as upstream's config.rs merge_toml_values: tables key by key, anything else — the
+    `rules` array included — replaced whole by the later file."""
+    candidates = [path for path in (config_home() / "resources.toml", Path("resources.toml")) if path.is_file()]
     if extra is not None:
-        merged = _merge(merged, _validated(Resources, _read_toml(extra), str(extra)))
-    return merged
+        candidates.append(extra)  # _read_toml names it when it cannot be read
+    merged: dict[str, Any] = {}
+    defaults_from: dict[str, str] = {}
+    rules_from = None
+    for path in candidates:
+        data = _read_toml(path)
+        _validated(Resources, data, str(path))  # errors name the file that has them
+        _merge_toml(merged, data)
+        defaults_from.update(dict.fromkeys(data.get("defaults", {}), str(path.absolute())))
+        if "rules" in data:
+            rules_from = str(path.absolute())
+    resources = _validated(Resources, merged, " + ".join(map(str, candidates)))
+    resources._defaults_from = {("cpus-per-task" if k == "cpus_per_task" else k): v for k, v in defaults_from.items()}
+    resources._rules_from = rules_from
+    return resources
 
 
-def _merge(base: Resources, over: Resources) -> Resources:
-    defaults = base.defaults.model_copy(update=over.defaults.model_dump(exclude_unset=True))
-    return Resources(defaults=defaults, rules=[*base.rules, *over.rules])
-
+def _merge_toml(into: dict[str, Any], over: dict[str, Any]) -> None:
+    for key, value in over.items():
+        if isinstance(value, dict) and isinstance(into.get(key), dict):
+            _merge_toml(into[key], value)
+        else:
+            into[key] = value

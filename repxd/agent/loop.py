@@ -16,7 +16,7 @@ from pathlib import Path
 
 from .. import errors, hardware
 from ..api.client import ApiError, ApiUnavailable, AsyncApi
-from ..config import Config, parse_memory
+from ..config import parse_memory
 from ..engine.admission import Admission
 from ..engine.embedded import resolve_target
 from ..exec.artifacts import sync_artifacts
@@ -179,11 +179,11 @@ class Agent:
             sync_artifacts(lab, layout)
             self._synced.add(key)
         image = lab.image_of(item["job"])
-        _name, target = resolve_target(Config(targets=self.settings.targets), item["target"])
+        _name, target = resolve_target(self.settings.target_config(), item["target"])
         kind = choose_execution_type(target, item["options"].get("runtime"), image is not None)
         rkey = (kind, item["lab_path"], item["base_path"], image)
         if rkey not in self._runtimes:
-            runtime = make_runtime(kind, lab, layout, image)
+            runtime = make_runtime(kind, lab, layout, image, target)
             runtime.prepare()
             self._runtimes[rkey] = runtime
         return lab, layout, self._runtimes[rkey], target
@@ -199,7 +199,7 @@ class Agent:
             runtime = runtime.with_devices(grant)
             job = lab.jobs[job_id]
             resources = self.settings.resources.for_job(job_id, job.resource_hints, item["target"])
-            worker = self.settings.resources.worker_for(job_id, item["target"])
+            worker = self.settings.resources.worker_for(job_id, job.resource_hints, item["target"])
 
             def spawned(handle: str) -> None:
                 self._new_handles[attempt] = handle

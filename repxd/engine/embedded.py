@@ -28,8 +28,16 @@ def resolve_target(config: Config, name: str | None) -> tuple[str, TargetConfig 
     if target is None and name != "local":
         known = ", ".join(sorted(config.targets)) or "none configured"
         raise ConfigError(f"unknown target {name!r} (targets: {known}); define [targets.{name}] in config.toml")
-    if target is not None and (target.address or target.default_scheduler != "local"):
-        raise ConfigError(f"target {name!r} uses {'ssh' if target.address else target.default_scheduler}, which this version cannot run yet; use a local target")
+    if target is None:
+        return name, None
+    if target.address:
+        raise ConfigError(f"target {name!r} has an address (ssh), which this version cannot run yet; use a local target")
+    if config.scheduler_of(target) != "local":
+        raise ConfigError(f"target {name!r} uses the slurm scheduler (its default_scheduler, else the top-level one,"
+                          f" else upstream's default slurm), which this version cannot run yet; set default_scheduler = \"local\"")
+    if target.artifact_store == "node-local":
+        raise ConfigError(f"target {name!r}: artifact_store = \"node-local\" concerns cluster nodes, which this version"
+                          " cannot run yet; remove it or set \"shared\"")
     return name, target
 
 
@@ -120,7 +128,7 @@ class EmbeddedRun:
     def _runtime(self, image: str | None) -> Runtime:
         if image not in self.runtimes:
             kind = choose_execution_type(self.plan.target, self.options.runtime, image is not None)
-            runtime = make_runtime(kind, self.plan.lab, self.plan.layout, image)
+            runtime = make_runtime(kind, self.plan.lab, self.plan.layout, image, self.plan.target)
             runtime.prepare()
             self.runtimes[image] = runtime
         return self.runtimes[image]
@@ -135,7 +143,7 @@ class EmbeddedRun:
         lab = self.plan.lab
         job = lab.jobs[job_id]
         resources = self.options.resources.for_job(job_id, job.resource_hints, self.plan.target_name)
-        worker = self.options.resources.worker_for(job_id, self.plan.target_name)
+        worker = self.options.resources.worker_for(job_id, job.resource_hints, self.plan.target_name)
         try:
             async with self.gpus.take(hardware.gpu_request(resources)) as grant:
                 runtime = self._runtime(lab.image_of(job_id))

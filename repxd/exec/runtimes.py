@@ -28,6 +28,26 @@ SANDBOX_PATH = "/usr/local/bin:/usr/bin:/bin:/usr/sbin:/sbin"
 NIXOS_DRIVER = "/run/opengl-driver"  # NixOS: the GPU driver's user space, where its programs look
 DRIVER_DIR = "/run/repx-driver"  # elsewhere: the driver's libraries, bound file by file
 CDI_KINDS = {"nvidia": "nvidia.com/gpu", "amd": "amd.com/gpu", "intel": "intel.com/gpu"}
+# mount_host_paths in bubblewrap, as upstream (repx-executor runtime/bwrap.rs): every top-level host
+# directory but these is bound, writable only for the second list; podman gets the container list.
+HOST_DIRS_NOT_BOUND = ("dev", "proc", "sys", "nix")
+HOST_DIRS_WRITABLE = ("home", "tmp", "var", "opt", "srv", "mnt", "media", "run")
+CONTAINER_HOST_DIRS = ("/home", "/tmp", "/var", "/opt", "/run", "/media", "/mnt", "/nix")
+
+
+@dataclass(frozen=True)
+class MountPolicy:
+    """A target's `mount_host_paths` / `mount_paths` (upstream's MountPolicy): the host seen by jobs
+    in bwrap and containers. `all_host` wins over `paths`, as upstream's from_flags."""
+
+    all_host: bool = False
+    paths: tuple[str, ...] = ()
+
+    @classmethod
+    def of(cls, target: TargetConfig | None) -> MountPolicy:
+        if target is None:
+            return cls()
+        return cls(target.mount_host_paths, () if target.mount_host_paths else tuple(target.mount_paths))
 
 
 class RuntimePreparationError(RepxError):
@@ -51,9 +71,19 @@ class Runtime:
     layout: OutputLayout
     host_tool_dirs: list[str] = field(default_factory=list)
     devices: DeviceGrant = field(default=NO_DEVICES, kw_only=True)
+    mounts: MountPolicy = field(default=MountPolicy(), kw_only=True)
+    # A target's node_local_path: where image caches live instead of the base path (upstream's
+    # repx-executor context.rs puts them in <node_local_path>/repx/cache).
+    cache_root: Path | None = field(default=None, kw_only=True)
 
     def prepare(self) -> None:
         """One-time work before the first job (image extraction, image load)."""
+
+    def _check_mount_paths(self) -> None:
+        for host_path in self.mounts.paths:
+            if not os.path.isabs(host_path) or not os.path.exists(host_path):
+                raise ConfigError(f"mount_paths entry {host_path!r} is not an existing absolute path on this host;"
+                                  " create it or remove it from the target")
 
     def with_devices(self, grant: DeviceGrant) -> Runtime:
         """This (prepared) runtime for one attempt that was assigned `grant`."""
@@ -163,11 +193,13 @@ class BwrapRuntime(Runtime):
 
     @property
     def rootfs(self) -> Path:
-        return self.layout.cache / "images" / self.image.name / "rootfs"
+        cache = self.cache_root / "repx" / "cache" if self.cache_root else self.layout.cache
+        return cache / "images" / self.image.name / "rootfs"
 
     def prepare(self) -> None:
         if shutil.which("bwrap") is None:
             raise ConfigError("execution type bwrap needs the `bwrap` program (install bubblewrap), or choose --runtime native")
+        self._check_mount_paths()
         rootfs = self.rootfs
         with _locked(rootfs.parent / "lock"):
             if not (rootfs.parent / "complete").exists():
@@ -193,17 +225,53 @@ class BwrapRuntime(Runtime):
         if device_mounts:
             for point in ("sys", NIXOS_DRIVER.lstrip("/"), DRIVER_DIR.lstrip("/")):
                 (self.rootfs / point).mkdir(parents=True, exist_ok=True)  # the rootfs is mounted read-only
+        if self.mounts.all_host:
+            root = self._host_root_args()
+            home = os.environ.get("HOME", "/")
+            path = ":".join([path, os.environ.get("PATH", "")]).rstrip(":")
+        else:
+            root = [*self._isolation_args(), "--ro-bind", str(self.rootfs), "/",
+                    "--dev", "/dev", "--proc", "/proc", "--tmpfs", "/tmp", "--ro-bind", base, base]
+            home = "/tmp"
         argv = [
-            "bwrap", "--unshare-all", "--die-with-parent", "--new-session",
-            "--ro-bind", str(self.rootfs), "/",
-            "--dev", "/dev", "--proc", "/proc", "--tmpfs", "/tmp",
-            "--ro-bind", base, base,
+            "bwrap", *root, "--die-with-parent", "--new-session",
             "--bind", str(out), str(out), "--bind", str(repx), str(repx),
-            *device_mounts,
-            "--clearenv", "--setenv", "PATH", path, "--setenv", "HOME", "/tmp", *device_env,
+            *self._specific_path_args(), *device_mounts,
+            "--clearenv", "--setenv", "PATH", path, "--setenv", "HOME", home, *device_env,
             "--chdir", str(out), "--", str(script), *args,
         ]
         return Invocation(argv, {"PATH": os.environ.get("PATH", SANDBOX_PATH)}, out)
+
+    def _isolation_args(self) -> list[str]:
+        # Upstream keeps the user namespace when host paths are mounted, so the job keeps the
+        # supplementary groups that give it access to them.
+        if not self.mounts.paths:
+            return ["--unshare-all"]
+        return ["--unshare-ipc", "--unshare-pid", "--unshare-uts", "--unshare-net", "--unshare-cgroup"]
+
+    def _host_root_args(self) -> list[str]:
+        """mount_host_paths: the host's own top-level directories instead of the image's rootfs."""
+        args: list[str] = []
+        for entry in sorted(Path("/").iterdir()):
+            if entry.is_dir() and not entry.is_symlink() and entry.name not in HOST_DIRS_NOT_BOUND:
+                args += ["--bind" if entry.name in HOST_DIRS_WRITABLE else "--ro-bind", str(entry), str(entry)]
+            elif entry.is_symlink() and entry.name not in HOST_DIRS_NOT_BOUND:
+                args += ["--symlink", os.readlink(entry), str(entry)]  # merged-/usr hosts: /bin -> usr/bin
+        if Path("/nix/store").is_dir():
+            args += ["--ro-bind", "/nix/store", "/nix/store"]
+        return [*args, "--unshare-pid", "--unshare-ipc", "--unshare-uts", "--dev-bind", "/dev", "/dev", "--proc", "/proc"]
+
+    def _specific_path_args(self) -> list[str]:
+        args: list[str] = []
+        for host_path in self.mounts.paths:
+            point = self.rootfs / host_path.lstrip("/")  # mount points: the rootfs is mounted read-only
+            if Path(host_path).is_dir():
+                point.mkdir(parents=True, exist_ok=True)
+            else:
+                point.parent.mkdir(parents=True, exist_ok=True)
+                point.touch(exist_ok=True)
+            args += ["--dev-bind" if host_path.startswith("/dev/") else "--bind", host_path, host_path]
+        return args
 
 
 def _apply_layer(layer_tar: Path, dest: Path) -> None:
@@ -257,6 +325,7 @@ class ContainerRuntime(Runtime):
     def prepare(self) -> None:
         if shutil.which(self.program) is None:
             raise ConfigError(f"execution type {self.program} needs the `{self.program}` program, or choose --runtime native")
+        self._check_mount_paths()
         tag = self.tag
         with _locked(self.layout.cache / "images" / f"{self.image.name}.{self.program}.lock"):
             if self._image_present(tag):
@@ -279,32 +348,49 @@ class ContainerRuntime(Runtime):
     def invocation(self, script: Path, out: Path, repx: Path, args: list[str]) -> Invocation:
         base = str(self.layout.base)
         argv = [self.program, "run", "--rm", "--network", "none", *container_device_args(self.devices),
-                "--volume", f"{base}:{base}", "--workdir", str(out), self.tag, str(script), *args]
+                "--volume", f"{base}:{base}", *self._host_volumes(), "--workdir", str(out), self.tag, str(script), *args]
         return Invocation(argv, dict(os.environ), out)
+
+
+    def _host_volumes(self) -> list[str]:
+        if self.mounts.all_host:
+            dirs = [d for d in CONTAINER_HOST_DIRS if Path(d).exists()]
+        else:
+            dirs = list(self.mounts.paths)
+        return [a for d in dirs for a in ("--volume", f"{d}:{d}")]
 
 
 RUNTIMES = ("native", "bwrap", "podman", "docker")
 
 
 def choose_execution_type(target: TargetConfig | None, requested: str | None, has_image: bool) -> str:
-    """`requested` (command line), else the target's `default_execution_type`, else the first of its
-    `execution_types`, else native. A run without an image always runs natively."""
+    """As upstream's resolve_execution_type (repx-client client.rs): `requested` (command line) as
+    given; else, with a `[targets.X.local]` section, the target's `default_execution_type` if that
+    section allows it, else the section's first type; else (no section, no target) native.
+    A run without an image always runs natively: there is nothing to sandbox it in."""
     if not has_image:
         return "native"
-    allowed = target.execution_types("local") if target else []
-    chosen = requested or (target.default_execution_type if target else None) or (allowed[0] if allowed else "native")
+    local = target.local if target else None
+    if requested:
+        chosen = requested
+    elif local is None:
+        chosen = "native"
+    elif target.default_execution_type in local.execution_types:
+        chosen = target.default_execution_type
+    else:
+        chosen = local.execution_types[0] if local.execution_types else "native"
     if chosen not in RUNTIMES:
         raise ConfigError(f"unknown runtime {chosen!r}; choose one of {', '.join(RUNTIMES)}")
-    if allowed and chosen not in allowed:
-        raise ConfigError(f"runtime {chosen!r} is not in this target's execution_types {allowed}; add it there or pick one of them")
     return chosen
 
 
-def make_runtime(kind: str, lab: Lab, layout: OutputLayout, image: str | None) -> Runtime:
+def make_runtime(kind: str, lab: Lab, layout: OutputLayout, image: str | None,
+                 target: TargetConfig | None = None) -> Runtime:
     tools = _host_tool_dirs(lab, layout)
     if kind == "native" or image is None:
         return Runtime(layout, tools)
     img = image_dir(lab, image)
+    extra = {"mounts": MountPolicy.of(target), "cache_root": target.node_local_path if target else None}
     if kind == "bwrap":
-        return BwrapRuntime(layout, tools, img)
-    return ContainerRuntime(layout, tools, program=kind, image=img)
+        return BwrapRuntime(layout, tools, img, **extra)
+    return ContainerRuntime(layout, tools, program=kind, image=img, **extra)

@@ -12,7 +12,8 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from ..config import Resources, TargetConfig
+from ..config import Config, Resources, TargetConfig
+from ..config import SchedulerSettings as TargetSchedulerSettings
 from ..errors import ConfigError
 
 DEFAULT_CONFIG = Path("/etc/repx/repxd.toml")
@@ -105,6 +106,16 @@ class Settings(_Strict):
     targets: dict[str, TargetConfig] = {}
     resources: Resources = Resources()
 
+    def target_config(self) -> Config:
+        """The daemon's targets as a user config. Two defaults differ from upstream's CLI, as the
+        module documents them: a target without default_scheduler is local (the daemon runs jobs
+        on its own agents), and a default_execution_type without a `local` section is used (upstream
+        would run natively — silently dropping the sandbox an admin asked for)."""
+        targets = {name: target if target.local is not None or target.default_execution_type is None
+                   else target.model_copy(update={"local": TargetSchedulerSettings(execution_types=[target.default_execution_type])})
+                   for name, target in self.targets.items()}
+        return Config(targets=targets, default_scheduler="local")
+
     @property
     def database(self) -> Path:
         return self.state_dir / "state.db"
@@ -117,7 +128,7 @@ def validation_errors(exc: ValidationError, source: str) -> list[str]:
         if err["type"] == "extra_forbidden":
             messages.append(f"{source}: unknown key {where!r}")
         else:
-            messages.append(f"{source}: {where}: {err['msg']}")
+            messages.append(f"{source}: {where}: {err['msg'].removeprefix('Value error, ')}")
     return messages
 
 

@@ -6,7 +6,7 @@ import time
 import uuid
 from pathlib import Path
 
-from ..config import Config, parse_memory
+from ..config import parse_memory
 from ..engine.embedded import base_path_for, inter_run_order, open_lab, plan_run, resolve_target
 from ..hardware.request import gpu_request
 from ..lab.graph import Outcome, topological_order
@@ -19,7 +19,7 @@ def plan_submission(settings: Settings, lab_path: str, selection: list[str], tar
                     options: dict, uid: int, user: str) -> tuple[RunRecord, list[PlannedJob]]:
     """Load the Lab, resolve the selection and its closure against the target's base path.
     Raises RepxError subclasses for anything the submitter must fix."""
-    config = Config(targets=settings.targets)
+    config = settings.target_config()
     target_name, target_cfg = resolve_target(config, target)
     base = base_path_for(target_cfg, None) if target_cfg else settings.state_dir / "work"
     lab = open_lab(Path(lab_path), base, verify=not options.get("no_verify", False))

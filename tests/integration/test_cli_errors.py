@@ -102,7 +102,8 @@ def test_config_target_supplies_base_path(tmp_path, sandbox):
     config_dir = Path(sandbox["XDG_CONFIG_HOME"]) / "repx"
     config_dir.mkdir()
     base = tmp_path / "target-base"
-    (config_dir / "config.toml").write_text(f'[targets.local]\nbase_path = "{base}"\n[targets.local.local]\nlocal_concurrency = 1\n')
+    (config_dir / "config.toml").write_text(f'default_scheduler = "local"\n[targets.local]\nbase_path = "{base}"\n'
+                                           '[targets.local.local]\nlocal_concurrency = 1\n')
     result = repxctl("run", "simulation", "--lab", lab, "--json", env=sandbox)
     assert result.code == 0, result.stderr
     assert json.loads(result.stdout)["base_path"] == str(base)

@@ -249,21 +249,32 @@ def test_glob_is_case_sensitive(resources: Resources) -> None:
 
 
 def test_worker_resources(resources: Resources) -> None:
-    assert resources.worker_for("0a-partition-1.0", None) == {"mem": "2G", "cpus-per-task": 2}
-    # The target-specific rule comes later in the file: its worker mem wins, cpus stay.
-    assert resources.worker_for("0a-partition-1.0", "cluster") == {"mem": "3G", "cpus-per-task": 2}
-    assert resources.worker_for("0a-produce-1.0", None) == {}
-    assert resources.worker_for("0a-produce-1.0", "cluster") == {"mem": "3G"}
+    """Upstream resolve_worker_resources (repx-client resources.rs): the job's own resources, then
+    the worker_resources of the LAST matching rule only."""
+    job = resources.for_job("0a-partition-1.0", {}, None)
+    assert resources.worker_for("0a-partition-1.0", {}, None) == {**job, "mem": "2G", "cpus-per-task": 2}
+    # On "cluster" the last matching rule is the target rule (worker mem 3G): the earlier rule's
+    # worker cpus (2) is not merged in, workers keep the job's 1 cpu.
+    on_cluster = resources.for_job("0a-partition-1.0", {}, "cluster")
+    assert on_cluster["cpus-per-task"] == 1
+    assert resources.worker_for("0a-partition-1.0", {}, "cluster") == {**on_cluster, "mem": "3G"}
+    # The last matching rule has no worker_resources: workers get the job's own resources.
+    training = resources.for_job("0a-training-1.0", {}, "cluster")
+    assert resources.worker_for("0a-training-1.0", {}, "cluster") == training
+    assert resources.worker_for("0a-produce-1.0", {}, None) == resources.for_job("0a-produce-1.0", {}, None)
     # worker_resources never leak into the job's own resources.
-    assert "worker_resources" not in resources.for_job("0a-partition-1.0", {}, "cluster")
+    assert "worker_resources" not in on_cluster
 
 
 def test_empty_resources() -> None:
     assert load_resources().for_job("0a-x-1.0", {"cpus": 2}, None) == {"cpus-per-task": 2}
-    assert Resources().worker_for("0a-x-1.0", None) == {}
+    assert Resources().worker_for("0a-x-1.0", {}, None) == {}
 
 
 def test_resource_files_merge_in_order(tmp_path: Path, isolated_config: Path) -> None:
+    """Upstream load_resources (repx-core config.rs) merges the TOML values with merge_toml_values:
+    tables key by key, anything else replaced — so a later file's [[rules]] replaces the earlier
+    array instead of adding to it."""
     write(isolated_config / "repx" / "resources.toml", """
 [defaults]
 mem = "1G"
@@ -272,6 +283,9 @@ partition = "user"
 [[rules]]
 job_id_glob = "*"
 sbatch_opts = ["--from-user"]
+[[rules]]
+job_id_glob = "*user-only*"
+mem = "9G"
 """)
     write(Path("resources.toml"), """
 [defaults]
@@ -283,19 +297,18 @@ sbatch_opts = ["--from-cwd"]
     extra = write(tmp_path / "extra.toml", """
 [defaults]
 time = "00:30:00"
-[[rules]]
-job_id_glob = "*special*"
-sbatch_opts = ["--from-extra"]
 """)
     merged = load_resources(extra)
     # Defaults merge key by key; later files win for the keys they set.
     assert merged.defaults.values() == {"mem": "2G", "time": "00:30:00", "partition": "user"}
-    # Rules concatenate: user, cwd, extra; the last matching one wins.
-    assert len(merged.rules) == 3
-    assert merged.for_job("0a-x-1.0", {}, None)["sbatch_opts"] == ["--from-cwd"]
+    # ./resources.toml's rules replaced the user's; extra.toml has none, so they stay.
+    assert len(merged.rules) == 1
+    assert merged.for_job("0a-user-only-1.0", {}, None) == {
+        "mem": "2G", "time": "00:30:00", "partition": "user", "sbatch_opts": ["--from-cwd"]}
+    write(extra, '[[rules]]\njob_id_glob = "*special*"\nsbatch_opts = ["--from-extra"]\n')
+    merged = load_resources(extra)
+    assert merged.for_job("0a-x-1.0", {}, None) == {"mem": "2G", "time": "00:10:00", "partition": "user"}
     assert merged.for_job("0a-special-1.0", {}, None)["sbatch_opts"] == ["--from-extra"]
-    # Without --resources, only the user and cwd files apply.
-    assert load_resources().defaults.values() == {"mem": "2G", "time": "00:10:00", "partition": "user"}
 
 
 def test_unknown_key_in_user_resources_names_that_file(isolated_config: Path) -> None:

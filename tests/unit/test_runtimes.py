@@ -61,13 +61,26 @@ def test_containers_share_one_command_line(tmp_path, image, program):
 
 
 def test_choice_of_execution_type():
+    """Upstream resolve_execution_type (repx-client client.rs): an explicit type as given; else the
+    target's default_execution_type when its scheduler section allows it, else that section's first
+    type, else native; no scheduler section at all: native."""
     target = TargetConfig(base_path="/x", default_execution_type="bwrap", local={"execution_types": ["bwrap", "native"]})
     assert choose_execution_type(target, None, has_image=True) == "bwrap"
     assert choose_execution_type(target, "native", has_image=True) == "native"
+    assert choose_execution_type(target, "podman", has_image=True) == "podman"  # explicit: not filtered
     assert choose_execution_type(target, "bwrap", has_image=False) == "native"
     assert choose_execution_type(None, None, has_image=True) == "native"
-    with pytest.raises(ConfigError, match="execution_types"):
-        choose_execution_type(target, "podman", has_image=True)
+    # The default is not allowed: the first allowed type, not an error.
+    podman_only = TargetConfig(base_path="/x", default_execution_type="bwrap", local={"execution_types": ["podman", "native"]})
+    assert choose_execution_type(podman_only, None, has_image=True) == "podman"
+    # No [targets.X.local] section: native, whatever default_execution_type says.
+    no_section = TargetConfig(base_path="/x", default_execution_type="bwrap")
+    assert choose_execution_type(no_section, None, has_image=True) == "native"
+    # A section with an empty list: native.
+    empty = TargetConfig(base_path="/x", default_execution_type="bwrap", local={})
+    assert choose_execution_type(empty, None, has_image=True) == "native"
+    with pytest.raises(ConfigError, match="unknown runtime"):
+        choose_execution_type(target, "qemu", has_image=True)
 
 
 def inventory(name: str, **changes) -> Inventory:
