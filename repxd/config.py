@@ -181,21 +181,33 @@ class Resources(_Strict):
                            for key, value in rule.values().items()})
         return merged
 
-    def worker_for(self, job_id: str, hints: dict[str, Any], target: str | None) -> dict[str, Any]:
-        """Resources of scatter-gather steps, as upstream's resolve_worker_resources: the job's own,
-        overlaid with the `worker_resources` of the LAST matching rule only (earlier rules' are
-        ignored; a last match without one leaves the job's resources)."""
-        merged = self.for_job(job_id, hints, target)
+    def worker_for(self, job_id: str, hints: dict[str, Any], target: str | None,
+                   step_hints: dict[str, Any] | None = None) -> dict[str, Any]:
+        """Resources of a scatter-gather step, as upstream's resolve_worker_resources: the job's own,
+        then the step's hints from the Lab, then the `worker_resources` of the LAST matching rule
+        only (earlier rules' are ignored; a last match without one leaves the rest)."""
+        return step_resources(self.for_job(job_id, hints, target), step_hints or {}, self.worker_overlay(job_id, target))
+
+    def worker_overlay(self, job_id: str, target: str | None) -> dict[str, Any]:
+        """The last matching rule's `worker_resources`, laid over every step of the job."""
         matching = self._matching(job_id, target)
         if matching and matching[-1][1].worker_resources is not None:
-            merged.update(matching[-1][1].worker_resources.values())
-        return merged
+            return matching[-1][1].worker_resources.values()
+        return {}
 
     def _matching(self, job_id: str, target: str | None) -> list[tuple[int, ResourceRule]]:
         """(1-based number in its file, rule) for each rule that applies to `job_id` on `target`."""
         return [(number, rule) for number, rule in enumerate(self.rules, 1)
                 if (rule.target is None or rule.target == target)
                 and (rule.job_id_glob is None or wildmatch(rule.job_id_glob, job_id))]
+
+
+def step_resources(job: dict[str, Any], step_hints: dict[str, Any], overlay: dict[str, Any]) -> dict[str, Any]:
+    merged = dict(job)
+    for key, value in step_hints.items():
+        merged["cpus-per-task" if key == "cpus" else key] = value
+    merged.update(overlay)
+    return merged
 
 
 def _validated(model: type[BaseModel], data: dict[str, Any], source: str):

@@ -199,7 +199,7 @@ class Agent:
             runtime = runtime.with_devices(grant)
             job = lab.jobs[job_id]
             resources = self.settings.resources.for_job(job_id, job.resource_hints, item["target"])
-            worker = self.settings.resources.worker_for(job_id, job.resource_hints, item["target"])
+            worker = self.settings.resources.worker_overlay(job_id, item["target"])
 
             def spawned(handle: str) -> None:
                 self._new_handles[attempt] = handle

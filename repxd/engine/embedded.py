@@ -143,7 +143,7 @@ class EmbeddedRun:
         lab = self.plan.lab
         job = lab.jobs[job_id]
         resources = self.options.resources.for_job(job_id, job.resource_hints, self.plan.target_name)
-        worker = self.options.resources.worker_for(job_id, job.resource_hints, self.plan.target_name)
+        worker = self.options.resources.worker_overlay(job_id, self.plan.target_name)
         try:
             async with self.gpus.take(hardware.gpu_request(resources)) as grant:
                 runtime = self._runtime(lab.image_of(job_id))

@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
-from ..config import parse_memory, parse_time
+from ..config import parse_memory, parse_time, step_resources
 from ..engine.admission import Admission
 from ..lab.graph import Outcome
 from ..lab.model import Job, Lab
@@ -28,7 +28,7 @@ class JobContext:
     runtime: Runtime
     admission: Admission
     resources: dict[str, Any] = field(default_factory=dict)
-    worker_resources: dict[str, Any] = field(default_factory=dict)
+    worker_resources: dict[str, Any] = field(default_factory=dict)  # overlay: Resources.worker_overlay
     on_first_launch: Callable[[], None] | None = None
     on_spawn: Callable[[str], None] | None = None  # gets the process's handle: pid:N or unit:NAME
     launcher: Any = field(default_factory=SubprocessLauncher)
@@ -44,13 +44,8 @@ class JobContext:
             callback()
 
     def step_resources(self, hints: dict[str, Any]) -> dict[str, Any]:
-        """A scatter-gather step's resources as upstream's `resolve_worker_resources` makes them:
-        the job's, then the step's own hints from the Lab, then the config's `worker_resources`."""
-        merged = dict(self.resources)
-        for key, value in hints.items():
-            merged["cpus-per-task" if key == "cpus" else key] = value
-        merged.update(self.worker_resources)
-        return merged
+        """A scatter-gather step's resources: the job's, its own hints, the config's overlay."""
+        return step_resources(self.resources, hints, self.worker_resources)
 
     def launch_request(self, repx: Path, resources: dict[str, Any]) -> LaunchRequest:
         job_id, *step, _ = repx.relative_to(self.layout.outputs).parts

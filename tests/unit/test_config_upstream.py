@@ -125,3 +125,14 @@ def test_daemon_targets_keep_their_execution_type_without_a_local_section(tmp_pa
     daemon = Settings(targets={"box": cli_target}).target_config()
     assert choose_execution_type(resolve_target(daemon, "box")[1], None, has_image=True) == "bwrap"
     assert daemon.scheduler_of(daemon.targets["box"]) == "local"
+
+
+def test_step_hints_sit_between_the_job_and_the_worker_overlay():
+    """Upstream's resources.rs resolve_worker_resources: the job's directives, then the step's
+    Nix hints (merge_hints), then the last matching rule's worker_resources (merge_rule)."""
+    from repxd.config import Resources
+
+    resources = Resources.model_validate({"defaults": {"mem": "1G", "time": "00:10:00"},
+                                          "rules": [{"job_id_glob": "*", "worker_resources": {"mem": "2G"}}]})
+    step = resources.worker_for("0a-x-1.0", {"cpus": 2}, None, step_hints={"mem": "512M", "cpus": 4, "time": "00:01:00"})
+    assert step == {"mem": "2G", "time": "00:01:00", "cpus-per-task": 4}
