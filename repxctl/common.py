@@ -16,7 +16,11 @@ from repxd.lab.model import Lab
 
 
 def default_lab() -> str | None:
-    """`$REPX_LAB`, else `./result` (what `nix build` leaves) when it exists."""
+    """The global `-l/--lab`, else `$REPX_LAB`, else `./result` (what `nix build` leaves) when it exists."""
+    ctx = click.get_current_context(silent=True)
+    global_lab = ctx.find_root().params.get("global_lab") if ctx else None
+    if global_lab is not None:
+        return str(global_lab)
     return os.environ.get("REPX_LAB") or ("result" if Path("result").exists() else None)
 
 
