@@ -30,7 +30,7 @@ from repxd.exec.gcroots import (
 )
 from repxd.exec.layout import OutputLayout
 
-from .common import default_lab
+from .common import default_lab, default_target
 from .table import print_table
 
 
@@ -38,7 +38,7 @@ def store_options(func):
     """Where the roots live; accepted before the subcommand (on `gc`) and after it."""
     for option in reversed([
         click.option("--base-path", type=click.Path(path_type=Path)),
-        click.option("--target"),
+        click.option("--target", default=default_target),
         click.option("--config", "config_path", type=click.Path(dir_okay=False, path_type=Path)),
     ]):
         func = option(func)

@@ -16,7 +16,8 @@ from .table import print_table
 
 
 def runs_named(lab: Lab, name: str) -> list[str]:
-    """The runs a positional NAME means, as upstream: a run, `@group`, or a unique run-name prefix."""
+    """The runs a positional NAME means, as upstream: a run, `@group`, a unique run-name prefix, or
+    a job-id prefix (the run holding those jobs)."""
     if name.startswith("@"):
         if name[1:] not in lab.groups:
             raise SelectionError(f"unknown group {name!r}; this Lab's groups: {', '.join('@' + g for g in sorted(lab.groups)) or 'none'}")
@@ -28,6 +29,9 @@ def runs_named(lab: Lab, name: str) -> list[str]:
         return matches
     if matches:
         raise SelectionError(f"run prefix {name!r} is ambiguous; it matches the runs {', '.join(matches)}")
+    job_runs = sorted({lab.jobs[j].run for j in lab.jobs if j.startswith(name)})
+    if len(job_runs) == 1:
+        return job_runs  # a job-id prefix: the run holding it, as upstream
     raise SelectionError(f"unknown run {name!r}; runs: {', '.join(sorted(lab.runs))}")
 
 

@@ -27,8 +27,9 @@ class RepxctlGroup(click.Group):
 @click.version_option(__version__, prog_name="repxctl")
 # Global as in upstream `repx -l LAB -v …`; a command's own --lab still wins (see common.default_lab).
 @click.option("-l", "--lab", "global_lab", type=click.Path(path_type=Path), help="Lab for every command (default: $REPX_LAB, else ./result).")
+@click.option("--target", "global_target", help="Target from config.toml for every command (a command's own --target wins).")
 @click.option("-v", "--verbose", count=True, help="More logging: -v debug.")
-def cli(global_lab, verbose) -> None:
+def cli(global_lab, global_target, verbose) -> None:
     """Run and inspect RepX Labs: reproducible experiments built by Nix."""
     if verbose:
         logging.basicConfig(level=logging.DEBUG, format="%(levelname)s %(name)s: %(message)s")

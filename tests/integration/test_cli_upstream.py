@@ -68,6 +68,13 @@ def test_global_lab_and_verbose_before_the_command(simple):
     assert global_lab == per_command and len(per_command) == 4
     # a command's own --lab wins over the global one
     assert cli.json("-l", "/nonexistent", "list", "jobs", *simple.opts) == per_command
+    # --target before the command, as upstream: the target's base_path is where the outputs are
+    config = simple.base.parent / "targets.toml"
+    config.write_text(f'[targets.local]\nbase_path = "/nonexistent"\n[targets.there]\nbase_path = "{simple.base}"\n')
+    statuses = {j["status"] for j in cli.json("--target", "there", "list", "jobs", "--lab", simple.lab, "--config", config)}
+    assert statuses == {"Succeeded"}
+    # a job-id prefix names the run that holds it, as upstream
+    assert {j["run"] for j in cli.json("list", "jobs", simple.job("report")[:12], *simple.opts)} == {"analysis"}
     # `list` alone lists runs, as upstream
     assert [row[0] for row in table(cli("-l", simple.lab, "list").stdout)] == ["simulation", "analysis"]
 
