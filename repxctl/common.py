@@ -32,7 +32,7 @@ def default_target() -> str | None:
 
 def lab_options(func):
     options = [
-        click.option("--lab", "lab_path", type=click.Path(path_type=Path), default=default_lab,
+        click.option("-l", "--lab", "lab_path", type=click.Path(path_type=Path), default=default_lab,
                      help="Lab directory or .tar (default: $REPX_LAB, else ./result)."),
         click.option("--base-path", type=click.Path(path_type=Path), help="Where outputs live (default: the target's base_path)."),
         click.option("--target", default=default_target, help="Target from config.toml (default: local)."),

@@ -131,7 +131,7 @@ def gc_list(base_path, target, config_path, sizes, kind, project, as_json) -> No
 
 @gc.command("status")
 @store_options
-@click.option("--lab", "lab_path", type=click.Path(path_type=Path), default=default_lab, help="The Lab (default: -l, $REPX_LAB, ./result).")
+@click.option("-l", "--lab", "lab_path", type=click.Path(path_type=Path), default=default_lab, help="The Lab (default: -l, $REPX_LAB, ./result).")
 def gc_status(base_path, target, config_path, lab_path) -> None:
     """Whether the Lab is pinned, and how many auto roots exist."""
     layout = open_layout(base_path, target, config_path)
@@ -146,7 +146,7 @@ def gc_status(base_path, target, config_path, lab_path) -> None:
 @click.argument("lab_hash", required=False)
 @click.option("--name", help="Name of the pin (default: the Lab id).")
 @store_options
-@click.option("--lab", "lab_path", type=click.Path(path_type=Path), default=default_lab, help="The Lab to pin when no LAB_HASH is given.")
+@click.option("-l", "--lab", "lab_path", type=click.Path(path_type=Path), default=default_lab, help="The Lab to pin when no LAB_HASH is given.")
 def gc_pin(lab_hash, name, base_path, target, config_path, lab_path) -> None:
     """Keep a Lab's outputs and artifacts until unpinned. LAB_HASH: a Lab id (or prefix) among the roots;
     without it, the current Lab."""

@@ -68,6 +68,8 @@ def test_global_lab_and_verbose_before_the_command(simple):
     assert global_lab == per_command and len(per_command) == 4
     # `repx -l result run …`: the global Lab reaches run too (all of it has succeeded already)
     assert "Nothing to do" in cli("-l", simple.lab, "run", "@all", *base).stdout
+    # -l after the command too (upstream's -l is global in clap's sense)
+    assert cli.json("list", "jobs", "-l", simple.lab, *base) == per_command
     # a command's own --lab wins over the global one
     assert cli.json("-l", "/nonexistent", "list", "jobs", *simple.opts) == per_command
     # --target before the command, as upstream: the target's base_path is where the outputs are
