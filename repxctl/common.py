@@ -16,16 +16,26 @@ from repxd.lab.model import Lab
 
 
 def default_lab() -> str | None:
-    """`$REPX_LAB`, else `./result` (what `nix build` leaves) when it exists."""
+    """The global `-l/--lab`, else `$REPX_LAB`, else `./result` (what `nix build` leaves) when it exists."""
+    ctx = click.get_current_context(silent=True)
+    global_lab = ctx.find_root().params.get("global_lab") if ctx else None
+    if global_lab is not None:
+        return str(global_lab)
     return os.environ.get("REPX_LAB") or ("result" if Path("result").exists() else None)
+
+
+def default_target() -> str | None:
+    """The global `--target` given before the command, as upstream's."""
+    ctx = click.get_current_context(silent=True)
+    return ctx.find_root().params.get("global_target") if ctx else None
 
 
 def lab_options(func):
     options = [
-        click.option("--lab", "lab_path", type=click.Path(path_type=Path), default=default_lab,
+        click.option("-l", "--lab", "lab_path", type=click.Path(path_type=Path), default=default_lab,
                      help="Lab directory or .tar (default: $REPX_LAB, else ./result)."),
         click.option("--base-path", type=click.Path(path_type=Path), help="Where outputs live (default: the target's base_path)."),
-        click.option("--target", help="Target from config.toml (default: local)."),
+        click.option("--target", default=default_target, help="Target from config.toml (default: local)."),
         click.option("--config", "config_path", type=click.Path(path_type=Path, dir_okay=False),
                      help="config.toml (default: $XDG_CONFIG_HOME/repx/config.toml)."),
         click.option("--no-verify", is_flag=True, help="Skip the SHA-256 check of the Lab's files."),

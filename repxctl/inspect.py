@@ -14,7 +14,7 @@ from repxd.config import Resources, load_resources
 from repxd.errors import RepxError, SelectionError
 from repxd.exec.inputs import resolve_inputs, resolve_output
 from repxd.exec.layout import FAIL, SUCCESS
-from repxd.lab.graph import JobStatus, dependents_map, matching_jobs, statuses
+from repxd.lab.graph import JobStatus, matching_jobs, statuses
 from repxd.lab.model import Lab
 
 from .common import Session, lab_options, open_session
@@ -35,103 +35,6 @@ def one_job(lab: Lab, spec: str) -> str:
 def all_statuses(session: Session) -> dict[str, JobStatus]:
     lab = session.lab
     return statuses(lab, lab.jobs, session.layout.outcomes(lab.jobs))
-
-
-@click.group("list")
-def list_() -> None:
-    """List runs, jobs, groups or a job's dependencies."""
-
-
-@list_.command("runs")
-@lab_options
-@click.option("--json", "as_json", is_flag=True)
-def list_runs(as_json, **kw) -> None:
-    """The Lab's runs with their job counts and progress."""
-    session = open_session(**kw)
-    status = all_statuses(session)
-    rows = []
-    for run in session.lab.runs.values():
-        done = sum(1 for j in run.job_ids if status[j] is JobStatus.SUCCEEDED)
-        rows.append({"run": run.name, "jobs": len(run.job_ids), "succeeded": done,
-                     "depends_on": sorted(run.dependencies), "image": run.image})
-    if as_json:
-        click.echo(json.dumps(rows, indent=2))
-    else:
-        print_table(["RUN", "JOBS", "SUCCEEDED", "DEPENDS ON", "IMAGE"],
-                    [[r["run"], r["jobs"], r["succeeded"], ",".join(r["depends_on"]) or "-", r["image"] or "-"] for r in rows])
-
-
-@list_.command("groups")
-@lab_options
-@click.option("--json", "as_json", is_flag=True)
-def list_groups(as_json, **kw) -> None:
-    """The Lab's groups (select one with @name)."""
-    lab = open_session(**kw).lab
-    if as_json:
-        click.echo(json.dumps(lab.groups, indent=2))
-    else:
-        print_table(["GROUP", "RUNS"], [[f"@{g}", ", ".join(runs)] for g, runs in lab.groups.items()])
-
-
-@list_.command("jobs")
-@lab_options
-@click.option("--run", "run_name", help="Only jobs of this run.")
-@click.option("--stage", help="Only jobs whose stage name contains this.")
-@click.option("--status", type=click.Choice([s.value for s in JobStatus], case_sensitive=False), help="Only jobs in this state.")
-@click.option("--param", "param_filters", multiple=True, metavar="KEY=VALUE", help="Only jobs with this parameter value (repeatable).")
-@click.option("--json", "as_json", is_flag=True)
-def list_jobs(run_name, stage, status, param_filters, as_json, **kw) -> None:
-    """Jobs with their run, stage, status and parameters."""
-    session = open_session(**kw)
-    lab = session.lab
-    if run_name and run_name not in lab.runs:
-        raise SelectionError(f"unknown run {run_name!r}; runs: {', '.join(sorted(lab.runs))}")
-    wanted = {}
-    for item in param_filters:
-        key, sep, value = item.partition("=")
-        if not sep:
-            raise click.BadParameter(f"{item!r} is not KEY=VALUE", param_hint="--param")
-        wanted[key] = value
-    state = all_statuses(session)
-    rows = []
-    for job_id, job in lab.jobs.items():
-        if run_name and job.run != run_name or stage and stage not in job.name:
-            continue
-        if status and state[job_id].value.lower() != status.lower():
-            continue
-        if any(key not in job.params or _param_text(job.params[key]) != value for key, value in wanted.items()):
-            continue
-        rows.append({"id": job_id, "run": job.run, "stage": job.name, "stage_type": job.stage_type,
-                     "status": state[job_id].value, "params": job.params})
-    if as_json:
-        click.echo(json.dumps(rows, indent=2))
-    else:
-        print_table(["JOB", "RUN", "STAGE", "STATUS", "PARAMS"],
-                    [[r["id"], r["run"], r["stage"], r["status"], json.dumps(r["params"], separators=(",", ":"))] for r in rows])
-
-
-def _param_text(value) -> str:
-    return value if isinstance(value, str) else json.dumps(value)
-
-
-@list_.command("deps")
-@click.argument("job")
-@lab_options
-@click.option("--json", "as_json", is_flag=True)
-def list_deps(job, as_json, **kw) -> None:
-    """A job's direct dependencies and dependents."""
-    session = open_session(**kw)
-    lab = session.lab
-    job_id = one_job(lab, job)
-    state = all_statuses(session)
-    dependents = sorted(dependents_map(lab, lab.jobs)[job_id])
-    if as_json:
-        click.echo(json.dumps({"job": job_id, "dependencies": list(lab.jobs[job_id].deps), "dependents": dependents}, indent=2))
-        return
-    rows = [["depends on", d, state[d].value] for d in lab.jobs[job_id].deps]
-    rows += [["needed by", d, state[d].value] for d in dependents]
-    click.echo(job_id)
-    print_table(["RELATION", "JOB", "STATUS"], rows)
 
 
 @click.group()
@@ -190,30 +93,29 @@ def print_resources(session: Session, job_id: str, resources: Resources, as_json
 
 @show.command("output")
 @click.argument("job")
-@click.argument("key", required=False)
+@click.argument("key", required=False, metavar="[KEY|PATH]")
 @lab_options
 @click.option("--cat", is_flag=True, help="Print the output file's content instead of its path.")
 @click.option("--json", "as_json", is_flag=True)
 def show_output(job, key, cat, as_json, **kw) -> None:
-    """Paths of a job's outputs (or the path of KEY; --cat prints its content)."""
+    """Paths of a job's outputs (or the path of output KEY; --cat prints its content). A PATH that is
+    not an output key is read relative to the job's out/ directory, as upstream: a file is printed,
+    a directory listed."""
     session = open_session(**kw)
     lab, layout = session.lab, session.layout
     job_id = one_job(lab, job)
     outputs = {k: resolve_output(lab, layout, job_id, k) for k in lab.jobs[job_id].outputs}
+    if key is not None and key not in outputs:
+        _show_out_path(session, job_id, key)
+        return
     if key is not None:
-        if key not in outputs:
-            raise SelectionError(f"job {job_id} has no output {key!r}; it has: {', '.join(outputs) or 'none'}")
         path = Path(outputs[key])
         if cat:
             if path.is_dir():
                 raise SelectionError(f"{path} is a directory; --cat prints files (list it with `ls`)")
             if not path.is_file():
                 raise SelectionError(f"{path} does not exist yet (job status: {all_statuses(session)[job_id].value})")
-            try:
-                data = path.read_bytes()  # bytes as they are: outputs need not be UTF-8
-            except OSError as exc:
-                raise RepxError(f"cannot read {path}: {exc.strerror}") from None
-            click.echo(data, nl=False)
+            _print_file(path)
         else:
             click.echo(json.dumps({key: str(path)}) if as_json else path)
         return
@@ -223,15 +125,43 @@ def show_output(job, key, cat, as_json, **kw) -> None:
         print_table(["OUTPUT", "PATH", "EXISTS"], [[k, p, "yes" if Path(p).exists() else "no"] for k, p in outputs.items()])
 
 
+def _show_out_path(session: Session, job_id: str, relative: str) -> None:
+    out = session.layout.job_root(job_id) / "out"
+    path = (out / relative).resolve()
+    if not path.is_relative_to(out.resolve()):
+        raise SelectionError(f"{relative!r} leaves the job's out/ directory; give a path inside it")
+    if not path.exists():
+        keys = ", ".join(session.lab.jobs[job_id].outputs) or "none"
+        files = (", ".join(sorted(str(p.relative_to(out)) for p in out.rglob("*"))[:20]) or "none") if out.is_dir() \
+            else f"none yet (status: {all_statuses(session)[job_id].value})"
+        raise SelectionError(f"job {job_id} has no output key or out/ file {relative!r}; it has: {keys}; files in out/: {files}")
+    if path.is_dir():
+        for entry in sorted(path.rglob("*")):
+            click.echo(f"{entry.relative_to(path)}{'/' if entry.is_dir() else ''}")
+    else:
+        _print_file(path)
+
+
+def _print_file(path: Path) -> None:
+    try:
+        data = path.read_bytes()  # bytes as they are: outputs need not be UTF-8
+    except OSError as exc:
+        raise RepxError(f"cannot read {path}: {exc.strerror}") from None
+    click.echo(data, nl=False)
+
+
 @click.command()
 @click.argument("job")
 @lab_options
 @click.option("-f", "--follow", is_flag=True, help="Keep printing until the job finishes.")
 @click.option("--stderr", "use_stderr", is_flag=True, help="Show stderr.log instead of stdout.log.")
+@click.option("-n", "--lines", type=click.IntRange(min=0), help="Only the last N lines (default: the whole log).")
 @API_OPTION
-def log(job, follow, use_stderr, api_address, **kw) -> None:
+def log(job, follow, use_stderr, lines, api_address, **kw) -> None:
     """Print a job's stdout (or --stderr) log. Without a Lab, asks the daemon for it."""
     if kw["lab_path"] is None:
+        if lines is not None:
+            raise click.UsageError("-n/--lines needs a Lab (--lab); the daemon sends the whole log")
         _log_from_daemon(job, follow, use_stderr, api_address)
         return
     session = open_session(**kw)
@@ -241,6 +171,8 @@ def log(job, follow, use_stderr, api_address, **kw) -> None:
     if not path.exists() and not follow:
         raise SelectionError(f"job {job_id} has no log yet ({path} does not exist); has it run?")
     position = 0
+    if lines is not None and path.exists():
+        position = _print_tail(path, lines)
     while True:
         if path.exists():
             try:
@@ -258,6 +190,17 @@ def log(job, follow, use_stderr, api_address, **kw) -> None:
         if not follow or (finished and (not path.exists() or path.stat().st_size == position)):
             return
         time.sleep(0.25)
+
+
+def _print_tail(path: Path, lines: int) -> int:
+    """Print the last `lines` lines of the log; return where following continues from."""
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise RepxError(f"cannot read {path}: {exc.strerror}") from None
+    kept = data.splitlines(keepends=True)[-lines:] if lines else []
+    click.echo(b"".join(kept), nl=False)
+    return len(data)
 
 
 def _log_from_daemon(job: str, follow: bool, use_stderr: bool, api_address: str | None) -> None:
@@ -279,29 +222,40 @@ def _log_from_daemon(job: str, follow: bool, use_stderr: bool, api_address: str 
         raise RepxError(f"no Lab given (pass --lab PATH or set REPX_LAB) and no daemon to ask at {api.address} ({exc})") from None
 
 
+def effective_params(lab: Lab) -> dict[str, dict[str, tuple[object, str]]]:
+    """Each job's parameters with those inherited from its dependencies, and which job each comes
+    from; a job's own parameters win over inherited ones."""
+    memo: dict[str, dict[str, tuple[object, str]]] = {}
+
+    def effective(job_id: str) -> dict[str, tuple[object, str]]:
+        if job_id not in memo:
+            merged: dict[str, tuple[object, str]] = {}
+            for dep in lab.jobs[job_id].deps:
+                merged.update(effective(dep))
+            merged.update({k: (v, job_id) for k, v in lab.jobs[job_id].params.items()})
+            memo[job_id] = merged
+        return memo[job_id]
+
+    return {job_id: effective(job_id) for job_id in lab.jobs}
+
+
 @click.command("trace-params")
-@click.argument("job")
+@click.argument("job", required=False)
 @lab_options
 @click.option("--json", "as_json", is_flag=True)
 def trace_params(job, as_json, **kw) -> None:
-    """Effective parameters of a job and which job each comes from (own parameters win)."""
+    """Effective parameters of a job (without JOB: of every job, as upstream) and which job each
+    comes from (own parameters win)."""
     lab = open_session(**kw).lab
-    job_id = one_job(lab, job)
-    memo: dict[str, dict[str, tuple[object, str]]] = {}
-
-    def effective(jid: str) -> dict[str, tuple[object, str]]:
-        if jid not in memo:
-            merged: dict[str, tuple[object, str]] = {}
-            for dep in lab.jobs[jid].deps:
-                merged.update(effective(dep))
-            merged.update({k: (v, jid) for k, v in lab.jobs[jid].params.items()})
-            memo[jid] = merged
-        return memo[jid]
-
-    provenance = effective(job_id)
+    job_ids = [one_job(lab, job)] if job is not None else sorted(lab.jobs)
+    effective = effective_params(lab)
     if as_json:
-        click.echo(json.dumps({k: {"value": v, "from": src} for k, (v, src) in sorted(provenance.items())}, indent=2))
+        traced = {j: {k: {"value": v, "from": src} for k, (v, src) in sorted(effective[j].items())} for j in job_ids}
+        click.echo(json.dumps(traced[job_ids[0]] if job is not None else traced, indent=2))
         return
-    click.echo(job_id)
-    print_table(["PARAM", "VALUE", "FROM"], [[k, json.dumps(v), "(own)" if src == job_id else src]
-                                            for k, (v, src) in sorted(provenance.items())])
+    for index, job_id in enumerate(job_ids):
+        if index:
+            click.echo()
+        click.echo(job_id)
+        print_table(["PARAM", "VALUE", "FROM"], [[k, json.dumps(v), "(own)" if src == job_id else src]
+                                                for k, (v, src) in sorted(effective[job_id].items())])

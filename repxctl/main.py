@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import logging
 import sys
+from pathlib import Path
 
 import click
 
@@ -11,7 +13,7 @@ from repxd.config import LoggingSettings, load_config
 from repxd.errors import RepxError
 from repxd.observe.session_log import start_session_log
 
-from . import daemon, gc, hardware, inspect, run, viz
+from . import daemon, gc, hardware, init, inspect, listing, run, viz
 
 
 class RepxctlGroup(click.Group):
@@ -25,9 +27,15 @@ class RepxctlGroup(click.Group):
 
 @click.group(cls=RepxctlGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="repxctl")
-def cli() -> None:
+# Global as in upstream `repx -l LAB -v …`; a command's own --lab still wins (see common.default_lab).
+@click.option("-l", "--lab", "global_lab", type=click.Path(path_type=Path), help="Lab for every command (default: $REPX_LAB, else ./result).")
+@click.option("--target", "global_target", help="Target from config.toml for every command (a command's own --target wins).")
+@click.option("-v", "--verbose", count=True, help="More logging: -v debug.")
+def cli(global_lab, global_target, verbose) -> None:
     """Run and inspect RepX Labs: reproducible experiments built by Nix."""
     start_session_log(logging_settings())
+    if verbose:
+        logging.basicConfig(level=logging.DEBUG, format="%(levelname)s %(name)s: %(message)s")
 
 
 def logging_settings() -> LoggingSettings:
@@ -40,16 +48,31 @@ def logging_settings() -> LoggingSettings:
 
 
 cli.add_command(run.run)
-cli.add_command(inspect.list_)
+cli.add_command(listing.list_)
 cli.add_command(inspect.show)
 cli.add_command(inspect.log)
 cli.add_command(inspect.trace_params)
 cli.add_command(viz.viz)
 cli.add_command(gc.gc)
 cli.add_command(hardware.hardware)
+cli.add_command(init.init)
+cli.add_command(init.completions)
 for command in (daemon.status, daemon.runs, daemon.jobs, daemon.cancel, daemon.retry, daemon.agents):
     cli.add_command(command)
 
 
 def main() -> None:
-    cli(prog_name="repxctl")
+    try:
+        # standalone_mode=False: click's usage errors come here, to be printed as one line.
+        code = cli.main(prog_name="repxctl", standalone_mode=False)
+    except click.UsageError as exc:
+        hint = f" (see `{exc.ctx.command_path} --help`)" if exc.ctx else ""
+        click.echo(f"repxctl: error: {exc.format_message()}{hint}", err=True)
+        sys.exit(2)
+    except click.ClickException as exc:
+        click.echo(f"repxctl: error: {exc.format_message()}", err=True)
+        sys.exit(exc.exit_code)
+    except click.Abort:
+        click.echo("repxctl: aborted", err=True)
+        sys.exit(1)
+    sys.exit(code if isinstance(code, int) else 0)

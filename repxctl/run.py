@@ -81,7 +81,7 @@ def run(specs, lab_path, base_path, target, config_path, no_verify, resources_pa
         click.echo(f"Running {len(plan.to_run)} of {len(plan.closure)} jobs ({done_before} already succeeded) "
                    f"on target {plan.target_name} at {plan.layout.base}, {embedded.admission.slots} at once.", err=True)
     embedded.prepare()
-    register_root(plan.layout, plan.lab)
+    register_root(plan.layout, plan.lab, lab_path)
     signalled: list[int] = []
 
     async def main():

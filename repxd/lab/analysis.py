@@ -161,6 +161,9 @@ class JobView:
         params = self._exp.effective_params[self._id]
         if key in params:
             return params[key]
+        # `param_<NAME>` is how upstream's documentation filters on parameters (filter(param_seed=2)).
+        if key.startswith("param_") and key[len("param_"):] in params:
+            return params[key[len("param_"):]]
         raise AttributeError(f"'JobView' object has no attribute, data key or parameter '{key}' "
                              f"(job {self._id} has parameters {sorted(params)})")
 
