@@ -9,6 +9,7 @@ import contextlib
 import getpass
 import logging
 import os
+import pwd
 import socket
 import threading
 import time
@@ -28,7 +29,7 @@ from ..exec.systemd_unit import UnitStopped, choose_launcher
 from ..lab.loader import load_lab
 from ..observe import notify
 from ..observe.metrics import AgentMetrics
-from ..service.settings import Settings
+from ..service.settings import AgentSettings, Settings
 
 log = logging.getLogger("repx.agent")
 RETRY_SECONDS = 0.5
@@ -83,9 +84,10 @@ class Agent:
         return reply["adopt"]
 
     async def run(self) -> None:
-        self.launcher = await choose_launcher(self.settings.agent.launcher, self.settings.agent.job_user)
-        if self.settings.agent.run_as_submitter and self.launcher.name != "systemd":
-            log.warning("agent.run_as_submitter needs systemd units; jobs run as %s", getpass.getuser())
+        self.launcher = await choose_launcher(self.settings.agent.launcher)
+        if self.settings.agent.allow_jobs_as_daemon_user:
+            log.warning("agent.allow_jobs_as_daemon_user is set: jobs that cannot run as their own user run as %s, "
+                        "with this daemon's rights (its API as admin, its state directory)", getpass.getuser())
         for attempt_id in await self.register():
             await self._adopt(attempt_id)
         notify.ready(f"agent {self.id}: {self.inventory['slots']} slots")
@@ -233,9 +235,40 @@ class Agent:
         await self._retrying("POST", f"/v1/attempts/{attempt}/report", report)
 
     def _run_as(self, item: dict) -> int | None:
-        """The submitter's uid when jobs run as their submitters: only through systemd units,
-        never as root, and not for token callers (who have no uid)."""
-        uid = item.get("submitter_uid")
-        if not self.settings.agent.run_as_submitter or self.launcher.name != "systemd":
-            return None
-        return uid if uid is not None and uid > 0 and uid != os.geteuid() else None
+        """The uid the attempt's processes run as; None for the agent's own user, which needs
+        agent.allow_jobs_as_daemon_user unless the submitter is that user (a personal daemon)."""
+        identity = job_identity(self.settings.agent, item.get("submitter_uid"),
+                                can_switch=os.geteuid() == 0 or self.launcher.name == "systemd")
+        if isinstance(identity, str):
+            raise JobRefused(identity)
+        return identity
+
+
+class JobRefused(errors.RepxError):
+    """An attempt that would run with the daemon's identity without the administrator's consent."""
+
+
+def job_identity(agent: AgentSettings, submitter_uid: int | None, *, can_switch: bool) -> int | None | str:
+    """The uid a job runs as, None for the agent's own user, or why it may not run at all.
+    Socket submissions run as their submitter. Those with no user of their own (token callers,
+    root) run as agent.job_user, or as the daemon when the administrator allowed that."""
+    me = os.geteuid()
+    own = submitter_uid if agent.run_as_submitter and submitter_uid not in (None, 0) else None
+    if own is not None and own == me:
+        return None  # a personal daemon running its own user's jobs: no rights gained
+    if own is None and agent.allow_jobs_as_daemon_user:
+        return None
+    target = own
+    if target is None and agent.job_user:
+        try:
+            target = pwd.getpwnam(agent.job_user).pw_uid
+        except KeyError:
+            return f"agent.job_user {agent.job_user!r} is not a user on {socket.gethostname()}; create it or change the setting"
+    if target not in (None, 0, me) and can_switch:
+        return target
+    if agent.allow_jobs_as_daemon_user:
+        return None
+    who = "root" if me == 0 else f"the daemon's user (uid {me})"
+    why = "this daemon cannot switch users" if target not in (None, 0, me) else "agent.job_user is not an unprivileged user"
+    return (f"refused to run the job as {who}: {why}; run repxd as root or with systemd units, "
+            "or set agent.allow_jobs_as_daemon_user = true to accept jobs with the daemon's rights")

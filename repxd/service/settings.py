@@ -86,9 +86,12 @@ class AgentSettings(_Strict):
     metrics: str | None = "127.0.0.1:9422"
     # How jobs start: transient systemd units where the system bus allows it ("auto"), or always.
     launcher: Literal["auto", "systemd", "subprocess"] = "auto"
-    job_user: str | None = None  # User= of job units; default: the agent's own user
-    # Job units run as the user who submitted the run over the socket (not root, not token callers).
-    run_as_submitter: bool = False
+    # Who a job runs as (see the README's "Security model"): the user who submitted its run over
+    # the socket; for token submissions (and root's) this unprivileged account. Never the agent's
+    # own user or root unless allow_jobs_as_daemon_user says so (warned at every start).
+    run_as_submitter: bool = True
+    job_user: str | None = "nobody"
+    allow_jobs_as_daemon_user: bool = False
 
 
 class Settings(_Strict):

@@ -1,0 +1,207 @@
+"""Jobs never run with the daemon's powers: real Unix users, a root daemon and a daemon under a
+service user, the subprocess launcher (no systemd here).
+
+Needs root: the tests create the users repxi-alice (a researcher) and repxi-svc (a service
+account), run programs as them with setpriv, and remove them afterwards. Not root: skip, or fail
+with REPX_REQUIRE_SYSTEM_TESTS=1."""
+
+from __future__ import annotations
+
+import os
+import pwd
+import shutil
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+
+import pytest
+from conftest import missing, require_program
+from service import Daemon
+from test_auth import REPXCTL, SELF, User, _prefix
+
+from repxd.lab.writer import LabWriter
+
+ALICE, SERVICE = "repxi-alice", "repxi-svc"
+REPXD = REPXCTL.with_name("repxd")
+
+# What a job finds out about its reach; each line "name value" in $out/report.
+PROBE = """#!/bin/sh
+out=$1
+{
+echo "uid $(id -u)"
+if cat /etc/shadow >/dev/null 2>&1; then echo "shadow readable"; else echo "shadow denied"; fi
+if cat "$STATE_DB" >/dev/null 2>&1; then echo "db readable"; else echo "db denied"; fi
+if ( : >> "$STATE_DB" ) 2>/dev/null; then echo "db writable"; else echo "db denied"; fi
+echo "drain $(/usr/bin/python3 -c '
+import socket, sys
+s = socket.socket(socket.AF_UNIX); s.connect(sys.argv[1])
+s.sendall(b"POST /v1/agents/agent-1/drain HTTP/1.0\\r\\nHost: repx\\r\\nContent-Length: 0\\r\\n\\r\\n")
+print(s.recv(64).split()[1].decode())' "$API_SOCKET")"
+} > "$out/report"
+"""
+
+
+def _remove(name: str) -> None:
+    subprocess.run(["userdel", name], capture_output=True)
+    subprocess.run(["groupdel", name], capture_output=True)
+
+
+@pytest.fixture(scope="module")
+def users():
+    if os.geteuid() != 0:
+        missing("the isolation tests need root (they create Unix users)")
+    for program in ("useradd", "userdel", "groupdel", "setpriv"):
+        require_program(program)
+    for name in (ALICE, SERVICE):
+        _remove(name)
+    try:
+        made = {}
+        for name in (ALICE, SERVICE):
+            done = subprocess.run(["useradd", "--system", "--no-create-home", "--user-group", "--shell", "/usr/sbin/nologin", name],
+                                  capture_output=True, text=True)
+            if done.returncode != 0:
+                missing(f"useradd {name} failed: {done.stderr.strip()}")
+            entry = pwd.getpwnam(name)
+            made[name] = User(name, entry.pw_uid, entry.pw_gid, _prefix(name))
+        yield made
+    finally:
+        for name in (ALICE, SERVICE):
+            _remove(name)
+
+
+@pytest.fixture
+def shared_dir():
+    """A directory every user can read (pytest's tmp_path is 0700)."""
+    where = Path(tempfile.mkdtemp(prefix="repx-iso-"))
+    where.chmod(0o755)
+    yield where
+    shutil.rmtree(where, ignore_errors=True)
+
+
+@pytest.fixture
+def daemons():
+    started: list[Daemon] = []
+    yield started
+    for d in started:
+        d.stop()
+
+
+def subprocess_daemon(started: list[Daemon], **kw) -> Daemon:
+    d = Daemon.create(**kw)
+    d.config.write_text(d.config.read_text().replace("[agent]\n", '[agent]\nlauncher = "subprocess"\n'))
+    started.append(d)
+    return d
+
+
+def probe_lab(where: Path, d: Daemon, name: str = "probe", script: str = PROBE, **job) -> Path:
+    writer = LabWriter()
+    text = script.replace('out=$1', f'out=$1\nSTATE_DB={d.root / "state" / "state.db"}\nAPI_SOCKET={d.socket}')
+    writer.run(name).job(name, text, outputs={"report": "$out/report"}, **job)
+    return writer.write(where / name)
+
+
+def reasons(d: Daemon) -> list[str]:
+    result = SELF.repxctl("jobs", "--json", api=d.socket)
+    assert result.code == 0, result.stderr
+    return [job["reason"] for job in result.json()]
+
+
+def run_and_wait(user: User, d: Daemon, lab: Path, selection: str = "probe") -> str:
+    """Submits, waits for the run to end, and returns its state."""
+    result = user.repxctl("run", selection, "--lab", lab, "--detach", api=d.socket)
+    assert result.code == 0, result.stderr + d.logs()
+    run_id = result.stdout.strip()
+    deadline = time.monotonic() + 60
+    while True:
+        run = SELF.repxctl("runs", run_id, "--json", api=d.socket).json()
+        if run["state"] not in ("active", "cancelling"):
+            return run["state"]
+        assert time.monotonic() < deadline, f"run {run_id} did not end: {run}\n{d.logs()}"
+        time.sleep(0.2)
+
+
+def report(d: Daemon, job: str = "probe") -> dict[str, str]:
+    (path,) = (d.base / "outputs").glob(f"*-{job}-1.0/out/report")
+    return dict(line.split(" ", 1) for line in path.read_text().splitlines())
+
+
+def stderr_of(d: Daemon, job: str) -> str:
+    (path,) = (d.base / "outputs").glob(f"*-{job}-1.0/repx/stderr.log")
+    return path.read_text()
+
+
+def test_a_root_daemon_runs_a_socket_submission_as_its_submitter(users, shared_dir, daemons):
+    alice = users[ALICE]
+    d = subprocess_daemon(daemons, jobs_as_daemon=False)
+    lab = probe_lab(shared_dir, d)
+    d.start("all")
+    assert run_and_wait(alice, d, lab) == "succeeded", d.logs()
+    assert report(d) == {"uid": str(alice.uid), "shadow": "denied", "db": "denied", "drain": "403"}
+    (out,) = (d.base / "outputs").glob("*-probe-1.0/out")
+    assert (out.stat().st_uid, out.stat().st_mode & 0o777) == (alice.uid, 0o750)
+
+
+def test_a_root_submission_runs_as_the_unprivileged_job_user(users, shared_dir, daemons):
+    d = subprocess_daemon(daemons, jobs_as_daemon=False)
+    lab = probe_lab(shared_dir, d)
+    d.start("all")
+    assert run_and_wait(SELF, d, lab) == "succeeded", d.logs()
+    assert report(d) == {"uid": str(pwd.getpwnam("nobody").pw_uid), "shadow": "denied", "db": "denied", "drain": "403"}
+
+
+def test_a_service_user_daemon_refuses_to_run_jobs_as_itself(users, shared_dir, daemons):
+    alice, service = users[ALICE], users[SERVICE]
+    d = subprocess_daemon(daemons, jobs_as_daemon=False)
+    lab = probe_lab(shared_dir, d)
+    subprocess.run(["chown", "-R", f"{service.uid}:{service.gid}", str(d.root)], check=True)
+    log = open(d.root / "all.log", "ab")  # noqa: SIM115 - lives as long as the process
+    d.processes["all"] = subprocess.Popen([*service.prefix, REPXD, "all", "--config", d.config], stdout=log,
+                                          stderr=subprocess.STDOUT, env={**d.env, "HOME": str(d.root)})
+    d.wait_for_api()
+    assert run_and_wait(alice, d, lab) == "failed", d.logs()
+    (reason,) = reasons(d)
+    assert f"refused to run the job as the daemon's user (uid {service.uid}): this daemon cannot switch users" in reason
+    assert "agent.allow_jobs_as_daemon_user = true" in reason
+    assert not list((d.base / "outputs").glob("*-probe-1.0/out/report")), "the job ran"
+
+
+def test_the_time_limit_stops_a_job(shared_dir, daemons):
+    d = subprocess_daemon(daemons)
+    lab = probe_lab(shared_dir, d, "slow", "#!/bin/sh\nout=$1\nsleep 120\n", resources={"time": "00:00:02"})
+    d.start("all")
+    started = time.monotonic()
+    assert run_and_wait(SELF, d, lab, "slow") == "failed"
+    assert time.monotonic() - started < 30
+    assert reasons(d) == ["was stopped for exceeding its time limit"]
+    assert "exceeding its time limit" in stderr_of(d, "slow")
+
+
+def _running(command: str) -> list[int]:
+    found = []
+    for entry in Path("/proc").iterdir():
+        try:
+            if entry.name.isdigit() and (entry / "cmdline").read_bytes().replace(b"\0", b" ").strip() == command.encode():
+                found.append(int(entry.name))
+        except OSError:
+            continue
+    return found
+
+
+def test_cancel_stops_children_that_left_the_session(shared_dir, daemons):
+    d = subprocess_daemon(daemons)
+    # One child in a new session under the job, one orphaned by its parent (a double fork).
+    script = "#!/bin/sh\nout=$1\nsetsid sleep 3017 &\n(setsid sleep 3018 &)\nsleep 3019\n"
+    lab = probe_lab(shared_dir, d, "escape", script)
+    d.start("all")
+    result = SELF.repxctl("run", "escape", "--lab", lab, "--detach", api=d.socket)
+    run_id = result.stdout.strip()
+    deadline = time.monotonic() + 30
+    while not (_running("sleep 3017") and _running("sleep 3018")):
+        assert time.monotonic() < deadline, d.logs()
+        time.sleep(0.1)
+    assert SELF.repxctl("cancel", run_id, api=d.socket).code == 0
+    deadline = time.monotonic() + 30
+    while _running("sleep 3017") or _running("sleep 3018") or _running("sleep 3019"):
+        assert time.monotonic() < deadline, f"left running: {_running('sleep 3017') + _running('sleep 3018')}"
+        time.sleep(0.1)
