@@ -20,6 +20,7 @@ from pathlib import Path
 from ..config import TargetConfig
 from ..errors import ConfigError, LabError, RepxError
 from ..hardware.devices import NO_DEVICES, DeviceGrant
+from ..lab.loader import extract
 from ..lab.model import Lab
 from .layout import OutputLayout
 
@@ -207,6 +208,10 @@ def _apply_layer(layer_tar: Path, dest: Path) -> None:
     with tarfile.open(layer_tar) as tf:
         members = []
         for m in tf.getmembers():
+            if not (m.isfile() or m.isdir() or m.issym() or m.islnk()):
+                continue  # device nodes and fifos: a job gets its devices from the runtime
+            if Path(m.name).is_absolute() or ".." in Path(m.name).parts or (m.islnk() and ".." in Path(m.linkname).parts):
+                raise LabError(f"{layer_tar}: member {m.name!r} escapes the image (absolute or '..'); refusing to unpack")
             name = Path(m.name)
             if name.name == ".wh..wh..opq":
                 target = dest / name.parent
@@ -222,7 +227,7 @@ def _apply_layer(layer_tar: Path, dest: Path) -> None:
                     victim.unlink()
                 continue
             members.append(m)
-        tf.extractall(dest, members=members, filter="tar")
+        extract(tf, dest, members)
 
 
 @dataclass
