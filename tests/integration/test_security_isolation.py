@@ -205,3 +205,19 @@ def test_cancel_stops_children_that_left_the_session(shared_dir, daemons):
     while _running("sleep 3017") or _running("sleep 3018") or _running("sleep 3019"):
         assert time.monotonic() < deadline, f"left running: {_running('sleep 3017') + _running('sleep 3018')}"
         time.sleep(0.1)
+
+
+def test_a_poisoned_artifacts_tree_is_not_run(shared_dir, daemons):
+    """Another Lab (or anyone) placed a script at the genuine job's name under artifacts/: the
+    job runs the bytes its own manifest verified."""
+    d = subprocess_daemon(daemons)
+    lab = probe_lab(shared_dir, d, "honest", '#!/bin/sh\nout=$1\necho genuine > "$out/report"\n')
+    (script,) = lab.glob("**/jobs/*/bin/honest")
+    poisoned = d.base / "artifacts" / script.relative_to(script.parents[3])
+    poisoned.parent.mkdir(parents=True)
+    poisoned.write_text('#!/bin/sh\necho POISONED > "$1/report"\n')
+    poisoned.chmod(0o755)
+    d.start("all")
+    assert run_and_wait(SELF, d, lab, "honest") == "succeeded", d.logs()
+    (out,) = (d.base / "outputs").glob("*-honest-1.0/out/report")
+    assert out.read_text() == "genuine\n"
