@@ -190,20 +190,23 @@ def _running(command: str) -> list[int]:
 
 def test_cancel_stops_children_that_left_the_session(shared_dir, daemons):
     d = subprocess_daemon(daemons)
+    # Durations unique to this test run, so no other process is mistaken for the job's.
+    first = 10_000 + os.getpid() % 50_000 * 3
+    child, orphan, main = (f"sleep {first + i}" for i in range(3))
     # One child in a new session under the job, one orphaned by its parent (a double fork).
-    script = "#!/bin/sh\nout=$1\nsetsid sleep 3017 &\n(setsid sleep 3018 &)\nsleep 3019\n"
+    script = f"#!/bin/sh\nout=$1\nsetsid {child} &\n(setsid {orphan} &)\n{main}\n"
     lab = probe_lab(shared_dir, d, "escape", script)
     d.start("all")
     result = SELF.repxctl("run", "escape", "--lab", lab, "--detach", api=d.socket)
     run_id = result.stdout.strip()
     deadline = time.monotonic() + 30
-    while not (_running("sleep 3017") and _running("sleep 3018")):
+    while not (_running(child) and _running(orphan) and _running(main)):
         assert time.monotonic() < deadline, d.logs()
         time.sleep(0.1)
     assert SELF.repxctl("cancel", run_id, api=d.socket).code == 0
     deadline = time.monotonic() + 30
-    while _running("sleep 3017") or _running("sleep 3018") or _running("sleep 3019"):
-        assert time.monotonic() < deadline, f"left running: {_running('sleep 3017') + _running('sleep 3018')}"
+    while left := _running(child) + _running(orphan) + _running(main):
+        assert time.monotonic() < deadline, f"left running: {left}"
         time.sleep(0.1)
 
 
