@@ -17,6 +17,7 @@ from ..engine.scheduler import wakeups
 from ..errors import RepxError
 from ..exec.layout import FAIL, SUCCESS, OutputLayout
 from ..observe.metrics import ApiMetrics, exposition
+from ..service.lab_access import require_readable_by
 from ..service.settings import Settings
 from ..service.submit import plan_submission
 from ..store import queries as q
@@ -113,6 +114,8 @@ async def submit(request: web.Request) -> web.Response:
         raise deny(403, f"{who.name} may not submit runs: {why}")
     req = await body(request, SubmitRequest)
     settings = request.app[SETTINGS]
+    if who.via == "socket":
+        await asyncio.to_thread(require_readable_by, req.lab, who.uid, who.name)
     run, jobs = await asyncio.to_thread(plan_submission, settings, req.lab, req.selection, req.target,
                                         req.options.model_dump(), who.uid, who.name)
     await db(request).run(q.create_run, db(request).db, run, jobs)

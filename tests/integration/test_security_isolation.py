@@ -224,3 +224,21 @@ def test_a_poisoned_artifacts_tree_is_not_run(shared_dir, daemons):
     assert run_and_wait(SELF, d, lab, "honest") == "succeeded", d.logs()
     (out,) = (d.base / "outputs").glob("*-honest-1.0/out/report")
     assert out.read_text() == "genuine\n"
+
+
+def test_a_lab_the_submitter_cannot_read_is_refused_like_a_missing_one(users, shared_dir, daemons):
+    alice, bob = users[ALICE], users[SERVICE]
+    d = subprocess_daemon(daemons, jobs_as_daemon=False)
+    home = shared_dir / "bob"
+    home.mkdir(mode=0o700)
+    lab = probe_lab(home, d)
+    subprocess.run(["chown", "-R", f"{bob.uid}:{bob.gid}", str(home)], check=True)
+    d.start("all")
+    hidden = alice.repxctl("run", "probe", "--lab", lab, "--detach", api=d.socket)
+    absent = alice.repxctl("run", "probe", "--lab", shared_dir / "nothing" / "lab", "--detach", api=d.socket)
+    assert hidden.code == absent.code == 2, hidden.stderr + absent.stderr
+    assert hidden.stderr.replace(str(lab), "PATH") == absent.stderr.replace(str(shared_dir / "nothing" / "lab"), "PATH")
+    assert "not found or not readable by repxi-alice" in hidden.stderr
+    assert SELF.repxctl("runs", "--json", api=d.socket).json() == []
+    # Bob himself may.
+    assert run_and_wait(bob, d, lab) == "succeeded", d.logs()
