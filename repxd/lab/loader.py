@@ -349,11 +349,10 @@ def unpack_tar_lab(tar_path: Path, unpack_dir: Path) -> Path:
     The tree is keyed by the tar's content (its SHA-256), never by its name, size or mtime: a
     different tar never reuses or changes another's tree. It is unpacked into a temporary
     directory and renamed into place, so a tree under its key is always complete."""
-    key = _sha256_file(tar_path)[:32]
-    dest = unpack_dir / f"{tar_path.name.split('.')[0]}-{key}"
     with _open_tar(tar_path) as tf:
         members = _checked_members(tf, tar_path)
         prefix = _tar_prefix(members, tar_path)
+        dest = unpack_dir / f"{tar_path.name.split('.')[0]}-{_sha256_file(tar_path)[:32]}"
         if not dest.is_dir():
             unpack_dir.mkdir(parents=True, exist_ok=True)
             tmp = unpack_dir / f".{dest.name}.{os.getpid()}.repx-tmp"

@@ -7,6 +7,7 @@ with REPX_REQUIRE_SYSTEM_TESTS=1."""
 
 from __future__ import annotations
 
+import json
 import os
 import pwd
 import shutil
@@ -242,3 +243,31 @@ def test_a_lab_the_submitter_cannot_read_is_refused_like_a_missing_one(users, sh
     assert SELF.repxctl("runs", "--json", api=d.socket).json() == []
     # Bob himself may.
     assert run_and_wait(bob, d, lab) == "succeeded", d.logs()
+
+
+def test_a_user_submitting_too_much_at_once_gets_429(shared_dir, daemons):
+    """Loading a Lab takes worker threads; a third concurrent submission of one user waits its turn."""
+    import concurrent.futures
+
+    import httpx
+
+    d = subprocess_daemon(daemons)
+    # A Lab whose manifest lists a 6 GiB sparse file: seconds to verify, then refused (400).
+    big = probe_lab(shared_dir, d)
+    (manifest_path,) = big.glob("**/lab/*lab-metadata.json")
+    with open(big / "huge", "wb") as fh:
+        fh.truncate(6 << 30)
+    manifest = json.loads(manifest_path.read_text())
+    manifest["files"].append({"path": "huge", "sha256": "0" * 64})
+    manifest_path.write_text(json.dumps(manifest))
+    d.start("all")
+
+    def submit_once() -> int:
+        transport = httpx.HTTPTransport(uds=str(d.socket))
+        with httpx.Client(transport=transport, base_url="http://repx", timeout=120) as client:
+            return client.post("/v1/runs", json={"lab": str(big), "selection": ["probe"]}).status_code
+
+    with concurrent.futures.ThreadPoolExecutor(3) as pool:
+        statuses = sorted(pool.map(lambda _: submit_once(), range(3)))
+    assert statuses == [400, 400, 429], statuses
+    assert d.socket.exists() and submit_once() == 400  # served again once the others are done
