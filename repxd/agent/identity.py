@@ -17,10 +17,15 @@ def job_uid(submitter_uid: int | None, *, run_as_submitter: bool, job_user: str 
     """The uid to start the job as, or None for the agent's own. Socket submissions run as their
     submitter; token submissions (no uid) as `job_user` (default `nobody` where the agent can
     switch users). Running as the agent's own user is allowed only for its own submissions (a
-    personal daemon) or when the administrator set `allow_daemon_user`."""
+    personal daemon) or when the administrator set `allow_daemon_user` (which also keeps jobs with
+    no user of their own, token callers' and root's, as the daemon's)."""
     daemon = os.geteuid() if daemon_uid is None else daemon_uid
-    if submitter_uid is not None and submitter_uid < 0:
-        submitter_uid = None  # token callers are recorded with uid -1: they have no Unix identity
+    if submitter_uid is not None and submitter_uid <= 0:
+        # Token callers are recorded with uid -1: they have no Unix identity. Root's runs get no
+        # root jobs either: they run as job_user like a token caller's.
+        submitter_uid = None
+    if submitter_uid is None and allow_daemon_user:
+        return None  # the administrator chose the daemon's identity for jobs with no user of their own
     if submitter_uid is not None and run_as_submitter:
         target = submitter_uid
     elif job_user is not None:

@@ -18,6 +18,7 @@ from ..engine.scheduler import wakeups
 from ..errors import RepxError
 from ..exec.layout import FAIL, SUCCESS, OutputLayout, open_job_file
 from ..observe.metrics import ApiMetrics, exposition
+from ..service.lab_access import require_readable_by
 from ..service.settings import Settings
 from ..service.submit import plan_submission
 from ..store import queries as q
@@ -38,6 +39,9 @@ DB = web.AppKey("db", AsyncDatabase)
 SETTINGS = web.AppKey("settings", Settings)
 METRICS = web.AppKey("metrics", ApiMetrics)
 PEERS = web.AppKey("peers", weakref.WeakKeyDictionary)
+SUBMITTING = web.AppKey("submitting", dict)  # submissions being loaded, per caller name
+# Loading, unpacking and verifying a Lab is heavy; one user may not occupy every worker thread.
+MAX_SUBMITS_PER_USER = 2
 
 
 def error(status: int, message: str) -> web.Response:
@@ -129,8 +133,19 @@ async def submit(request: web.Request) -> web.Response:
         raise deny(403, f"{who.name} may not submit runs: {why}")
     req = await body(request, SubmitRequest)
     settings = request.app[SETTINGS]
-    run, jobs = await asyncio.to_thread(plan_submission, settings, req.lab, req.selection, req.target,
-                                        req.options.model_dump(), who.uid, who.name)
+    busy = request.app[SUBMITTING]
+    if busy.get(who.name, 0) >= MAX_SUBMITS_PER_USER:
+        raise web.HTTPTooManyRequests(text=json.dumps({"error": f"{who.name} has {MAX_SUBMITS_PER_USER} submissions being loaded "
+                                                                 "already; wait for them and submit again"}),
+                                      content_type="application/json", headers={"Retry-After": "5"})
+    busy[who.name] = busy.get(who.name, 0) + 1
+    try:
+        if who.via == "socket":
+            await asyncio.to_thread(require_readable_by, req.lab, who.uid, who.name)
+        run, jobs = await asyncio.to_thread(plan_submission, settings, req.lab, req.selection, req.target,
+                                            req.options.model_dump(), who.uid, who.name)
+    finally:
+        busy[who.name] -= 1
     await db(request).run(q.create_run, db(request).db, run, jobs)
     wakeups(db(request)).schedule.set()
     return web.json_response(run_json(await db(request).run(reads.get_run, db(request).db, run.id)), status=201)
@@ -381,6 +396,7 @@ async def openapi(request: web.Request) -> web.Response:
 def make_app(settings: Settings, database: AsyncDatabase, version: str) -> web.Application:
     app = web.Application(middlewares=[observe])
     app[SETTINGS] = settings
+    app[SUBMITTING] = {}
     app[DB] = database
     app[CALLER] = Authenticator(settings.api)
     app[METRICS] = ApiMetrics()

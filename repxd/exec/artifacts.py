@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 import shutil
 from pathlib import Path
 
+from ..errors import LabError
 from ..lab.model import Lab
 from .layout import OutputLayout
 
@@ -45,3 +47,37 @@ def _place(src: Path, dest: Path) -> None:
     except OSError:
         shutil.copy2(src, tmp)
     os.replace(tmp, dest)
+
+
+# A Lab's manifest digests by path, per loaded manifest (the agent keeps its Labs loaded).
+_digests: dict[int, tuple[object, dict[str, str]]] = {}
+CONTENT_DIR = ".repx-content"
+
+
+def verified_executable(lab: Lab, layout: OutputLayout, rel: str) -> Path:
+    """The Lab file `rel` as it runs: a copy under `artifacts/.repx-content/` named by the
+    manifest's SHA-256 and written only after its bytes matched it. So a job runs what was
+    verified, whatever another Lab placed at the same name or the Lab's owner changed since."""
+    cached = _digests.get(id(lab.manifest))
+    if cached is None or cached[0] is not lab.manifest:
+        cached = (lab.manifest, {entry.path: entry.sha256 for entry in lab.manifest.files})
+        _digests[id(lab.manifest)] = cached
+    digest = cached[1].get(rel)
+    if digest is None:
+        raise LabError(f"{rel} is not listed in the Lab's manifest; a job may only run files the manifest lists")
+    dest = layout.artifacts / CONTENT_DIR / digest[:2] / f"{digest}-{Path(rel).name}"
+    if dest.exists():
+        return dest
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    tmp = dest.with_name(f".{dest.name}.{os.getpid()}.repx-tmp")
+    hasher = hashlib.sha256()
+    with open(lab.root / rel, "rb") as src, open(tmp, "wb") as out:
+        while chunk := src.read(1 << 20):
+            hasher.update(chunk)
+            out.write(chunk)
+    if hasher.hexdigest() != digest:
+        tmp.unlink()
+        raise LabError(f"{rel} in the Lab at {lab.root} no longer matches its manifest; it changed after it was verified")
+    tmp.chmod(0o755)
+    os.replace(tmp, dest)
+    return dest

@@ -13,6 +13,7 @@ from ..config import parse_memory, parse_time, step_resources
 from ..engine.admission import Admission
 from ..lab.graph import Outcome
 from ..lab.model import Job, Lab
+from .artifacts import verified_executable
 from .inputs import resolve_inputs
 from .launcher import LaunchRequest, SubprocessLauncher, forget_exit, launch_request
 from .layout import FAIL, SUCCESS, OutputLayout, clear_markers, write_json, write_marker
@@ -72,8 +73,8 @@ class JobResult:
 
 
 def script_path(ctx: JobContext, exe_path: str) -> Path:
-    """Scripts run from the Lab's copy under `<base>/artifacts/`, as on any target."""
-    return ctx.layout.artifacts / exe_path
+    """Scripts run from `<base>/artifacts/`, from a copy keyed by their verified content."""
+    return verified_executable(ctx.lab, ctx.layout, exe_path)
 
 
 async def run_step(ctx: JobContext, script: Path, out: Path, repx: Path, inputs_json: Path,

@@ -12,14 +12,16 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ctypes
 import fcntl
 import os
 import pwd
+import shutil
 import signal
-import subprocess
+import sys
 from collections.abc import Callable
 from contextlib import asynccontextmanager
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from .runtimes import Invocation
@@ -30,13 +32,18 @@ LOCK_FILE = "lock"
 EXIT_FILE = "exit"
 
 # Readers look at the exit file only once they hold the lock, which this shell holds until it
-# exits, so a plain builtin write is enough (no extra process per job for an atomic rename).
-_WRAPPER = 'exit_file=$1; shift; "$@"; status=$?; echo $status > "$exit_file"; exit $status'
-# Before a job runs as another user: its `out/` emptied and handed to that user (run as root).
-HAND_OVER = 'find "$1" -mindepth 1 -delete && chown "$2" "$1"'
+# exits, so a plain builtin write is enough (no extra process per job for an atomic rename). The
+# file is opened by the launcher and reached through /dev/fd (dash redirects only fds 0-9).
+_WRAPPER = 'status_fd=$1; shift; "$@"; status=$?; echo $status > /dev/fd/"$status_fd"; exit $status'
+PR_SET_CHILD_SUBREAPER = 36
+_libc = ctypes.CDLL(None, use_errno=True) if sys.platform == "linux" else None
 
 
 _made_dirs: set[Path] = set()
+
+
+# Before a job unit runs as another user: its `out/` emptied and handed to that user (as root).
+HAND_OVER = 'find "$1" -mindepth 1 -delete && chown "$2" "$1"'
 
 
 class ExitStatus(int):
@@ -145,7 +152,8 @@ def status_from_unit(code: str, status: str, result: str) -> ExitStatus | None:
 
 
 class SubprocessLauncher:
-    """Jobs as child processes in their own sessions (no systemd needed)."""
+    """Jobs as child processes in their own sessions (no systemd needed). As root, a job with a
+    `request.user` runs as that user with its groups, in an `out/` handed over to it."""
 
     name = "subprocess"
 
@@ -154,38 +162,78 @@ class SubprocessLauncher:
 
     async def run(self, invocation: Invocation, repx: Path, guard: Guard, request: LaunchRequest,
                   on_spawn: Callable[[str], None] | None = None) -> int:
-        argv = list(invocation.argv)
-        if request.user is not None and request.user != os.geteuid():
-            # The wrapper stays the agent's (it holds the guard and writes the exit record); only
-            # the job itself drops to the user, with that user's groups.
-            await asyncio.to_thread(subprocess.run, ["/bin/sh", "-c", HAND_OVER, "repx-out", str(invocation.cwd),
-                                                     str(request.user)], check=True)
-            gid = pwd.getpwuid(request.user).pw_gid
-            argv = ["setpriv", f"--reuid={request.user}", f"--regid={gid}", "--init-groups", "--", *argv]
-        return await spawn_and_wait(replace(invocation, argv=argv), repx, guard,
+        identity = None
+        if request.user is not None:
+            identity = user_identity(request.user)
+            await asyncio.to_thread(hand_over, invocation.cwd, identity)
+        return await spawn_and_wait(invocation, repx, guard,
                                     None if on_spawn is None else lambda pid: on_spawn(f"pid:{pid}"),
-                                    time_limit=request.time_seconds)
+                                    identity=identity, time_limit=request.time_seconds)
+
+
+@dataclass(frozen=True)
+class Identity:
+    uid: int
+    gid: int
+    groups: tuple[int, ...]
+
+
+def user_identity(uid: int) -> Identity:
+    """The uid with its primary group and supplementary groups, as a login would have them."""
+    try:
+        entry = pwd.getpwuid(uid)
+    except KeyError:
+        return Identity(uid, uid, ())  # no passwd entry: no groups beyond its own number
+    return Identity(uid, entry.pw_gid, tuple(os.getgrouplist(entry.pw_name, entry.pw_gid)))
+
+
+def hand_over(out: Path, identity: Identity) -> None:
+    """An empty `out/` owned by the job's user and private to it: earlier attempts may have left
+    files of that user, and outputs are the submitter's to share."""
+    for entry in out.iterdir():
+        if entry.is_dir() and not entry.is_symlink():
+            shutil.rmtree(entry)
+        else:
+            entry.unlink()
+    os.chown(out, identity.uid, identity.gid)
+    out.chmod(0o750)
+
+
+def _become_subreaper() -> None:
+    """Run in the wrapper shell before exec (kept across exec): descendants that leave the job's
+    session (setsid) and lose their parent stay under the wrapper, where a stop finds them."""
+    _libc.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)
 
 
 async def spawn_and_wait(invocation: Invocation, repx: Path, guard: Guard,
-                         on_spawn: Callable[[int], None] | None = None, time_limit: int | None = None) -> int:
+                         on_spawn: Callable[[int], None] | None = None, *,
+                         identity: Identity | None = None, time_limit: int | None = None) -> int:
     """Run `invocation` with stdout/stderr written to `repx/{stdout,stderr}.log`; the process
-    inherits the guard's lock. Returns the exit status (negative for a signal), with the cause
-    `timeout` when it ran past `time_limit` seconds and was stopped. Cancelling the awaiting
-    task stops the whole process group."""
-    with open(repx / "stdout.log", "wb") as out, open(repx / "stderr.log", "wb") as err:
-        proc = await asyncio.create_subprocess_exec(
-            "/bin/sh", "-c", _WRAPPER, "repx-job", str(exit_file(guard.path)), *invocation.argv,
-            cwd=invocation.cwd, env=invocation.env, stdin=asyncio.subprocess.DEVNULL,
-            stdout=out, stderr=err, start_new_session=True, pass_fds=(guard.fd,),
-        )
+    inherits the guard's lock and writes its status through an inherited descriptor of the exit
+    file (the job's user may not write in the guards' directory). Returns the exit status
+    (negative for a signal), with cause "timeout" when `time_limit` seconds ran out. Cancelling
+    the awaiting task stops every process the job started, in or out of its session."""
+    switch = {} if identity is None else {"user": identity.uid, "group": identity.gid, "extra_groups": list(identity.groups)}
+    status_fd = os.open(exit_file(guard.path), os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+    try:
+        if identity is not None:  # reopened through /dev/fd by the wrapper, which runs as the job's user
+            os.fchown(status_fd, identity.uid, identity.gid)
+        with open(repx / "stdout.log", "wb") as out, open(repx / "stderr.log", "wb") as err:
+            proc = await asyncio.create_subprocess_exec(
+                "/bin/sh", "-c", _WRAPPER, "repx-job", str(status_fd), *invocation.argv,
+                cwd=invocation.cwd, env=invocation.env, stdin=asyncio.subprocess.DEVNULL,
+                stdout=out, stderr=err, start_new_session=True, pass_fds=(guard.fd, status_fd),
+                preexec_fn=_become_subreaper if _libc is not None else None, **switch,
+            )
+    finally:
+        os.close(status_fd)
     if on_spawn is not None:
         on_spawn(proc.pid)
     try:
         return await asyncio.wait_for(proc.wait(), time_limit)
     except TimeoutError:
-        await _stop(proc)
-        return ExitStatus.with_cause(await proc.wait(), "timeout")
+        await asyncio.shield(_stop(proc))
+        return ExitStatus.with_cause(proc.returncode if proc.returncode is not None else -signal.SIGKILL, "timeout")
     except asyncio.CancelledError:
         await asyncio.shield(_stop(proc))
         raise
@@ -198,13 +246,41 @@ def forget_exit(guard: Path) -> None:
 
 
 async def _stop(proc: asyncio.subprocess.Process) -> None:
+    """TERM, then after a grace period KILL, to the job's process group and to every process under
+    its wrapper (those in other sessions included)."""
     for sig, wait in ((signal.SIGTERM, TERMINATE_GRACE_SECONDS), (signal.SIGKILL, None)):
-        try:
+        targets = _descendants(proc.pid)
+        with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(proc.pid, sig)
-        except ProcessLookupError:
+        for pid in targets:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.kill(pid, sig)
+        if proc.returncode is not None and not targets:
             return
         try:
             await asyncio.wait_for(proc.wait(), wait)
-            return
+            if not _descendants(proc.pid):
+                return
+            await asyncio.sleep(LOCK_POLL_SECONDS)
         except TimeoutError:
             continue
+
+
+def _descendants(root: int) -> list[int]:
+    """Processes under `root` by their parent links in /proc (where /proc is mounted)."""
+    children: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_bytes()
+        except OSError:
+            continue
+        ppid = int(stat[stat.rindex(b")") + 2:].split()[1])
+        children.setdefault(ppid, []).append(int(entry.name))
+    found, todo = [], [root]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            found.append(child)
+            todo.append(child)
+    return found

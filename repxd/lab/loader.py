@@ -360,34 +360,68 @@ def verify_files(root: Path, manifest: Manifest) -> None:
 # ---- tar Labs ------------------------------------------------------------------------------
 
 
+# Bounds on what a tar may unpack to (a gzip bomb, a tar of countless empty files).
+MAX_TAR_MEMBERS = 1_000_000
+MAX_TAR_BYTES = 64 << 30
+
+
 def unpack_tar_lab(tar_path: Path, unpack_dir: Path) -> Path:
     """Unpack a tar Lab after checking every member; returns the Lab root inside `unpack_dir`.
 
-    Unpacking is keyed by the tar's size and mtime so repeated runs reuse the tree."""
-    st = tar_path.stat()
-    dest = unpack_dir / f"{tar_path.stem}-{st.st_size:x}-{int(st.st_mtime):x}"
-    done = dest / ".repx-unpacked"
+    The tree is keyed by the tar's content (its SHA-256), never by its name, size or mtime: a
+    different tar never reuses or changes another's tree. It is unpacked into a temporary
+    directory and renamed into place, so a tree under its key is always complete."""
     with _open_tar(tar_path) as tf:
-        try:
-            members = tf.getmembers()
-        except TAR_ERRORS as exc:
-            raise LabError(f"{tar_path} is truncated or corrupted ({_one_line(exc)}); copy or rebuild the tar") from None
+        members = _checked_members(tf, tar_path)
         prefix = _tar_prefix(members, tar_path)
-        symlinks = tarsafe.symlink_names(members)
-        for m in members:
-            _check_tar_member(m, tar_path, symlinks)
-        if not done.exists():
+        dest = unpack_dir / f"{tar_path.name.split('.')[0]}-{_sha256_file(tar_path)[:32]}"
+        if not dest.is_dir():
+            unpack_dir.mkdir(parents=True, exist_ok=True)
+            tmp = unpack_dir / f".{dest.name}.{os.getpid()}.repx-tmp"
+            shutil.rmtree(tmp, ignore_errors=True)
             try:
-                dest.mkdir(parents=True, exist_ok=True)
-                tarsafe.extract(tf, dest, members)
-                done.touch()
+                tarsafe.extract(tf, tmp, members)
+                os.rename(tmp, dest)
+            except OSError as exc:
+                shutil.rmtree(tmp, ignore_errors=True)
+                if dest.is_dir():  # a concurrent unpack of the same content won the rename
+                    return dest / prefix if prefix else dest
+                raise LabError(f"{tar_path} could not be unpacked into {dest} ({_one_line(exc)}); copy or rebuild the tar, or free space there") from None
             except TAR_ERRORS as exc:
-                shutil.rmtree(dest, ignore_errors=True)
+                shutil.rmtree(tmp, ignore_errors=True)
                 raise LabError(f"{tar_path} could not be unpacked into {dest} ({_one_line(exc)}); copy or rebuild the tar, or free space there") from None
             except KeyError as exc:  # tarfile: a hard link to a file that is not in the tar
-                shutil.rmtree(dest, ignore_errors=True)
+                shutil.rmtree(tmp, ignore_errors=True)
                 raise LabError(f"{tar_path} could not be unpacked: {exc.args[0]} (a hard link names a file missing from the tar); copy or rebuild the tar") from None
     return dest / prefix if prefix else dest
+
+
+def _sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while chunk := fh.read(1 << 20):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _checked_members(tf: tarfile.TarFile, tar_path: Path) -> list[tarfile.TarInfo]:
+    """Every member, checked, within MAX_TAR_MEMBERS and MAX_TAR_BYTES (read before unpacking)."""
+    members: list[tarfile.TarInfo] = []
+    total = 0
+    try:
+        for m in tf:
+            members.append(m)
+            total += m.size if m.isfile() else 0
+            if len(members) > MAX_TAR_MEMBERS:
+                raise LabError(f"{tar_path} has more than {MAX_TAR_MEMBERS} members; a Lab tar this large is refused")
+            if total > MAX_TAR_BYTES:
+                raise LabError(f"{tar_path} unpacks to more than {MAX_TAR_BYTES >> 30} GiB; a Lab tar this large is refused")
+    except TAR_ERRORS as exc:
+        raise LabError(f"{tar_path} is truncated or corrupted ({_one_line(exc)}); copy or rebuild the tar") from None
+    symlinks = tarsafe.symlink_names(members)
+    for m in members:
+        _check_tar_member(m, tar_path, symlinks)
+    return members
 
 
 def _open_tar(tar_path: Path) -> tarfile.TarFile:

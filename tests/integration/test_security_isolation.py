@@ -1,118 +1,274 @@
-"""A job has its submitter's powers, never the daemon's (issue 11, finding 1), on the subprocess
-launcher of a root daemon: real users (test_auth's), real jobs, what the job itself observes."""
+"""Jobs never run with the daemon's powers: real Unix users, a root daemon and a daemon under a
+service user, the subprocess launcher (no systemd here).
+
+Needs root: the tests create the users repxi-alice (a researcher) and repxi-svc (a service
+account), run programs as them with setpriv, and remove them afterwards. Not root: skip, or fail
+with REPX_REQUIRE_SYSTEM_TESTS=1."""
 
 from __future__ import annotations
 
+import json
 import os
 import pwd
 import shutil
+import subprocess
 import tempfile
 import time
 from pathlib import Path
 
 import pytest
-from cli import repxctl
-from conftest import missing
+from conftest import missing, require_program
 from service import Daemon
-from test_auth import ALICE, ALLOWED, users  # noqa: F401 - the module-scoped users fixture
+from test_auth import REPXCTL, SELF, User, _prefix
 
 from repxd.lab.writer import LabWriter
 
-# What the job sees of itself and of what only root may read or reach.
+ALICE, SERVICE = "repxi-alice", "repxi-svc"
+REPXD = REPXCTL.with_name("repxd")
+
+# What a job finds out about its reach; each line "name value" in $out/report.
 PROBE = """#!/bin/sh
-id -u > "$1/uid"
-if cat /etc/shadow > /dev/null 2>&1; then echo readable > "$1/shadow"; else echo denied > "$1/shadow"; fi
+out=$1
+{
+echo "uid $(id -u)"
+if cat /etc/shadow >/dev/null 2>&1; then echo "shadow readable"; else echo "shadow denied"; fi
+if cat "$STATE_DB" >/dev/null 2>&1; then echo "db readable"; else echo "db denied"; fi
+if ( : >> "$STATE_DB" ) 2>/dev/null; then echo "db writable"; else echo "db denied"; fi
+echo "drain $(/usr/bin/python3 -c '
+import socket, sys
+s = socket.socket(socket.AF_UNIX); s.connect(sys.argv[1])
+s.sendall(b"POST /v1/agents/agent-1/drain HTTP/1.0\\r\\nHost: repx\\r\\nContent-Length: 0\\r\\n\\r\\n")
+print(s.recv(64).split()[1].decode())' "$API_SOCKET")"
+} > "$out/report"
 """
+
+
+def _remove(name: str) -> None:
+    subprocess.run(["userdel", name], capture_output=True)
+    subprocess.run(["groupdel", name], capture_output=True)
+
+
+@pytest.fixture(scope="module")
+def users():
+    if os.geteuid() != 0:
+        missing("the isolation tests need root (they create Unix users)")
+    for program in ("useradd", "userdel", "groupdel", "setpriv"):
+        require_program(program)
+    for name in (ALICE, SERVICE):
+        _remove(name)
+    try:
+        made = {}
+        for name in (ALICE, SERVICE):
+            done = subprocess.run(["useradd", "--system", "--no-create-home", "--user-group", "--shell", "/usr/sbin/nologin", name],
+                                  capture_output=True, text=True)
+            if done.returncode != 0:
+                missing(f"useradd {name} failed: {done.stderr.strip()}")
+            entry = pwd.getpwnam(name)
+            made[name] = User(name, entry.pw_uid, entry.pw_gid, _prefix(name))
+        yield made
+    finally:
+        for name in (ALICE, SERVICE):
+            _remove(name)
 
 
 @pytest.fixture
 def shared_dir():
     """A directory every user can read (pytest's tmp_path is 0700)."""
-    where = Path(tempfile.mkdtemp(prefix="repx-isolation-"))
+    where = Path(tempfile.mkdtemp(prefix="repx-iso-"))
     where.chmod(0o755)
     yield where
     shutil.rmtree(where, ignore_errors=True)
 
 
-def probe_lab(where: Path) -> Path:
-    lab = LabWriter()
-    lab.run("probe").job("probe", PROBE, outputs={"uid": "$out/uid"})
-    return lab.write(where / "lab")
+@pytest.fixture
+def daemons():
+    started: list[Daemon] = []
+    yield started
+    for d in started:
+        d.stop()
 
 
-def job_out(d: Daemon) -> Path:
-    (out,) = (d.base / "outputs").glob("*-probe-1.0/out")
-    return out
+def subprocess_daemon(started: list[Daemon], **kw) -> Daemon:
+    d = Daemon.create(**kw)
+    d.config.write_text(d.config.read_text().replace("[agent]\n", '[agent]\nlauncher = "subprocess"\n'))
+    started.append(d)
+    return d
 
 
-def wait_finished(d: Daemon, run_id: str, timeout: float = 30) -> dict:
-    deadline = time.monotonic() + timeout
-    env = dict(d.env, REPX_API=str(d.socket))
+def probe_lab(where: Path, d: Daemon, name: str = "probe", script: str = PROBE, **job) -> Path:
+    writer = LabWriter()
+    text = script.replace('out=$1', f'out=$1\nSTATE_DB={d.root / "state" / "state.db"}\nAPI_SOCKET={d.socket}')
+    writer.run(name).job(name, text, outputs={"report": "$out/report"}, **job)
+    return writer.write(where / name)
+
+
+def reasons(d: Daemon) -> list[str]:
+    result = SELF.repxctl("jobs", "--json", api=d.socket)
+    assert result.code == 0, result.stderr
+    return [job["reason"] for job in result.json()]
+
+
+def run_and_wait(user: User, d: Daemon, lab: Path, selection: str = "probe") -> str:
+    """Submits, waits for the run to end, and returns its state."""
+    result = user.repxctl("run", selection, "--lab", lab, "--detach", api=d.socket)
+    assert result.code == 0, result.stderr + d.logs()
+    run_id = result.stdout.strip()
+    deadline = time.monotonic() + 60
     while True:
-        run = repxctl("runs", run_id, "--json", env=env).json()
-        if run["state"] in ("succeeded", "failed", "cancelled"):
-            return run
-        assert time.monotonic() < deadline, d.logs()
+        run = SELF.repxctl("runs", run_id, "--json", api=d.socket).json()
+        if run["state"] not in ("active", "cancelling"):
+            return run["state"]
+        assert time.monotonic() < deadline, f"run {run_id} did not end: {run}\n{d.logs()}"
         time.sleep(0.2)
 
 
-def test_socket_submission_runs_as_the_submitter(users, shared_dir):  # noqa: F811 - users needs root
+def report(d: Daemon, job: str = "probe") -> dict[str, str]:
+    (path,) = (d.base / "outputs").glob(f"*-{job}-1.0/out/report")
+    return dict(line.split(" ", 1) for line in path.read_text().splitlines())
+
+
+def stderr_of(d: Daemon, job: str) -> str:
+    (path,) = (d.base / "outputs").glob(f"*-{job}-1.0/repx/stderr.log")
+    return path.read_text()
+
+
+def test_a_root_daemon_runs_a_socket_submission_as_its_submitter(users, shared_dir, daemons):
     alice = users[ALICE]
-    d = Daemon.create(api_extra=ALLOWED)
-    try:
-        d.start("all")
-        result = alice.repxctl("run", "probe", "--lab", probe_lab(shared_dir), "--detach", api=d.socket)
-        assert result.code == 0, result.stderr + d.logs()
-        assert wait_finished(d, result.stdout.strip())["state"] == "succeeded", d.logs()
-        out = job_out(d)
-        assert int((out / "uid").read_text()) == alice.uid != 0
-        assert (out / "shadow").read_text().strip() == "denied"
-        assert out.stat().st_uid == alice.uid
-    finally:
-        d.stop()
+    d = subprocess_daemon(daemons, jobs_as_daemon=False)
+    lab = probe_lab(shared_dir, d)
+    d.start("all")
+    assert run_and_wait(alice, d, lab) == "succeeded", d.logs()
+    assert report(d) == {"uid": str(alice.uid), "shadow": "denied", "db": "denied", "drain": "403"}
+    (out,) = (d.base / "outputs").glob("*-probe-1.0/out")
+    assert (out.stat().st_uid, out.stat().st_mode & 0o777) == (alice.uid, 0o750)
 
 
-def test_token_submission_runs_as_nobody(shared_dir, tmp_path):
-    if os.geteuid() != 0:
-        missing("a root daemon is needed to run jobs as nobody")
-    token = f"admin-{os.urandom(8).hex()}"
-    (tmp_path / "admin").write_text(token + "\n")
-    d = Daemon.create(tcp=True, api_extra=f'admin_token_file = "{tmp_path / "admin"}"\n')
-    try:
-        d.start("all")
-        url = f"http://127.0.0.1:{d.ports['api']}"
-        env = dict(d.env, REPX_API=url, REPX_TOKEN=token)
-        result = repxctl("run", "probe", "--lab", probe_lab(shared_dir), "--detach", env=env)
-        assert result.code == 0, result.stderr + d.logs()
-        assert wait_finished(d, result.stdout.strip())["state"] == "succeeded", d.logs()
-        assert int((job_out(d) / "uid").read_text()) == pwd.getpwnam("nobody").pw_uid
-        assert (job_out(d) / "shadow").read_text().strip() == "denied"
-    finally:
-        d.stop()
+def test_a_root_submission_runs_as_the_unprivileged_job_user(users, shared_dir, daemons):
+    d = subprocess_daemon(daemons, jobs_as_daemon=False)
+    lab = probe_lab(shared_dir, d)
+    d.start("all")
+    assert run_and_wait(SELF, d, lab) == "succeeded", d.logs()
+    assert report(d) == {"uid": str(pwd.getpwnam("nobody").pw_uid), "shadow": "denied", "db": "denied", "drain": "403"}
 
 
-def test_time_limit_ends_a_subprocess_job(tmp_path):
-    """`time` in the resources is enforced by the subprocess launcher too (not only by units)."""
-    lab = LabWriter()
-    lab.run("slow").job("slow", "#!/bin/sh\nsleep 60\n", outputs={}, resources={"time": "00:00:02"})
+def test_a_service_user_daemon_refuses_to_run_jobs_as_itself(users, shared_dir, daemons):
+    alice, service = users[ALICE], users[SERVICE]
+    d = subprocess_daemon(daemons, jobs_as_daemon=False)
+    lab = probe_lab(shared_dir, d)
+    subprocess.run(["chown", "-R", f"{service.uid}:{service.gid}", str(d.root)], check=True)
+    log = open(d.root / "all.log", "ab")  # noqa: SIM115 - lives as long as the process
+    d.processes["all"] = subprocess.Popen([*service.prefix, REPXD, "all", "--config", d.config], stdout=log,
+                                          stderr=subprocess.STDOUT, env={**d.env, "HOME": str(d.root)})
+    d.wait_for_api()
+    assert run_and_wait(alice, d, lab) == "failed", d.logs()
+    (reason,) = reasons(d)
+    assert f"the agent runs as uid {service.uid} without systemd units and cannot start jobs as uid {alice.uid}" in reason
+    assert "allow_jobs_as_daemon_user" in reason
+    assert "agent.allow_jobs_as_daemon_user = true" in reason
+    assert not list((d.base / "outputs").glob("*-probe-1.0/out/report")), "the job ran"
+
+
+def test_the_time_limit_stops_a_job(shared_dir, daemons):
+    d = subprocess_daemon(daemons)
+    lab = probe_lab(shared_dir, d, "slow", "#!/bin/sh\nout=$1\nsleep 120\n", resources={"time": "00:00:02"})
+    d.start("all")
     started = time.monotonic()
-    result = repxctl("run", "slow", "--lab", lab.write(tmp_path / "lab"), "--base-path", tmp_path / "base", timeout=50)
-    assert result.code == 1, result.stderr
+    assert run_and_wait(SELF, d, lab, "slow") == "failed"
     assert time.monotonic() - started < 30
-    assert "exceeding its time limit" in result.stderr + result.stdout
+    assert reasons(d) == ["was stopped for exceeding its time limit"]
+    assert "exceeding its time limit" in stderr_of(d, "slow")
 
 
-def test_service_user_daemon_refuses_to_run_others_jobs_as_itself(tmp_path):
-    """An agent that cannot switch users does not quietly run a token caller's job with its own
-    powers: the job fails with the reason and what an administrator may change."""
-    from repxd.agent.identity import JobRefused, job_uid
+def _running(command: str) -> list[int]:
+    found = []
+    for entry in Path("/proc").iterdir():
+        try:
+            if entry.name.isdigit() and (entry / "cmdline").read_bytes().replace(b"\0", b" ").strip() == command.encode():
+                found.append(int(entry.name))
+        except OSError:
+            continue
+    return found
 
-    with pytest.raises(JobRefused, match="allow_jobs_as_daemon_user"):
-        job_uid(-1, run_as_submitter=True, job_user=None, allow_daemon_user=False, can_switch=False, daemon_uid=990)
-    with pytest.raises(JobRefused, match="cannot start jobs as uid 1000"):
-        job_uid(1000, run_as_submitter=True, job_user=None, allow_daemon_user=False, can_switch=False, daemon_uid=990)
-    # The personal daemon's own user submitting: the same powers, so allowed.
-    assert job_uid(990, run_as_submitter=True, job_user=None, allow_daemon_user=False, can_switch=False, daemon_uid=990) is None
-    # The administrator's explicit choice.
-    assert job_uid(None, run_as_submitter=True, job_user=None, allow_daemon_user=True, can_switch=False, daemon_uid=990) is None
-    assert job_uid(1000, run_as_submitter=True, job_user=None, allow_daemon_user=False, can_switch=True, daemon_uid=0) == 1000
+
+def test_cancel_stops_children_that_left_the_session(shared_dir, daemons):
+    d = subprocess_daemon(daemons)
+    # Durations unique to this test run, so no other process is mistaken for the job's.
+    first = 10_000 + os.getpid() % 50_000 * 3
+    child, orphan, main = (f"sleep {first + i}" for i in range(3))
+    # One child in a new session under the job, one orphaned by its parent (a double fork).
+    script = f"#!/bin/sh\nout=$1\nsetsid {child} &\n(setsid {orphan} &)\n{main}\n"
+    lab = probe_lab(shared_dir, d, "escape", script)
+    d.start("all")
+    result = SELF.repxctl("run", "escape", "--lab", lab, "--detach", api=d.socket)
+    run_id = result.stdout.strip()
+    deadline = time.monotonic() + 30
+    while not (_running(child) and _running(orphan) and _running(main)):
+        assert time.monotonic() < deadline, d.logs()
+        time.sleep(0.1)
+    assert SELF.repxctl("cancel", run_id, api=d.socket).code == 0
+    deadline = time.monotonic() + 30
+    while left := _running(child) + _running(orphan) + _running(main):
+        assert time.monotonic() < deadline, f"left running: {left}"
+        time.sleep(0.1)
+
+
+def test_a_poisoned_artifacts_tree_is_not_run(shared_dir, daemons):
+    """Another Lab (or anyone) placed a script at the genuine job's name under artifacts/: the
+    job runs the bytes its own manifest verified."""
+    d = subprocess_daemon(daemons)
+    lab = probe_lab(shared_dir, d, "honest", '#!/bin/sh\nout=$1\necho genuine > "$out/report"\n')
+    (script,) = lab.glob("**/jobs/*/bin/honest")
+    poisoned = d.base / "artifacts" / script.relative_to(script.parents[3])
+    poisoned.parent.mkdir(parents=True)
+    poisoned.write_text('#!/bin/sh\necho POISONED > "$1/report"\n')
+    poisoned.chmod(0o755)
+    d.start("all")
+    assert run_and_wait(SELF, d, lab, "honest") == "succeeded", d.logs()
+    (out,) = (d.base / "outputs").glob("*-honest-1.0/out/report")
+    assert out.read_text() == "genuine\n"
+
+
+def test_a_lab_the_submitter_cannot_read_is_refused_like_a_missing_one(users, shared_dir, daemons):
+    alice, bob = users[ALICE], users[SERVICE]
+    d = subprocess_daemon(daemons, jobs_as_daemon=False)
+    home = shared_dir / "bob"
+    home.mkdir(mode=0o700)
+    lab = probe_lab(home, d)
+    subprocess.run(["chown", "-R", f"{bob.uid}:{bob.gid}", str(home)], check=True)
+    d.start("all")
+    hidden = alice.repxctl("run", "probe", "--lab", lab, "--detach", api=d.socket)
+    absent = alice.repxctl("run", "probe", "--lab", shared_dir / "nothing" / "lab", "--detach", api=d.socket)
+    assert hidden.code == absent.code == 2, hidden.stderr + absent.stderr
+    assert hidden.stderr.replace(str(lab), "PATH") == absent.stderr.replace(str(shared_dir / "nothing" / "lab"), "PATH")
+    assert "not found or not readable by repxi-alice" in hidden.stderr
+    assert SELF.repxctl("runs", "--json", api=d.socket).json() == []
+    # Bob himself may.
+    assert run_and_wait(bob, d, lab) == "succeeded", d.logs()
+
+
+def test_a_user_submitting_too_much_at_once_gets_429(shared_dir, daemons):
+    """Loading a Lab takes worker threads; a third concurrent submission of one user waits its turn."""
+    import concurrent.futures
+
+    import httpx
+
+    d = subprocess_daemon(daemons)
+    # A Lab whose manifest lists a 6 GiB sparse file: seconds to verify, then refused (400).
+    big = probe_lab(shared_dir, d)
+    (manifest_path,) = big.glob("**/lab/*lab-metadata.json")
+    with open(big / "huge", "wb") as fh:
+        fh.truncate(6 << 30)
+    manifest = json.loads(manifest_path.read_text())
+    manifest["files"].append({"path": "huge", "sha256": "0" * 64})
+    manifest_path.write_text(json.dumps(manifest))
+    d.start("all")
+
+    def submit_once() -> int:
+        transport = httpx.HTTPTransport(uds=str(d.socket))
+        with httpx.Client(transport=transport, base_url="http://repx", timeout=120) as client:
+            return client.post("/v1/runs", json={"lab": str(big), "selection": ["probe"]}).status_code
+
+    with concurrent.futures.ThreadPoolExecutor(3) as pool:
+        statuses = sorted(pool.map(lambda _: submit_once(), range(3)))
+    assert statuses == [400, 400, 429], statuses
+    assert d.socket.exists() and submit_once() == 400  # served again once the others are done

@@ -28,6 +28,9 @@ REPXD_TOML = """\
 [agent]
 launcher = "systemd"  # fail loudly instead of falling back to subprocesses
 run_as_submitter = true
+# The scenarios submit as root; their jobs keep running as the service user, as before (the
+# integration tier covers the default, agent.job_user = "nobody").
+allow_jobs_as_daemon_user = true
 heartbeat_interval = 1.0
 """
 RESEARCHER = "alice"  # a user who submits runs
