@@ -11,6 +11,8 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from ..errors import RepxError
+from ..exec.job import JobResult
 from ..lab.model import Lab
 from .admission import Admission, AdmissionClosed
 
@@ -138,5 +140,8 @@ class LocalEngine:
                 self.reporter.finished(job_id, result.ok, time.monotonic() - started, result.reason)
         except (AdmissionClosed, asyncio.CancelledError):
             result = None
+        except RepxError as exc:  # e.g. an input the Lab cannot resolve: this job fails, as in the agent
+            result = JobResult(job_id, False, str(exc))
+            self.reporter.finished(job_id, False, time.monotonic() - started, result.reason)
         finally:
             finished.put_nowait((job_id, result))
