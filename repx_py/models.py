@@ -2,7 +2,7 @@
 so notebooks written for upstream import and run unchanged.
 
 Upstream's TypedDicts for raw metadata (JobData, RunMetadata, …) only annotate plain dicts; here
-they are plain-dict aliases, since our metadata is validated by repxd.lab.models instead."""
+they are plain-dict aliases, since our metadata is validated by repxd.lab.schema instead."""
 
 from __future__ import annotations
 
