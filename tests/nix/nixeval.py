@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import require_program
+from conftest import missing, require_program
 
 ROOT = Path(__file__).resolve().parents[2]
 HERE = Path(__file__).resolve().parent
@@ -35,7 +35,7 @@ def nix_instantiate() -> str:
 def nixpkgs_lib() -> Path:
     value = os.environ.get("NIXPKGS_LIB")
     if not value:
-        pytest.skip(NO_LIB)
+        missing(NO_LIB)
     root = Path(value)
     for candidate in (root / "lib", root):
         if (candidate / "default.nix").is_file() and (candidate / "modules.nix").is_file():
