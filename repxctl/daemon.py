@@ -89,7 +89,13 @@ def runs(run_id, api_address, limit, as_json) -> None:
     data = api.call("GET", "/v1/runs", params={"limit": limit})
     emit(as_json, data, lambda d: print_table(
         ["RUN", "STATE", "BY", "SUBMITTED", "SELECTION", "JOBS"],
-        [[r["id"], r["state"], r["submitter_name"], _age(r["created"]), " ".join(r["selection"]), _counts(r["counts"])] for r in d]))
+        [[r["id"], r["state"], r["submitter_name"], _age(r["created"]), _selection(r), _counts(r["counts"])] for r in d]))
+
+
+def _selection(run: dict) -> str:
+    """A listing echoes the first entries of a long selection; `repxctl runs RUN` shows it whole."""
+    hidden = run.get("selection_count", len(run["selection"])) - len(run["selection"])
+    return " ".join(run["selection"]) + (f" (+{hidden} more)" if hidden > 0 else "")
 
 
 @click.command()

@@ -151,11 +151,23 @@ async def submit(request: web.Request) -> web.Response:
     return web.json_response(run_json(await db(request).run(reads.get_run, db(request).db, run.id)), status=201)
 
 
+# A listing shows this many selection entries per run (and the count): forty runs of 1 MB
+# selections once made one listing 39 MB. `GET /v1/runs/{run}` has the whole selection.
+SELECTION_ECHO = 20
+
+
 async def list_runs(request: web.Request) -> web.Response:
+    """A page of runs, newest first; the header X-Next-Cursor, when present, is the `before=` of the next page."""
     caller(request)
     limit = int_query(request, "limit", 100, 1, 1000)
-    runs = await db(request).run(reads.list_runs, db(request).db, limit)
-    return web.json_response([run_json(r) for r in runs])
+    before = request.query.get("before")
+    try:
+        runs = await db(request).run(reads.list_runs, db(request).db, limit, before)
+    except KeyError:
+        return error(400, f"query parameter before={before!r} is no run id; give the X-Next-Cursor of the previous page")
+    listed = [run_json(r) | {"selection": r.selection[:SELECTION_ECHO], "selection_count": len(r.selection)} for r in runs]
+    headers = {"X-Next-Cursor": runs[-1].id} if len(runs) == limit else {}
+    return web.json_response(listed, headers=headers)
 
 
 async def show_run(request: web.Request) -> web.Response:
@@ -206,9 +218,12 @@ async def job_log(request: web.Request) -> web.StreamResponse:
     path = repx / ("stderr.log" if request.query.get("stream") == "stderr" else "stdout.log")
     follow = request.query.get("follow") in ("1", "true")
     tail = int_query(request, "tail", 0, 0, MAX_TAIL_LINES)
+    offset = int_query(request, "offset", 0, 0, 1 << 62)  # a reader resuming where it stopped
+    if tail and offset:
+        return error(400, "give either tail= (the last lines) or offset= (from a byte on), not both")
     response = web.StreamResponse(headers={"Content-Type": "text/plain; charset=utf-8"})
     await response.prepare(request)
-    position = await asyncio.to_thread(_tail_start, path, tail) if tail else 0
+    position = await asyncio.to_thread(_tail_start, path, tail) if tail else offset
     while True:
         # Bounded reads off the event loop: a log may be gigabytes, or something other than a file.
         chunk = await asyncio.to_thread(_read_log_chunk, path, position)
@@ -368,6 +383,12 @@ async def forget_agent(request: web.Request) -> web.Response:
 
 
 async def health(request: web.Request) -> web.Response:
+    """Liveness for probes that hold no secret (load balancers, `systemctl`-side checks): a TCP
+    caller without a valid token learns only that the API answers, not its version."""
+    try:
+        caller(request)
+    except web.HTTPUnauthorized:
+        return web.json_response({"status": "ok"})
     return web.json_response({"status": "ok", "version": request.app["version"]})
 
 
@@ -386,10 +407,13 @@ async def status(request: web.Request) -> web.Response:
 
 
 async def metrics(request: web.Request) -> web.Response:
+    # Open on TCP, for the Prometheus scrape the NixOS module configures without a secret: the
+    # series are request counts and latencies per route template, with no run, job or user in them.
     return exposition(request.app[METRICS].registry)
 
 
 async def openapi(request: web.Request) -> web.Response:
+    caller(request)
     return web.json_response(openapi_document(request.app["version"]))
 
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -19,7 +19,8 @@ class SubmitOptions(_Body):
 
 class SubmitRequest(_Body):
     lab: str = Field(min_length=1)
-    selection: list[str] = Field(min_length=1)
+    # Run names, job-id prefixes and group names: short words, a bounded number of them.
+    selection: list[Annotated[str, Field(min_length=1, max_length=512)]] = Field(min_length=1, max_length=10_000)
     target: str | None = None
     options: SubmitOptions = SubmitOptions()
 

@@ -19,10 +19,18 @@ def get_run(db: Database, run_id: str) -> RunRecord | None:
     return run
 
 
-def list_runs(db: Database, limit: int = 100) -> list[RunRecord]:
-    runs = [RunRecord.from_row(r) for r in db.read("SELECT * FROM runs ORDER BY created DESC LIMIT ?", (limit,))]
-    counts = db.read("SELECT run_id, state, count(*) n FROM jobs WHERE run_id IN (SELECT id FROM runs ORDER BY created DESC LIMIT ?)"
-                     " GROUP BY run_id, state", (limit,))
+def list_runs(db: Database, limit: int = 100, before: str | None = None) -> list[RunRecord]:
+    """The newest runs, or, with `before` (a run id, the cursor of the previous page), the ones
+    submitted before it. Raises KeyError for an unknown cursor."""
+    where, params = "", (limit,)
+    if before is not None:
+        if not db.read("SELECT 1 FROM runs WHERE id=?", (before,)):
+            raise KeyError(before)
+        where, params = "WHERE (created, id) < (SELECT created, id FROM runs WHERE id=?)", (before, limit)
+    page = f"SELECT * FROM runs {where} ORDER BY created DESC, id DESC LIMIT ?"
+    runs = [RunRecord.from_row(r) for r in db.read(page, params)]
+    counts = db.read(f"SELECT run_id, state, count(*) n FROM jobs WHERE run_id IN (SELECT id FROM ({page}))"
+                     " GROUP BY run_id, state", params)
     by_run = {r.id: r for r in runs}
     for row in counts:
         by_run[row["run_id"]].counts[row["state"]] = row["n"]

@@ -102,7 +102,7 @@ def test_tcp_needs_a_token(daemon):
     assert denied.status_code == 401 and "bearer token" in denied.json()["error"]
     assert httpx.get(f"{url}/v1/runs", headers={"Authorization": "Bearer wrong"}).status_code == 401
     assert httpx.get(f"{url}/v1/health").status_code == 200
-    assert httpx.get(f"{url}/openapi.json").json()["openapi"].startswith("3.")
+    assert httpx.get(f"{url}/openapi.json").status_code == 401
 
 
 def test_api_errors_are_one_line(daemon, tmp_path):

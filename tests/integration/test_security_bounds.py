@@ -6,7 +6,9 @@ from __future__ import annotations
 
 import json
 import os
+import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import httpx
@@ -139,5 +141,128 @@ def test_log_of_unknown_job_is_one_line(tmp_path):
         result = repxctl("log", "0000nosuchjob", env=env)
         assert result.code != 0
         assert len(result.stderr.strip().splitlines()) == 1 and "0000nosuchjob" in result.stderr
+    finally:
+        daemon.stop()
+
+
+def test_flood_of_work_items_keeps_the_daemon_small(tmp_path):
+    """50,000 work items once took the daemon from 58 MB to 1.95 GB; now the job fails at the bound."""
+    daemon = Daemon.create()
+    try:
+        daemon.start("all")
+        pid = daemon.processes["all"].pid
+        before = rss_kib(pid)
+        env = dict(daemon.env, REPX_API=str(daemon.socket))
+        result = repxctl("run", "hostile", "--lab", scatter_lab(tmp_path / "lab", FLOOD_SCATTER), "--json", env=env, timeout=90)
+        assert result.code == 1, result.stderr + daemon.logs()
+        after = rss_kib(pid)
+        with unix_api(daemon) as api:
+            (job,) = api.get("/v1/jobs").json()
+        assert job["state"] == "failed" and "more than the 10000" in job["reason"], job
+        print(f"daemon RSS before {before // 1024} MiB, after 50,000 work items {after // 1024} MiB")
+        assert after - before < 100 * 1024
+    finally:
+        daemon.stop()
+
+
+def unix_api(daemon: Daemon, timeout: float = 30) -> httpx.Client:
+    return httpx.Client(transport=httpx.HTTPTransport(uds=str(daemon.socket)), base_url="http://repx", timeout=timeout)
+
+
+def test_log_offset_resumes_at_a_byte(daemon_with_a_big_log):
+    daemon, job = daemon_with_a_big_log
+    with unix_api(daemon) as api:
+        reply = api.get(f"/v1/jobs/{job}/log", params={"offset": (1 << 30) + len("line-1\n")})
+        assert reply.status_code == 200 and reply.text == "line-2\nline-3\n"
+        for bad in ({"offset": "abc"}, {"offset": -1}, {"offset": 7, "tail": 1}):
+            assert api.get(f"/v1/jobs/{job}/log", params=bad).status_code == 400, bad
+
+
+def test_concurrent_readers_of_a_big_log_keep_the_daemon_small_and_answering(daemon_with_a_big_log):
+    """Three readers of a 1 GiB log once took the daemon to 7.4 GB and health to 13 s."""
+    daemon, job = daemon_with_a_big_log
+    pid = daemon.processes["all"].pid
+    before, peak, health_times = rss_kib(pid), 0, []
+    stop = threading.Event()
+
+    def read_log() -> int:
+        received = 0
+        with unix_api(daemon, timeout=120) as api, api.stream("GET", f"/v1/jobs/{job}/log") as response:
+            for chunk in response.iter_bytes(1 << 20):
+                received += len(chunk)
+                if stop.is_set():
+                    break
+        return received
+
+    with ThreadPoolExecutor(3) as pool:
+        readers = [pool.submit(read_log) for _ in range(3)]
+        with unix_api(daemon) as api:
+            deadline = time.monotonic() + 8
+            while time.monotonic() < deadline and not all(r.done() for r in readers):
+                started = time.monotonic()
+                assert api.get("/v1/health").status_code == 200
+                health_times.append(time.monotonic() - started)
+                peak = max(peak, rss_kib(pid))
+                time.sleep(0.2)
+        stop.set()
+        received = [r.result() for r in readers]
+    print(f"RSS before {before // 1024} MiB, peak {peak // 1024} MiB; health worst {max(health_times) * 1000:.0f} ms "
+          f"over {len(health_times)} probes; readers got {[r >> 20 for r in received]} MiB")
+    assert all(r > 50 << 20 for r in received)
+    assert peak - before < 150 * 1024, f"RSS grew by {(peak - before) // 1024} MiB"
+    assert max(health_times) < 1.0
+
+
+def submit_direct(api: httpx.Client, lab: Path, selection: list[str]) -> str:
+    reply = api.post("/v1/runs", json={"lab": str(lab), "selection": selection})
+    assert reply.status_code == 201, reply.text
+    return reply.json()["id"]
+
+
+def test_run_listing_pages_and_shortens_selections(tmp_path):
+    daemon = Daemon.create()
+    try:
+        daemon.start("all")
+        lab = LabWriter()
+        lab.run("r").job("quick", "#!/bin/sh\necho hi\n", outputs={})
+        lab_dir = lab.write(tmp_path / "lab")
+        with unix_api(daemon) as api:
+            long_run = submit_direct(api, lab_dir, ["r"] * 3000)
+            others = [submit_direct(api, lab_dir, ["r"]) for _ in range(4)]
+            pages, cursor = [], None
+            while True:
+                reply = api.get("/v1/runs", params={"limit": 2} | ({"before": cursor} if cursor else {}))
+                assert reply.status_code == 200, reply.text
+                pages.append([r["id"] for r in reply.json()])
+                if "X-Next-Cursor" not in reply.headers:
+                    break
+                cursor = reply.headers["X-Next-Cursor"]
+            assert [len(p) for p in pages] == [2, 2, 1]
+            assert sum(pages, []) == [*reversed(others), long_run]
+            (listed,) = [r for r in api.get("/v1/runs").json() if r["id"] == long_run]
+            assert len(listed["selection"]) == 20 and listed["selection_count"] == 3000
+            assert len(api.get(f"/v1/runs/{long_run}").json()["selection"]) == 3000
+            assert api.get("/v1/runs", params={"before": "nosuchrun"}).status_code == 400
+            assert api.post("/v1/runs", json={"lab": str(lab_dir), "selection": ["r"] * 10_001}).status_code == 400
+            assert api.post("/v1/runs", json={"lab": str(lab_dir), "selection": ["r" * 513]}).status_code == 400
+    finally:
+        daemon.stop()
+
+
+def test_tcp_openapi_needs_the_token_and_health_says_only_ok(tmp_path):
+    token = tmp_path / "admin-token"
+    token.write_text("s3cret-admin\n")
+    daemon = Daemon.create(tcp=True, api_extra=f'admin_token_file = "{token}"\n')
+    try:
+        daemon.start("all")
+        url = f"http://127.0.0.1:{daemon.ports['api']}"
+        admin = {"Authorization": "Bearer s3cret-admin"}
+        assert httpx.get(f"{url}/openapi.json").status_code == 401
+        assert httpx.get(f"{url}/openapi.json", headers=admin).json()["openapi"].startswith("3.")
+        assert httpx.get(f"{url}/v1/health").json() == {"status": "ok"}
+        assert "version" in httpx.get(f"{url}/v1/health", headers=admin).json()
+        # /metrics stays open for Prometheus: request counts per route template, nothing else.
+        metrics = httpx.get(f"{url}/metrics")
+        assert metrics.status_code == 200 and "repx_api_requests" in metrics.text
     finally:
         daemon.stop()
