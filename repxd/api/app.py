@@ -63,6 +63,14 @@ def int_query(request: web.Request, name: str, default: int, low: int, high: int
     return value
 
 
+def attempt_id(request: web.Request) -> int:
+    """The attempt number in the path; anything but one SQLite can hold names no attempt (404)."""
+    raw = request.match_info["attempt"]
+    if raw.isascii() and raw.isdigit() and int(raw) < 1 << 63:
+        return int(raw)
+    raise web.HTTPNotFound(text=json.dumps({"error": f"no attempt {raw!r}: attempts are numbered"}), content_type="application/json")
+
+
 @web.middleware
 async def observe(request: web.Request, handler):
     route = request.match_info.route.resource.canonical if request.match_info.route.resource else "unmatched"
@@ -338,7 +346,7 @@ async def claim(request: web.Request) -> web.Response:
 async def attempt_details(request: web.Request) -> web.Response:
     require_agent(caller(request))
     rows = await db(request).run(db(request).db.read, "SELECT a.*, r.lab_path, r.options, r.target, r.submitter_uid FROM attempts a JOIN runs r ON r.id=a.run_id WHERE a.id=?",
-                                 (int(request.match_info["attempt"]),))
+                                 (attempt_id(request),))
     if not rows:
         return error(404, "no such attempt")
     row = rows[0]
@@ -353,7 +361,7 @@ async def report(request: web.Request) -> web.Response:
     req = await body(request, ReportRequest)
     s = request.app[SETTINGS].scheduler
     policy = q.RetryPolicy(s.max_lost, s.job_retries, s.backoff)
-    recorded = await db(request).run(q.complete_attempt, db(request).db, int(request.match_info["attempt"]),
+    recorded = await db(request).run(q.complete_attempt, db(request).db, attempt_id(request),
                                      req.outcome, req.exit_status, req.reason, policy)
     wakeups(db(request)).schedule.set()  # room freed, dependents may be placeable
     return web.json_response({"recorded": recorded})

@@ -10,9 +10,12 @@ import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from urllib.parse import quote
 
 import httpx
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from cli import repxctl
 from service import Daemon
 
@@ -264,5 +267,73 @@ def test_tcp_openapi_needs_the_token_and_health_says_only_ok(tmp_path):
         # /metrics stays open for Prometheus: request counts per route template, nothing else.
         metrics = httpx.get(f"{url}/metrics")
         assert metrics.status_code == 200 and "repx_api_requests" in metrics.text
+    finally:
+        daemon.stop()
+
+
+JSON = st.recursive(st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False, allow_infinity=False) | st.text(max_size=20),
+                    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=10), inner, max_size=4),
+                    max_leaves=12)
+WORDS = st.text(st.characters(codec="utf-8", exclude_characters="/"), min_size=1, max_size=30)
+QUERY_NAMES = ["limit", "before", "tail", "offset", "follow", "stream", "run", "job", "state", "agent"]
+
+
+def segment(word: str) -> str:
+    return quote(word, safe="")
+
+
+def fuzz_body(path: str, lab_dir: Path):
+    """Bodies for a POST: any JSON, or the route's own shape with hostile values. Labs stay below
+    `lab_dir` and long polls short, so that every example answers within the fuzz's budget."""
+    shaped = {
+        "/v1/runs": st.fixed_dictionaries({"lab": WORDS.map(lambda w: str(lab_dir / w)) | st.just(str(lab_dir)),
+                                           "selection": st.lists(WORDS | st.just("r"), max_size=5)},
+                                          optional={"target": WORDS, "options": JSON}),
+        "/v1/agents/{agent}/claim": st.fixed_dictionaries({"max": st.integers(-5, 2000), "wait": st.floats(0, 0.3)}),
+        "/v1/agents": st.fixed_dictionaries({"id": WORDS, "host": WORDS}, optional={"inventory": JSON, "labels": JSON}),
+        "/v1/agents/{agent}/heartbeat": st.fixed_dictionaries({}, optional={"running": JSON, "handles": JSON}),
+        "/v1/attempts/{attempt}/report": st.fixed_dictionaries({"outcome": WORDS | st.just("failed")},
+                                                               optional={"exit_status": JSON, "reason": JSON}),
+    }.get(path)
+    if path == "/v1/agents/{agent}/claim":
+        return shaped  # arbitrary JSON could ask for a 60 s long poll
+    return JSON | shaped if shaped is not None else JSON
+
+
+def test_fuzzing_the_api_gives_no_5xx(tmp_path):
+    daemon = Daemon.create()
+    try:
+        daemon.start("all")
+        lab = LabWriter()
+        lab.run("r").job("quick", "#!/bin/sh\necho hi\n", outputs={})
+        lab_dir = lab.write(tmp_path / "lab")
+        with unix_api(daemon, timeout=10) as api:
+            run_id = submit_direct(api, lab_dir, ["r"])
+            routes = [(method.upper(), path) for path, ops in api.get("/openapi.json").json()["paths"].items() for method in ops]
+            known = {"run": [run_id, run_id[:4]], "job": ["0", "_", "%"], "agent": ["agent-1"], "attempt": ["1"],
+                     "action": ["drain", "undrain"]}
+            seen: dict[int, int] = {}
+            budget = time.monotonic() + 45
+
+            @settings(max_examples=1000, deadline=None, database=None, suppress_health_check=list(HealthCheck))
+            @given(data=st.data())
+            def one_request(data):
+                if time.monotonic() > budget:
+                    return
+                method, template = data.draw(st.sampled_from(routes))
+                path = template
+                for name in (p.strip("{}") for p in template.split("/") if p.startswith("{")):
+                    path = path.replace("{" + name + "}", data.draw(st.sampled_from(known.get(name, [])) | WORDS.map(segment), label=name))
+                query = data.draw(st.dictionaries(st.sampled_from(QUERY_NAMES) | WORDS, WORDS | st.integers().map(str), max_size=3))
+                query.pop("follow", None)  # a followed log of a live job streams until the job ends
+                kwargs = {"json": data.draw(fuzz_body(template, tmp_path / "labs"))} if method == "POST" else {}
+                reply = api.request(method, path, params=query, **kwargs)
+                seen[reply.status_code] = seen.get(reply.status_code, 0) + 1
+                assert reply.status_code < 500, f"{method} {path} {query} {kwargs} -> {reply.status_code} {reply.text[:300]}"
+
+            one_request()
+            print(f"status codes seen: {dict(sorted(seen.items()))}")
+            assert api.get("/v1/health").status_code == 200
+        assert daemon.processes["all"].poll() is None, daemon.logs()
     finally:
         daemon.stop()
