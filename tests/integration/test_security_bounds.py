@@ -14,9 +14,9 @@ from urllib.parse import quote
 
 import httpx
 import pytest
+from cli import repxctl
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from cli import repxctl
 from service import Daemon
 
 from repxd.errors import LabError
