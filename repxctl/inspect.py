@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import time
 from pathlib import Path
+from urllib.parse import quote
 
 import click
 import httpx
@@ -160,9 +161,7 @@ def _print_file(path: Path) -> None:
 def log(job, follow, use_stderr, lines, api_address, **kw) -> None:
     """Print a job's stdout (or --stderr) log. Without a Lab, asks the daemon for it."""
     if kw["lab_path"] is None:
-        if lines is not None:
-            raise click.UsageError("-n/--lines needs a Lab (--lab); the daemon sends the whole log")
-        _log_from_daemon(job, follow, use_stderr, api_address)
+        _log_from_daemon(job, follow, use_stderr, lines, api_address)
         return
     session = open_session(**kw)
     job_id = one_job(session.lab, job)
@@ -203,11 +202,14 @@ def _print_tail(path: Path, lines: int) -> int:
     return len(data)
 
 
-def _log_from_daemon(job: str, follow: bool, use_stderr: bool, api_address: str | None) -> None:
+def _log_from_daemon(job: str, follow: bool, use_stderr: bool, lines: int | None, api_address: str | None) -> None:
     api = connect(api_address)
     params = {"stream": "stderr" if use_stderr else "stdout", "follow": "1" if follow else "0"}
+    if lines:
+        params["tail"] = str(lines)
     try:
-        with api.stream(f"/v1/jobs/{job}/log", params) as response:
+        # Quoted, dots too: a job argument with `/`, `?` or `..` is a (missing) job name, not another route.
+        with api.stream(f"/v1/jobs/{quote(job, safe='').replace('.', '%2E')}/log", params) as response:
             if response.status_code >= 400:
                 response.read()
                 try:

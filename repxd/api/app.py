@@ -218,7 +218,8 @@ async def list_attempts(request: web.Request) -> web.Response:
 async def job_log(request: web.Request) -> web.StreamResponse:
     caller(request)
     job = request.match_info["job"]
-    rows = await db(request).run(db(request).db.read, "SELECT DISTINCT job_id, base_path FROM jobs WHERE job_id LIKE ? LIMIT 2", (job + "%",))
+    rows = await db(request).run(db(request).db.read, "SELECT DISTINCT job_id, base_path FROM jobs WHERE job_id LIKE ? ESCAPE '\\' LIMIT 2",
+                                 (reads.prefix_like(job),))
     if len(rows) != 1:
         return error(404 if not rows else 400, f"no job matches {job!r}" if not rows else f"job prefix {job!r} is ambiguous")
     layout = OutputLayout(Path(rows[0]["base_path"]))

@@ -7,8 +7,14 @@ from .queries import JOB_STATES
 from .records import AgentRecord, AttemptRecord, JobRecord, RunRecord
 
 
+def prefix_like(prefix: str) -> str:
+    """A LIKE pattern (with ESCAPE '\\') matching what starts with `prefix` taken literally: an id
+    prefix of `%` or `_` is no wildcard."""
+    return prefix.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
+
+
 def get_run(db: Database, run_id: str) -> RunRecord | None:
-    rows = db.read("SELECT * FROM runs WHERE id=? OR id LIKE ? ORDER BY id LIMIT 2", (run_id, run_id + "%"))
+    rows = db.read("SELECT * FROM runs WHERE id=? OR id LIKE ? ESCAPE '\\' ORDER BY id LIMIT 2", (run_id, prefix_like(run_id)))
     if len(rows) != 1:
         return None
     run = RunRecord.from_row(rows[0])
@@ -56,8 +62,8 @@ def list_attempts(db: Database, run_id: str | None = None, job_id: str | None = 
         sql += " AND run_id=?"
         params.append(run_id)
     if job_id:
-        sql += " AND job_id LIKE ?"
-        params.append(job_id + "%")
+        sql += " AND job_id LIKE ? ESCAPE '\\'"
+        params.append(prefix_like(job_id))
     return [AttemptRecord.from_row(r) for r in db.read(sql + " ORDER BY id", tuple(params))]
 
 

@@ -106,6 +106,16 @@ def test_log_tail_reads_only_the_end(daemon_with_a_big_log):
         assert api.get(f"/v1/jobs/{job}/log", params={"tail": "abc"}).status_code == 400
 
 
+def test_repxctl_log_of_the_daemon_tails_and_takes_prefixes_literally(daemon_with_a_big_log):
+    daemon, job = daemon_with_a_big_log
+    env = dict(daemon.env, REPX_API=str(daemon.socket))
+    tail = repxctl("log", "-n", "2", job, env=env, timeout=30)  # a full id, dots and all
+    assert tail.code == 0 and tail.stdout == "line-2\nline-3\n", tail.stderr
+    for wildcard in ("%", "_"):  # LIKE wildcards once matched, and printed, somebody's job
+        refused = repxctl("log", wildcard, env=env)
+        assert refused.code == 2 and f"no job matches {wildcard!r}" in refused.stderr
+
+
 def test_whole_big_log_streams_without_growing_the_daemon(daemon_with_a_big_log):
     daemon, job = daemon_with_a_big_log
     pid = daemon.processes["all"].pid
@@ -141,9 +151,10 @@ def test_log_of_unknown_job_is_one_line(tmp_path):
     try:
         daemon.start("all")
         env = dict(daemon.env, REPX_API=str(daemon.socket))
-        result = repxctl("log", "0000nosuchjob", env=env)
-        assert result.code != 0
-        assert len(result.stderr.strip().splitlines()) == 1 and "0000nosuchjob" in result.stderr
+        for job in ("0000nosuchjob", "a/b", "a?b", ".."):
+            result = repxctl("log", job, env=env)
+            assert result.code == 2, result.stderr  # the README's code for a job that is not there
+            assert len(result.stderr.strip().splitlines()) == 1 and f"no job matches {job!r}" in result.stderr
     finally:
         daemon.stop()
 
