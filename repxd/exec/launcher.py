@@ -24,12 +24,14 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from .layout import UnreadableJobFile, read_job_file
 from .runtimes import Invocation
 
 TERMINATE_GRACE_SECONDS = 10.0
 LOCK_POLL_SECONDS = 0.1
 LOCK_FILE = "lock"
 EXIT_FILE = "exit"
+EXIT_RECORD_BYTES = 256  # "EXIT_CODE EXIT_STATUS SERVICE_RESULT" fits many times over
 
 # Readers look at the exit file only once they hold the lock, which this shell holds until it
 # exits, so a plain builtin write is enough (no extra process per job for an atomic rename). The
@@ -126,8 +128,9 @@ def adoptable_status(guard: Path) -> ExitStatus | None:
     """The exit status a finished, not yet recorded process left behind, if any: a number from
     the shell wrapper, or `EXIT_CODE EXIT_STATUS SERVICE_RESULT` from a unit's ExecStopPost."""
     try:
-        words = exit_file(guard).read_text().split()
-    except FileNotFoundError:
+        # A job running as the daemon's user could leave a FIFO here: read without blocking.
+        words = read_job_file(exit_file(guard), EXIT_RECORD_BYTES).decode(errors="replace").split()
+    except (FileNotFoundError, UnreadableJobFile):
         return None
     try:
         if len(words) == 1:

@@ -20,6 +20,7 @@ from hypothesis import strategies as st
 from service import Daemon
 
 from repxd.errors import LabError
+from repxd.exec.launcher import adoptable_status, exit_file
 from repxd.lab.loader import load_lab
 from repxd.lab.writer import WORK_ITEM, LabWriter, Step
 
@@ -348,3 +349,23 @@ def test_fuzzing_the_api_gives_no_5xx(tmp_path):
         assert daemon.processes["all"].poll() is None, daemon.logs()
     finally:
         daemon.stop()
+
+
+def test_fifo_exit_record_is_no_status_and_does_not_block(tmp_path):
+    """A job running as the daemon's user can replace its exit record; adopting it at the next
+    start must not hang the event loop on a FIFO."""
+    guard = tmp_path / "proc"
+    os.mkfifo(exit_file(guard))
+    result: list = []
+    reader = threading.Thread(target=lambda: result.append(adoptable_status(guard)), daemon=True)
+    reader.start()
+    reader.join(timeout=3)
+    if reader.is_alive():  # the old read blocks until a writer comes: be that writer, then fail
+        with open(exit_file(guard), "w") as fh:
+            fh.write("0")
+        reader.join()
+        pytest.fail("reading a FIFO exit record blocked")
+    assert result == [None]
+    exit_file(guard).unlink()
+    exit_file(guard).write_text("3\n")
+    assert adoptable_status(guard) == 3
