@@ -34,8 +34,9 @@ class Daemon:
 
     @classmethod
     def create(cls, extra: str = "", lease: float = 15.0, heartbeat: float = 2.0, agent_id: str = "agent-1",
-               tcp: bool = False, api_extra: str = "", jobs_as_daemon: bool = True) -> Daemon:
-        """`extra` is TOML appended after the generated tables; `api_extra` are lines of [api].
+               tcp: bool = False, api_extra: str = "", jobs_as_daemon: bool = True, agent_extra: str = "") -> Daemon:
+        """`extra` is TOML appended after the generated tables; `api_extra` and `agent_extra` are
+        lines of [api] and [agent].
         `jobs_as_daemon`: the administrator's explicit consent to run jobs as the daemon's user,
         as these single-user test daemons (root submitting to root) need."""
         # Not under pytest's tmp_path: that is 0700, and the auth tests connect as other users.
@@ -51,7 +52,7 @@ class Daemon:
             f'[api]\nsocket = "{sock}"\n{tcp_line}{api_extra}'
             f'[scheduler]\nmetrics = "127.0.0.1:{ports["scheduler"]}"\nlease_seconds = {lease}\npoll_interval = 0.05\nbackoff = 0.2\n'
             f'[agent]\nid = "{agent_id}"\nmetrics = "127.0.0.1:{ports["agent"]}"\nheartbeat_interval = {heartbeat}\n'
-            + ("allow_jobs_as_daemon_user = true\n" if jobs_as_daemon else "") +
+            + ("allow_jobs_as_daemon_user = true\n" if jobs_as_daemon else "") + agent_extra +
             f'[targets.local]\nbase_path = "{base}"\n' + extra)
         return cls(root, config, sock, base, ports)
 

@@ -206,7 +206,8 @@ class Agent:
 
             ctx = JobContext(lab, layout, runtime, self.admission, resources, worker, on_spawn=spawned,
                              launcher=self.launcher, attempt=attempt, run_id=item["run"],
-                             device_allow=hardware.device_allow(grant), run_as=self._run_as(item))
+                             device_allow=hardware.device_allow(grant), run_as=self._run_as(item),
+                             max_work_items=self.settings.agent.max_work_items)
             log.info("running %s", job_id, extra=extra)
             result = await execute_job(ctx, job)
             outcome = "succeeded" if result.ok else "failed"

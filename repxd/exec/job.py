@@ -37,6 +37,7 @@ class JobContext:
     run_id: str | None = None
     device_allow: list[tuple[str, str]] = field(default_factory=list)
     run_as: int | None = None  # the submitter's uid: the launcher empties `out/` and hands it over
+    max_work_items: int = 10_000  # a scatter's bound (agent.max_work_items); embedded runs keep the default
 
     def launched(self) -> None:
         """Called when a process of the job gets admitted; reports the job as running once."""

@@ -12,9 +12,7 @@ from .inputs import resolve_inputs
 from .job import JobContext, JobResult, exit_reason, finish, prepare_dirs, run_step, script_path
 from .layout import FAIL, SUCCESS, clear_markers, read_job_file, write_json, write_marker
 
-# Each work item is a branch of processes and directories; beyond these a stage is refused
-# rather than allowed to exhaust the daemon's memory (50,000 items once took it to 2 GB).
-MAX_WORK_ITEMS = 10_000
+# The work items file is read whole; beyond this it is refused (the count's bound is ctx.max_work_items).
 MAX_WORK_ITEMS_BYTES = 16 << 20
 
 
@@ -54,8 +52,9 @@ async def execute_scatter_gather(ctx: JobContext, job: Job) -> JobResult:
         items = json.loads(await asyncio.to_thread(read_job_file, items_path, MAX_WORK_ITEMS_BYTES))
         if not isinstance(items, list):
             raise ValueError("not a JSON array")
-        if len(items) > MAX_WORK_ITEMS:
-            raise ValueError(f"{len(items)} work items, more than the {MAX_WORK_ITEMS} a stage may have")
+        if len(items) > ctx.max_work_items:
+            raise ValueError(f"{len(items)} work items, more than the {ctx.max_work_items} a stage may have "
+                             "(agent.max_work_items)")
     except (ValueError, OSError) as exc:
         return finish(ctx, job.id, repx, False, f"scatter/out/work_items.json is invalid: {exc}")
 

@@ -94,6 +94,9 @@ class AgentSettings(_Strict):
     run_as_submitter: bool = True
     # Only by an administrator's explicit choice may a job run as the agent's own user (warned at every start).
     allow_jobs_as_daemon_user: bool = False
+    # A scatter's work items become processes and directories each: beyond this a stage fails
+    # rather than exhaust the daemon's memory (50,000 items once took it to 2 GB).
+    max_work_items: int = Field(default=10_000, ge=1, le=1_000_000)
 
 
 class Settings(_Strict):

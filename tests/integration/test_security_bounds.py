@@ -31,9 +31,9 @@ STEP = '#!/bin/sh\necho x > "$1/r"\n'
 GATHER = '#!/bin/sh\necho done > "$1/g"\n'
 
 
-def scatter_lab(dest: Path, scatter: str) -> Path:
+def scatter_lab(dest: Path, scatter: str, job: str = "sg") -> Path:
     lab = LabWriter()
-    lab.run("hostile").scatter_gather("sg", scatter=scatter, gather=GATHER, outputs={"g": "$out/g"},
+    lab.run("hostile").scatter_gather(job, scatter=scatter, gather=GATHER, outputs={"g": "$out/g"},
                                       steps={"one": Step(STEP, inputs={"worker__item": WORK_ITEM}, outputs={"r": "$out/r"})})
     return lab.write(dest)
 
@@ -65,6 +65,27 @@ def test_fifo_work_items_leave_the_daemon_answering(tmp_path):
     finally:
         daemon.stop()
 
+
+
+def items_scatter(count: int) -> str:
+    return ('#!/usr/bin/env python3\nimport json, sys\n'
+            f'json.dump([{{"i": i}} for i in range({count})], open(sys.argv[1] + "/work_items.json", "w"))\n')
+
+
+def test_work_item_bound_is_the_agents_setting(tmp_path):
+    daemon = Daemon.create(agent_extra="max_work_items = 3\n")
+    try:
+        daemon.start("all")
+        env = dict(daemon.env, REPX_API=str(daemon.socket))
+        within = repxctl("run", "hostile", "--lab", scatter_lab(tmp_path / "three", items_scatter(3)), env=env, timeout=60)
+        assert within.code == 0, within.stderr + daemon.logs()
+        beyond = repxctl("run", "hostile", "--lab", scatter_lab(tmp_path / "four", items_scatter(4), "sg4"), env=env, timeout=60)
+        assert beyond.code == 1, beyond.stderr + daemon.logs()
+        with unix_api(daemon) as api:
+            failed = [j for j in api.get("/v1/jobs").json() if j["state"] == "failed"]
+        assert len(failed) == 1 and "4 work items, more than the 3" in failed[0]["reason"], failed
+    finally:
+        daemon.stop()
 
 def test_output_template_leaving_out_is_refused(tmp_path):
     lab = LabWriter()
