@@ -120,11 +120,12 @@ def _assemble(root: Path, manifest: Manifest, root_meta: RootMetadata) -> Lab:
 
 
 def _check_output_templates(job_id: str, spec: JobSpec) -> None:
-    """An output template names a path inside the job's `$out`; `..` would hand a dependant
-    (and `show output`) a path anywhere on the machine."""
+    """An output template names a path inside the job's `$out` (upstream's rule: it starts with
+    `$out/`); `..`, an absolute path or `$outer/` would hand a dependant (and `show output`) a
+    path anywhere on the machine."""
     for exe_name, exe in spec.executables.items():
         for name, template in exe.outputs.items():
-            if isinstance(template, str) and ".." in template and ".." in PurePosixPath(template).parts:
+            if isinstance(template, str) and (not template.startswith("$out/") or ".." in PurePosixPath(template).parts):
                 raise LabError(f"job {job_id} ({exe_name}) output {name!r} is {template!r}, which leaves $out; "
                                "output paths must stay inside the job's $out")
 

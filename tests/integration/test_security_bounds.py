@@ -87,11 +87,15 @@ def test_work_item_bound_is_the_agents_setting(tmp_path):
     finally:
         daemon.stop()
 
-def test_output_template_leaving_out_is_refused(tmp_path):
+@pytest.mark.parametrize("template", ["$out/../../../../etc/shadow", "/etc/shadow", "$outer/x", "$out/a/../../b"])
+def test_output_template_leaving_out_is_refused(tmp_path, template):
     lab = LabWriter()
-    lab.run("r").job("steal", "#!/bin/sh\n", outputs={"secret": "$out/../../../../etc/shadow"})
+    lab.run("r").job("steal", "#!/bin/sh\n", outputs={"secret": template})
     with pytest.raises(LabError, match="leaves \\$out"):
         load_lab(lab.write(tmp_path / "lab"))
+    refused = repxctl("run", "r", "--lab", tmp_path / "lab", "--base-path", tmp_path / "base")
+    assert refused.code == 2 and len(refused.stderr.strip().splitlines()) == 1 and "leaves $out" in refused.stderr
+    assert not (tmp_path / "base" / "outputs").exists()
 
 
 @pytest.fixture(scope="module")
