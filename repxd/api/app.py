@@ -63,6 +63,17 @@ def int_query(request: web.Request, name: str, default: int, low: int, high: int
     return value
 
 
+def choice_query(request: web.Request, name: str, choices: dict[str, object]) -> object:
+    """A query parameter with a few spellings; anything else is the caller's 400 naming them."""
+    raw = request.query.get(name)
+    if raw is None:
+        return next(iter(choices.values()))
+    if raw not in choices:
+        raise web.HTTPBadRequest(text=json.dumps({"error": f"query parameter {name}={raw!r}: give one of {', '.join(choices)}"}),
+                                 content_type="application/json")
+    return choices[raw]
+
+
 def attempt_id(request: web.Request) -> int:
     """The attempt number in the path; anything but one SQLite can hold names no attempt (404)."""
     raw = request.match_info["attempt"]
@@ -224,8 +235,8 @@ async def job_log(request: web.Request) -> web.StreamResponse:
         return error(404 if not rows else 400, f"no job matches {job!r}" if not rows else f"job prefix {job!r} is ambiguous")
     layout = OutputLayout(Path(rows[0]["base_path"]))
     repx = layout.repx_dir(rows[0]["job_id"])
-    path = repx / ("stderr.log" if request.query.get("stream") == "stderr" else "stdout.log")
-    follow = request.query.get("follow") in ("1", "true")
+    path = repx / choice_query(request, "stream", {"stdout": "stdout.log", "stderr": "stderr.log"})
+    follow = choice_query(request, "follow", {"0": False, "1": True, "false": False, "true": True})
     tail = int_query(request, "tail", 0, 0, MAX_TAIL_LINES)
     offset = int_query(request, "offset", 0, 0, 1 << 62)  # a reader resuming where it stopped
     if tail and offset:
@@ -250,6 +261,9 @@ async def job_log(request: web.Request) -> web.StreamResponse:
 
 LOG_CHUNK = 1 << 20
 MAX_TAIL_LINES = 100_000
+# A tail scans backwards at most this far: a log of few newlines (or a sparse one) then answers
+# with its last 16 MiB instead of occupying a worker thread for the whole file.
+MAX_TAIL_BYTES = 16 << 20
 
 
 def _read_log_chunk(path: Path, position: int) -> bytes:
@@ -270,9 +284,9 @@ def _tail_start(path: Path, lines: int) -> int:
         return 0
     with os.fdopen(fd, "rb") as fh:
         end = fh.seek(0, os.SEEK_END)
-        position, seen = end, 0
-        while position > 0:
-            step = min(LOG_CHUNK, position)
+        position, seen, floor = end, 0, max(0, end - MAX_TAIL_BYTES)
+        while position > floor:
+            step = min(LOG_CHUNK, position - floor)
             position -= step
             fh.seek(position)
             block = fh.read(step)
@@ -283,7 +297,7 @@ def _tail_start(path: Path, lines: int) -> int:
                 seen += 1
                 if seen == lines:
                     return position + index + 1
-        return 0
+        return floor
 
 
 # ---- agents ------------------------------------------------------------------------------

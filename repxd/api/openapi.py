@@ -21,7 +21,7 @@ _ROUTES = [
     ("post", "/v1/runs/{run}/retry", "Requeue a run's failed, blocked and cancelled jobs (owner or admin)", None),
     ("get", "/v1/runs/{run}/jobs", "Jobs of a run", None),
     ("get", "/v1/jobs", "Jobs, filtered by ?run= and ?state=", None),
-    ("get", "/v1/jobs/{job}/log", "A job's stdout (?stream=stderr), ?tail=N its last N lines, ?offset=BYTES from that byte on, ?follow=1 streams until it ends", None),
+    ("get", "/v1/jobs/{job}/log", "A job's stdout (?stream=stderr), ?tail=N its last N lines (within its last 16 MiB), ?offset=BYTES from that byte on, ?follow=1 streams until it ends", None),
     ("get", "/v1/attempts", "Attempts, filtered by ?run= and ?job=", None),
     ("get", "/v1/agents", "Agents with their state and load", None),
     ("get", "/v1/hardware", "Hardware inventories per agent (?agent=NAME) and the GPUs in use", None),

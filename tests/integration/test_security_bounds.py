@@ -130,6 +130,22 @@ def test_log_tail_reads_only_the_end(daemon_with_a_big_log):
         reply = api.get(f"/v1/jobs/{job}/log", params={"tail": 2})
         assert reply.status_code == 200 and reply.text == "line-2\nline-3\n"
         assert api.get(f"/v1/jobs/{job}/log", params={"tail": "abc"}).status_code == 400
+        for bad in ({"stream": "journal"}, {"follow": "maybe"}):
+            refused = api.get(f"/v1/jobs/{job}/log", params=bad)
+            assert refused.status_code == 400 and next(iter(bad)) in refused.json()["error"], refused.text
+
+
+def test_log_tail_of_a_log_without_lines_stops_at_its_end(daemon_with_a_big_log):
+    """Asking for more lines than the 1 GiB log has once scanned, and sent, all of it."""
+    daemon, job = daemon_with_a_big_log
+    with httpx.Client(transport=httpx.HTTPTransport(uds=str(daemon.socket)), base_url="http://repx", timeout=30) as api, \
+            api.stream("GET", f"/v1/jobs/{job}/log", params={"tail": 100_000}) as reply:
+        received = 0
+        for chunk in reply.iter_bytes():
+            received += len(chunk)
+            if received > 32 << 20:
+                break
+    assert received == 16 << 20, f"{received} bytes for a tail"
 
 
 def test_repxctl_log_of_the_daemon_tails_and_takes_prefixes_literally(daemon_with_a_big_log):
