@@ -89,7 +89,13 @@ class Api:
             raise ApiError(503, f"cannot reach the repx API at {self.address} ({exc}); is repx-api running?") from None
         if response.status_code >= 400:
             raise _error(response.status_code, response.content, response.reason_phrase)
-        return response.json()
+        try:
+            return response.json()
+        except ValueError:
+            wrong = ApiError(502, f"{self.address} answered {path} with something other than JSON; "
+                                  "is it the repx API (--api, REPX_API)?")
+            wrong.exit_code = 2  # the address is the caller's configuration
+            raise wrong from None
 
     def stream(self, path: str, params: dict):
         return self.http.stream("GET", path, params=params, timeout=None)

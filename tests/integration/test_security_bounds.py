@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
+import sys
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -17,7 +19,7 @@ import pytest
 from cli import repxctl
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from service import Daemon
+from service import Daemon, free_port
 
 from repxd.errors import LabError
 from repxd.exec.launcher import adoptable_status, exit_file
@@ -410,3 +412,26 @@ def test_fifo_exit_record_is_no_status_and_does_not_block(tmp_path):
     exit_file(guard).unlink()
     exit_file(guard).write_text("3\n")
     assert adoptable_status(guard) == 3
+
+
+def test_an_address_that_is_not_the_api_is_one_line(tmp_path):
+    """A web server at --api answering 200 with HTML once gave a JSONDecodeError traceback."""
+    (tmp_path / "v1").mkdir()
+    (tmp_path / "v1" / "status").write_text("<html>not repx</html>\n")
+    port = free_port()
+    server = subprocess.Popen([sys.executable, "-m", "http.server", str(port), "--bind", "127.0.0.1"], cwd=tmp_path,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            try:
+                httpx.get(f"http://127.0.0.1:{port}/v1/status")
+                break
+            except httpx.TransportError:
+                time.sleep(0.1)
+        result = repxctl("status", "--api", f"http://127.0.0.1:{port}")
+        assert result.code == 2 and len(result.stderr.strip().splitlines()) == 1, result.stderr
+        assert "other than JSON" in result.stderr and "REPX_API" in result.stderr
+    finally:
+        server.terminate()
+        server.wait()
