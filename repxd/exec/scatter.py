@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 from graphlib import CycleError, TopologicalSorter
 from pathlib import Path
 
@@ -49,12 +50,10 @@ async def execute_scatter_gather(ctx: JobContext, job: Job) -> JobResult:
     try:
         # The scatter wrote this file: it may be a FIFO or huge, so it is read off the event loop,
         # without blocking and within bounds.
-        items = json.loads(await asyncio.to_thread(read_job_file, items_path, MAX_WORK_ITEMS_BYTES))
-        if not isinstance(items, list):
-            raise ValueError("not a JSON array")
-        if len(items) > ctx.max_work_items:
-            raise ValueError(f"{len(items)} work items, more than the {ctx.max_work_items} a stage may have "
-                             "(agent.max_work_items)")
+        data = await asyncio.to_thread(read_job_file, items_path, MAX_WORK_ITEMS_BYTES)
+        items = await asyncio.to_thread(_parse_work_items, data, ctx.max_work_items)
+    except RecursionError:
+        return finish(ctx, job.id, repx, False, "scatter/out/work_items.json is invalid: nested too deeply")
     except (ValueError, OSError) as exc:
         return finish(ctx, job.id, repx, False, f"scatter/out/work_items.json is invalid: {exc}")
 
@@ -92,6 +91,34 @@ def _resolve(template, out: Path):
     """A path template with `$out` filled in; other JSON values (upstream's outputs may be any,
     e.g. the scatter's `worker__arg` object) pass through unchanged."""
     return template.replace("$out", str(out)) if isinstance(template, str) else template
+
+
+_SPACE = re.compile(r"\s*")
+
+
+def _parse_work_items(data: bytes, bound: int) -> list:
+    """The JSON array of work items, decoded one item at a time so that a flood of small items
+    stops at the bound instead of first becoming millions of objects."""
+    text = data.decode()
+    decoder = json.JSONDecoder()
+    at = _SPACE.match(text).end()
+    if not text.startswith("[", at):
+        raise ValueError("not a JSON array")
+    at = _SPACE.match(text, at + 1).end()
+    items: list = []
+    while not text.startswith("]", at):
+        if items:
+            if not text.startswith(",", at):
+                raise ValueError(f"expected ',' or ']' at character {at}")
+            at = _SPACE.match(text, at + 1).end()
+        item, at = decoder.raw_decode(text, at)
+        items.append(item)
+        if len(items) > bound:
+            raise ValueError(f"more than the {bound} work items a stage may have (agent.max_work_items)")
+        at = _SPACE.match(text, at).end()
+    if _SPACE.match(text, at + 1).end() != len(text):
+        raise ValueError(f"extra data after the array at character {at + 1}")
+    return items
 
 
 def _previous_item(path: Path) -> bytes | None:

@@ -40,8 +40,13 @@ def scatter_lab(dest: Path, scatter: str, job: str = "sg") -> Path:
     return lab.write(dest)
 
 
+NESTED_SCATTER = ('#!/usr/bin/env python3\nimport sys\n'
+                  'open(sys.argv[1] + "/work_items.json", "w").write("[" * 1000000)\n')
+
+
 @pytest.mark.parametrize(("scatter", "reason"), [(FIFO_SCATTER, "not a regular file"),
-                                                 (FLOOD_SCATTER, "more than the 10000")])
+                                                 (FLOOD_SCATTER, "more than the 10000"),
+                                                 (NESTED_SCATTER, "nested too deeply")])
 def test_hostile_work_items_fail_the_job_embedded(tmp_path, scatter, reason):
     lab = scatter_lab(tmp_path / "lab", scatter)
     result = repxctl("run", "hostile", "--lab", lab, "--base-path", tmp_path / "base", timeout=60)
@@ -85,7 +90,7 @@ def test_work_item_bound_is_the_agents_setting(tmp_path):
         assert beyond.code == 1, beyond.stderr + daemon.logs()
         with unix_api(daemon) as api:
             failed = [j for j in api.get("/v1/jobs").json() if j["state"] == "failed"]
-        assert len(failed) == 1 and "4 work items, more than the 3" in failed[0]["reason"], failed
+        assert len(failed) == 1 and "more than the 3 work items" in failed[0]["reason"], failed
     finally:
         daemon.stop()
 
@@ -119,11 +124,15 @@ def daemon_with_a_big_log(tmp_path_factory):
     daemon.stop()
 
 
-def rss_kib(pid: int) -> int:
+def proc_kib(pid: int, field: str) -> int:
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
+        if line.startswith(f"{field}:"):
             return int(line.split()[1])
-    raise AssertionError("no VmRSS")
+    raise AssertionError(f"no {field}")
+
+
+def rss_kib(pid: int) -> int:
+    return proc_kib(pid, "VmRSS")
 
 
 def test_log_tail_reads_only_the_end(daemon_with_a_big_log):
@@ -203,21 +212,28 @@ def test_log_of_unknown_job_is_one_line(tmp_path):
         daemon.stop()
 
 
-def test_flood_of_work_items_keeps_the_daemon_small(tmp_path):
-    """50,000 work items once took the daemon from 58 MB to 1.95 GB; now the job fails at the bound."""
+# 5,000,000 empty objects in 15 MB, under the file's size bound: decoded whole, they were ~400 MB.
+DENSE_FLOOD_SCATTER = ('#!/usr/bin/env python3\nimport sys\n'
+                       'open(sys.argv[1] + "/work_items.json", "w").write("[" + ",".join(["{}"] * 5000000) + "]")\n')
+
+
+@pytest.mark.parametrize("scatter", [FLOOD_SCATTER, DENSE_FLOOD_SCATTER], ids=["50k-items", "5M-empty-items"])
+def test_flood_of_work_items_keeps_the_daemon_small(tmp_path, scatter):
+    """50,000 work items once took the daemon from 58 MB to 1.95 GB; now the job fails at the
+    bound, and the daemon's peak memory (VmHWM) hardly moves."""
     daemon = Daemon.create()
     try:
         daemon.start("all")
         pid = daemon.processes["all"].pid
-        before = rss_kib(pid)
+        before = proc_kib(pid, "VmHWM")
         env = dict(daemon.env, REPX_API=str(daemon.socket))
-        result = repxctl("run", "hostile", "--lab", scatter_lab(tmp_path / "lab", FLOOD_SCATTER), "--json", env=env, timeout=90)
+        result = repxctl("run", "hostile", "--lab", scatter_lab(tmp_path / "lab", scatter), "--json", env=env, timeout=90)
         assert result.code == 1, result.stderr + daemon.logs()
-        after = rss_kib(pid)
+        after = proc_kib(pid, "VmHWM")
         with unix_api(daemon) as api:
             (job,) = api.get("/v1/jobs").json()
         assert job["state"] == "failed" and "more than the 10000" in job["reason"], job
-        print(f"daemon RSS before {before // 1024} MiB, after 50,000 work items {after // 1024} MiB")
+        print(f"daemon peak RSS before {before // 1024} MiB, after the flood {after // 1024} MiB")
         assert after - before < 100 * 1024
     finally:
         daemon.stop()
