@@ -35,6 +35,16 @@ class SchedulerSettings(_Strict):
     local_concurrency: int | None = Field(default=None, ge=1)
 
 
+class SlurmSettings(SchedulerSettings):
+    """`[targets.X.slurm]`: upstream's execution_types, and how gently repx talks to SLURM."""
+
+    poll_interval: float = Field(default=5.0, gt=0)  # one status query per interval, for all jobs
+    submit_window: float = Field(default=0.5, ge=0)  # ready processes gathered into one sbatch
+    array_throttle: int | None = Field(default=None, ge=1)  # `--array=…%N`
+    max_array_size: int | None = Field(default=None, ge=1)  # default: the cluster's MaxArraySize
+    max_lost: int = Field(default=2, ge=0)  # submissions again after NODE_FAIL, PREEMPTED, ...
+
+
 class LoggingSettings(_Strict):
     max_files: int = 50
     max_age_days: int = 7  # upstream's default (repx-core config.rs)
@@ -50,7 +60,7 @@ class TargetConfig(_Strict):
     mount_host_paths: bool = False
     mount_paths: list[str] = []
     local: SchedulerSettings | None = None
-    slurm: SchedulerSettings | None = None
+    slurm: SlurmSettings | None = None
 
     @model_validator(mode="after")
     def _local_base_path_is_absolute(self) -> TargetConfig:

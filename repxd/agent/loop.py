@@ -18,7 +18,7 @@ from .. import errors, hardware
 from ..api.client import ApiError, ApiUnavailable, AsyncApi
 from ..config import parse_memory
 from ..engine.admission import Admission
-from ..engine.embedded import resolve_target
+from ..engine.embedded import resolve_target, scheduler_of
 from ..exec.artifacts import sync_artifacts
 from ..exec.job import JobContext, execute_job
 from ..exec.launcher import SubprocessLauncher
@@ -29,6 +29,8 @@ from ..lab.loader import load_lab
 from ..observe import notify
 from ..observe.metrics import AgentMetrics
 from ..service.settings import Settings
+from ..targets.commands import LocalCommands
+from ..targets.slurm.launcher import SlurmLauncher, launcher_for
 from .identity import job_uid
 
 log = logging.getLogger("repx.agent")
@@ -40,7 +42,15 @@ def inventory(settings: Settings) -> dict:
     hw = hardware.agent_inventory(a.hardware_file, a.hardware_root, a.hardware_tools)
     cpus = a.cpus or hw.cpu.cores
     mem = parse_memory(a.mem) if a.mem else hw.memory.usable
-    return {"cpus": cpus, "mem": mem, "slots": a.slots or cpus, "hardware": hw.model_dump(mode="json")}
+    return {"cpus": cpus, "mem": mem, "slots": a.slots or cpus, "hardware": hw.model_dump(mode="json"),
+            "clusters": {name: {"slots": a.cluster_slots} for name in cluster_targets(settings)}}
+
+
+def cluster_targets(settings: Settings) -> list[str]:
+    """The daemon's targets whose jobs this agent hands to a cluster scheduler (SLURM): their jobs
+    take none of this machine's slots, cpus or memory."""
+    config = settings.target_config()
+    return sorted(name for name, target in config.targets.items() if config.scheduler_of(target) == "slurm")
 
 
 class Agent:
@@ -59,6 +69,8 @@ class Agent:
         self._runtimes: dict[tuple, object] = {}
         self._context_lock = threading.Lock()
         self.launcher = SubprocessLauncher()
+        self._cluster_launchers: dict[str, SlurmLauncher] = {}
+        self._cluster_admission = Admission(1 << 30, 1 << 30, 1 << 62)  # the cluster admits its jobs
         self._new_handles: dict[int, str] = {}  # sent with the next heartbeat
         # The scheduler admits work; this only bounds processes of scatter-gather fan-out.
         self.admission = Admission(max(1, self.inventory["slots"]), self.inventory["cpus"], self.inventory["mem"])
@@ -142,7 +154,8 @@ class Agent:
     async def _claims(self) -> None:
         while True:
             self._slot_freed.clear()
-            free = self.inventory["slots"] - len(self.running)
+            capacity = self.inventory["slots"] + sum(c["slots"] for c in self.inventory["clusters"].values())
+            free = capacity - len(self.running)  # the scheduler decides what fits where
             if self.state != "active" or free <= 0:
                 with contextlib.suppress(TimeoutError):  # claim again as soon as a job ends
                     await asyncio.wait_for(self._slot_freed.wait(), 0.2)
@@ -179,14 +192,23 @@ class Agent:
             sync_artifacts(lab, layout)
             self._synced.add(key)
         image = lab.image_of(item["job"])
-        _name, target = resolve_target(self.settings.target_config(), item["target"])
-        kind = choose_execution_type(target, item["options"].get("runtime"), image is not None)
+        name, target = resolve_target(self.settings.target_config(), item["target"])
+        kind = choose_execution_type(target, item["options"].get("runtime"), image is not None, scheduler_of(target))
         rkey = (kind, item["lab_path"], item["base_path"], image)
         if rkey not in self._runtimes:
             runtime = make_runtime(kind, lab, layout, image, target)
             runtime.prepare()
             self._runtimes[rkey] = runtime
+        if scheduler_of(target) == "slurm" and name not in self._cluster_launchers:
+            self._cluster_launchers[name] = launcher_for(LocalCommands(), target.slurm, self.id, layout.cache / "slurm")
         return lab, layout, self._runtimes[rkey], target
+
+    def _launcher(self, target_name: str | None):
+        """(launcher, admission) for a job of this target: SLURM's for a cluster target."""
+        name, _target = resolve_target(self.settings.target_config(), target_name)
+        if name in self._cluster_launchers:
+            return self._cluster_launchers[name], self._cluster_admission
+        return self.launcher, self.admission
 
     async def _execute(self, item: dict) -> None:
         attempt, job_id = item["attempt"], item["job"]
@@ -204,8 +226,9 @@ class Agent:
             def spawned(handle: str) -> None:
                 self._new_handles[attempt] = handle
 
-            ctx = JobContext(lab, layout, runtime, self.admission, resources, worker, on_spawn=spawned,
-                             launcher=self.launcher, attempt=attempt, run_id=item["run"],
+            launcher, admission = self._launcher(item["target"])
+            ctx = JobContext(lab, layout, runtime, admission, resources, worker, on_spawn=spawned,
+                             launcher=launcher, attempt=attempt, run_id=item["run"],
                              device_allow=hardware.device_allow(grant), run_as=self._run_as(item),
                              max_work_items=self.settings.agent.max_work_items)
             log.info("running %s", job_id, extra=extra)

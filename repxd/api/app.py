@@ -307,8 +307,11 @@ async def list_agents(request: web.Request) -> web.Response:
     caller(request)
     agents = await db(request).run(reads.list_agents, db(request).db)
     load = await db(request).run(q.agent_load, db(request).db)
+    running: dict[str, int] = {}
+    for (agent_id, _target), (n, _cpus, _mem) in load.items():
+        running[agent_id] = running.get(agent_id, 0) + n
     now = time.time()
-    return web.json_response([asdict(a) | {"running": load.get(a.id, (0, 0, 0))[0], "lease_left": round(a.lease_expires - now, 1)}
+    return web.json_response([asdict(a) | {"running": running.get(a.id, 0), "lease_left": round(a.lease_expires - now, 1)}
                               for a in agents])
 
 

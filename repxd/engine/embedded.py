@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import secrets
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -11,14 +12,21 @@ from ..config import Config, Resources, TargetConfig, parse_memory, state_home
 from ..errors import ConfigError
 from ..exec.artifacts import sync_artifacts
 from ..exec.job import JobContext, JobResult, execute_job
+from ..exec.launcher import SubprocessLauncher
 from ..exec.layout import OutputLayout
 from ..exec.runtimes import Runtime, choose_execution_type, make_runtime
 from ..lab.graph import Outcome, closure, select, topological_order
 from ..lab.loader import load_lab
 from ..lab.model import Lab
+from ..targets.commands import LocalCommands
+from ..targets.slurm.launcher import launcher_for
 from .admission import Admission
 from .gpu_pool import GpuPool, GpuUnavailable
 from .local import LocalEngine, Reporter, RunSummary
+
+# Processes a run keeps submitted to SLURM at once, unless -j says fewer (the association's
+# MaxSubmitJobs, when set, is respected on top).
+SLURM_IN_FLIGHT = 100_000
 
 
 def resolve_target(config: Config, name: str | None) -> tuple[str, TargetConfig | None]:
@@ -32,13 +40,16 @@ def resolve_target(config: Config, name: str | None) -> tuple[str, TargetConfig 
         return name, None
     if target.address:
         raise ConfigError(f"target {name!r} has an address (ssh), which this version cannot run yet; use a local target")
-    if config.scheduler_of(target) != "local":
-        raise ConfigError(f"target {name!r} uses the slurm scheduler (its default_scheduler, else the top-level one,"
-                          f" else upstream's default slurm), which this version cannot run yet; set default_scheduler = \"local\"")
     if target.artifact_store == "node-local":
         raise ConfigError(f"target {name!r}: artifact_store = \"node-local\" concerns cluster nodes, which this version"
                           " cannot run yet; remove it or set \"shared\"")
-    return name, target
+    # Upstream's rule decides the scheduler once: the target's, else the top-level one, else slurm.
+    return name, target.model_copy(update={"default_scheduler": config.scheduler_of(target)})
+
+
+def scheduler_of(target: TargetConfig | None) -> str:
+    """The scheduler of a target `resolve_target` returned."""
+    return (target.default_scheduler or "local") if target is not None else "local"
 
 
 def base_path_for(target: TargetConfig | None, override: Path | None) -> Path:
@@ -120,14 +131,22 @@ class EmbeddedRun:
         if slots < 1:
             raise ConfigError("-j must be at least 1")
         mem = parse_memory(options.mem) if options.mem else machine_memory()
-        self.admission = Admission(slots, total_cpus, mem)
+        self.scheduler = scheduler_of(plan.target)
+        self.launcher = SubprocessLauncher()
+        if self.scheduler == "slurm":
+            # SLURM admits jobs to its nodes; here only -j bounds how many are submitted at once.
+            self.launcher = launcher_for(LocalCommands(), plan.target.slurm, secrets.token_hex(4),
+                                         plan.layout.cache / "slurm")
+            self.admission = Admission(options.concurrency or SLURM_IN_FLIGHT, SLURM_IN_FLIGHT, 1 << 62)
+        else:
+            self.admission = Admission(slots, total_cpus, mem)
         self.runtimes: dict[str | None, Runtime] = {}
         self.gpus = GpuPool(hardware.agent_inventory)
         self.engine: LocalEngine | None = None
 
     def _runtime(self, image: str | None) -> Runtime:
         if image not in self.runtimes:
-            kind = choose_execution_type(self.plan.target, self.options.runtime, image is not None)
+            kind = choose_execution_type(self.plan.target, self.options.runtime, image is not None, self.scheduler)
             runtime = make_runtime(kind, self.plan.lab, self.plan.layout, image, self.plan.target)
             runtime.prepare()
             self.runtimes[image] = runtime
@@ -150,7 +169,7 @@ class EmbeddedRun:
                 if grant.gpus:
                     runtime = runtime.with_devices(grant)
                 ctx = JobContext(lab, self.plan.layout, runtime, self.admission, resources, worker, on_first_launch,
-                                 device_allow=hardware.device_allow(grant) if grant.gpus else [])
+                                 launcher=self.launcher, device_allow=hardware.device_allow(grant) if grant.gpus else [])
                 return await execute_job(ctx, job)
         except GpuUnavailable as exc:
             return JobResult(job_id, False, str(exc))

@@ -92,16 +92,25 @@ class Scheduler:
         self._counts_at = 0.0
         self.wakeups = wakeups(database)
 
-    async def _capacities(self, now: float) -> dict[str, Capacity]:
+    async def _capacities(self, now: float) -> tuple[dict[str, Capacity], dict[str, dict[str, int]]]:
+        """Each active agent's room on its own machine, and its free slots per cluster target
+        (jobs it hands to SLURM): target -> agent -> slots."""
         agents = await self.db.run(reads.list_agents, self.db.db)
         load = await self.db.run(q.agent_load, self.db.db)
         held = await self.db.run(q.held_devices, self.db.db)
-        room = {}
+        room, clusters = {}, {}
         for agent in agents:
             if agent.state != "active" or agent.lease_expires < now:
                 continue
             inv = agent.inventory
-            n, cpus, mem = load.get(agent.id, (0, 0, 0))
+            own = inv.get("clusters") or {}
+            for target, cluster in own.items():
+                used = load.get((agent.id, target), (0, 0, 0))[0]
+                clusters.setdefault(target, {})[agent.id] = int(cluster.get("slots", 0)) - used
+            n = cpus = mem = 0
+            for (agent_id, target), (tn, tc, tm) in load.items():
+                if agent_id == agent.id and target not in own:
+                    n, cpus, mem = n + tn, cpus + tc, mem + tm
             total_cpus, total_mem = int(inv.get("cpus", 1)), int(inv.get("mem", 0))
             groups: dict[str, list[tuple[int, str]]] = {}
             for gpu in (inv.get("hardware") or {}).get("gpus", []):
@@ -110,7 +119,7 @@ class Scheduler:
             free = {vendor: [gid for _i, gid in sorted(ids) if gid not in busy] for vendor, ids in groups.items()}
             room[agent.id] = Capacity(int(inv.get("slots", 1)) - n, total_cpus - cpus, total_mem - mem, total_cpus, total_mem,
                                       free, max((len(ids) for ids in groups.values()), default=0))
-        return room
+        return room, clusters
 
     async def tick(self) -> int:
         """One pass; returns the number of attempts placed."""
@@ -135,12 +144,21 @@ class Scheduler:
         return placed
 
     async def _place(self, pending, now: float) -> int:
-        room = await self._capacities(now)
+        room, clusters = await self._capacities(now)
         done = await asyncio.to_thread(_done_on_disk, [(r["base_path"], r["job_id"]) for r in pending])
         decisions, reasons = [], []
         for row in pending:
             agent, devices = None, []
-            if (row["base_path"], row["job_id"]) not in done:
+            if (row["base_path"], row["job_id"]) in done:
+                pass
+            elif row["target"] in clusters:  # the cluster places it; an agent only submits it
+                agent = max(clusters[row["target"]].items(), key=lambda kv: kv[1], default=(None, 0))
+                agent = agent[0] if agent[1] > 0 else None
+                if agent is not None:
+                    clusters[row["target"]][agent] -= 1
+                decisions.append((row["run_id"], row["job_id"], agent, devices))
+                continue
+            else:
                 agent, devices = self._choose(room, row["cpus"], row["mem"], row["gpus"], bool(row["gpu_optional"]))
             decisions.append((row["run_id"], row["job_id"], agent, devices))
             if agent is None and row["gpus"]:

@@ -55,7 +55,7 @@ class JobContext:
         mem = parse_memory(resources["mem"]) if resources.get("mem") else 0
         return launch_request(job_id, ".".join(step), self.attempt, run_id=self.run_id, cpus=cpus, mem=mem,
                               time_seconds=time_limit(resources.get("time")), device_allow=self.device_allow,
-                              user=self.run_as)
+                              user=self.run_as, resources=resources)
 
 
 def time_limit(value: Any) -> int | None:
@@ -144,6 +144,8 @@ async def execute_job(ctx: JobContext, job: Job) -> JobResult:
 
 
 def exit_reason(status: int) -> str:
+    if getattr(status, "reason", None):
+        return status.reason
     cause = getattr(status, "cause", None)
     if cause == "oom-kill":
         return "was killed for exceeding its memory limit (out of memory)"

@@ -53,11 +53,13 @@ class ExitStatus(int):
     than the number: `oom-kill` or `timeout`."""
 
     cause: str | None = None
+    reason: str | None = None  # the whole sentence, when a cluster scheduler says more
 
     @classmethod
-    def with_cause(cls, status: int, cause: str | None) -> ExitStatus:
+    def with_cause(cls, status: int, cause: str | None, reason: str | None = None) -> ExitStatus:
         result = cls(status)
         result.cause = cause
+        result.reason = reason
         return result
 
 
@@ -75,6 +77,7 @@ class LaunchRequest:
     time_seconds: int | None = None
     device_allow: list[tuple[str, str]] = field(default_factory=list)
     user: int | None = None  # run as this uid (the submitter); the launcher then owns `out/`
+    resources: dict = field(default_factory=dict)  # the merged resources (a cluster launcher asks for them)
 
 
 _UNIT_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789:_.-")

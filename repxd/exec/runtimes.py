@@ -363,14 +363,16 @@ class ContainerRuntime(Runtime):
 RUNTIMES = ("native", "bwrap", "podman", "docker")
 
 
-def choose_execution_type(target: TargetConfig | None, requested: str | None, has_image: bool) -> str:
+def choose_execution_type(target: TargetConfig | None, requested: str | None, has_image: bool,
+                          scheduler: str = "local") -> str:
     """As upstream's resolve_execution_type (repx-client client.rs): `requested` (command line) as
-    given; else, with a `[targets.X.local]` section, the target's `default_execution_type` if that
-    section allows it, else the section's first type; else (no section, no target) native.
-    A run without an image always runs natively: there is nothing to sandbox it in."""
+    given; else, with the scheduler's section (`[targets.X.local]` or `[targets.X.slurm]`), the
+    target's `default_execution_type` if that section allows it, else the section's first type;
+    else (no section, no target) native. A run without an image always runs natively: there is
+    nothing to sandbox it in."""
     if not has_image:
         return "native"
-    local = target.local if target else None
+    local = (target.slurm if scheduler == "slurm" else target.local) if target else None
     if requested:
         chosen = requested
     elif local is None:

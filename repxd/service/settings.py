@@ -97,6 +97,8 @@ class AgentSettings(_Strict):
     # A scatter's work items become processes and directories each: beyond this a stage fails
     # rather than exhaust the daemon's memory (50,000 items once took it to 2 GB).
     max_work_items: int = Field(default=10_000, ge=1, le=1_000_000)
+    # Jobs this agent keeps submitted to each cluster target (SLURM) at once.
+    cluster_slots: int = Field(default=10_000, ge=1)
 
 
 class Settings(_Strict):

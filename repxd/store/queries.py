@@ -118,7 +118,7 @@ def _settle_execution(conn, base_path: str, job_id: str, state: str, reason: str
 
 
 def placeable(db: Database, now: float, limit: int) -> list:
-    return db.read("SELECT j.run_id, j.job_id, j.base_path, j.cpus, j.mem, j.ready_at, j.gpus, j.gpu_optional, j.reason"
+    return db.read("SELECT j.run_id, j.job_id, j.base_path, j.cpus, j.mem, j.ready_at, j.gpus, j.gpu_optional, j.reason, r.target"
                    " FROM jobs j JOIN runs r ON r.id=j.run_id"
                    " WHERE j.state='pending' AND j.not_before<=? ORDER BY r.created, j.seq LIMIT ?", (now, limit))
 
@@ -179,10 +179,11 @@ def held_devices(db: Database) -> dict[str, set[str]]:
     return held
 
 
-def agent_load(db: Database) -> dict[str, tuple[int, int, int]]:
-    """agent -> (live attempts, cpus held, mem held)."""
-    rows = db.read(f"SELECT agent_id, count(*) n, sum(cpus) c, sum(mem) m FROM attempts WHERE state IN {LIVE_ATTEMPT_STATES} GROUP BY agent_id")
-    return {r["agent_id"]: (r["n"], r["c"] or 0, r["m"] or 0) for r in rows}
+def agent_load(db: Database) -> dict[tuple[str, str | None], tuple[int, int, int]]:
+    """(agent, run's target) -> (live attempts, cpus held, mem held)."""
+    rows = db.read("SELECT a.agent_id, r.target, count(*) n, sum(a.cpus) c, sum(a.mem) m FROM attempts a"
+                   f" JOIN runs r ON r.id=a.run_id WHERE a.state IN {LIVE_ATTEMPT_STATES} GROUP BY a.agent_id, r.target")
+    return {(r["agent_id"], r["target"]): (r["n"], r["c"] or 0, r["m"] or 0) for r in rows}
 
 
 def claim(db: Database, agent_id: str, limit: int) -> list[dict]:

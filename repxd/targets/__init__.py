@@ -1,0 +1,2 @@
+"""Where jobs run beyond this machine's own processes: cluster schedulers (slurm) and the command
+runner they share, which the SSH target reuses to reach a login node."""

@@ -1,0 +1,97 @@
+"""What SLURM says of its jobs: one `sacct` (or, without accounting, `squeue`) call for all the
+jobs a launcher follows, parsed into states repx acts on."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import Enum
+
+SACCT_FORMAT = "JobID,State,ExitCode,NodeList"
+SQUEUE_FORMAT = "%i|%T|%r"
+
+
+class Phase(Enum):
+    WAITING = "waiting"  # pending, running, requeued: ask again later
+    ENDED = "ended"  # the batch script ran to its end (its exit code says how the job did)
+    KILLED = "killed"  # stopped by a limit: memory, time
+    LOST = "lost"  # not the job's fault: node failure, preemption, boot failure; run it again
+    CANCELLED = "cancelled"  # someone cancelled it in SLURM
+
+
+# SLURM's job states (sacct/squeue long names) and what they mean for a repx job.
+_PHASES = {
+    "PENDING": Phase.WAITING, "RUNNING": Phase.WAITING, "REQUEUED": Phase.WAITING, "REQUEUE_HOLD": Phase.WAITING,
+    "REQUEUE_FED": Phase.WAITING, "RESIZING": Phase.WAITING, "SUSPENDED": Phase.WAITING,
+    "CONFIGURING": Phase.WAITING, "COMPLETING": Phase.WAITING, "STAGE_OUT": Phase.WAITING,
+    "SIGNALING": Phase.WAITING, "STOPPED": Phase.WAITING, "RESV_DEL_HOLD": Phase.WAITING,
+    "COMPLETED": Phase.ENDED, "FAILED": Phase.ENDED,
+    "OUT_OF_MEMORY": Phase.KILLED, "TIMEOUT": Phase.KILLED, "DEADLINE": Phase.KILLED,
+    "NODE_FAIL": Phase.LOST, "PREEMPTED": Phase.LOST, "BOOT_FAIL": Phase.LOST, "SPECIAL_EXIT": Phase.LOST,
+    "REVOKED": Phase.LOST,
+    "CANCELLED": Phase.CANCELLED,
+}
+
+
+@dataclass(frozen=True)
+class JobState:
+    slurm_id: str  # "123" or "123_4" for an array task
+    state: str  # SLURM's word: COMPLETED, OUT_OF_MEMORY, ...
+    exit_code: int | None = None
+    signal: int | None = None
+    nodes: str = ""
+    detail: str = ""  # e.g. "by 0" after CANCELLED
+
+    @property
+    def phase(self) -> Phase:
+        return _PHASES.get(self.state, Phase.WAITING)
+
+
+def _exit_code(text: str) -> tuple[int | None, int | None]:
+    code, _, sig = text.partition(":")
+    try:
+        return int(code), int(sig or 0)
+    except ValueError:
+        return None, None
+
+
+def parse_sacct(text: str) -> dict[str, JobState]:
+    """`sacct --parsable2 --noheader --allocations --format=SACCT_FORMAT` lines by SLURM id.
+    Pending array tasks that SLURM has not split yet (`123_[4-9%2]`) are left out: still waiting."""
+    states = {}
+    for line in text.splitlines():
+        fields = line.split("|")
+        if len(fields) < 4 or "[" in fields[0] or "." in fields[0]:
+            continue
+        word, _, detail = fields[1].strip().partition(" ")
+        code, sig = _exit_code(fields[2])
+        states[fields[0]] = JobState(fields[0], word.rstrip("+"), code, sig, fields[3], detail)
+    return states
+
+
+def parse_squeue(text: str) -> dict[str, JobState]:
+    """`squeue --noheader --array --format=SQUEUE_FORMAT` lines by SLURM id."""
+    states = {}
+    for line in text.splitlines():
+        fields = line.strip().split("|")
+        if len(fields) < 2 or "[" in fields[0]:
+            continue
+        states[fields[0]] = JobState(fields[0], fields[1], detail=fields[2] if len(fields) > 2 else "")
+    return states
+
+
+def master_id(slurm_id: str) -> str:
+    """The id sacct/squeue accept for a job or a whole array: `123` of `123_4`."""
+    return slurm_id.partition("_")[0]
+
+
+def describe(state: JobState) -> str:
+    """The reason a user reads in `show job`."""
+    where = f" on {state.nodes}" if state.nodes and state.nodes not in ("None assigned", "(null)") else ""
+    if state.state == "OUT_OF_MEMORY":
+        return f"was killed for exceeding its memory limit (SLURM job {state.slurm_id}: OUT_OF_MEMORY{where})"
+    if state.state in ("TIMEOUT", "DEADLINE"):
+        return f"was stopped for exceeding its time limit (SLURM job {state.slurm_id}: {state.state}{where})"
+    if state.phase is Phase.CANCELLED:
+        by = f" {state.detail}" if state.detail else ""
+        return f"was cancelled in SLURM (job {state.slurm_id}: CANCELLED{by})"
+    return f"SLURM job {state.slurm_id} ended {state.state}{where}"

@@ -1,0 +1,336 @@
+"""SlurmLauncher: the launcher interface of `exec.launcher` (guarded/run) with SLURM batch jobs.
+
+Ready processes are collected for `submit_window` seconds and go out as one `sbatch --array` per
+set of equal directives (split at MaxArraySize and the script size sbatch accepts), with an
+optional `%N` throttle. One status query per poll interval covers every job being followed.
+Each submission's SLURM id is recorded beside the process's guard before anything else happens,
+so a restarted repx follows the job it already submitted instead of submitting it again."""
+
+from __future__ import annotations
+
+import asyncio
+import getpass
+import logging
+import re
+from collections import defaultdict
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ...errors import RepxError
+from ...exec.launcher import ExitStatus, Guard, LaunchRequest, adoptable_status, exit_file, guarded
+from ...exec.runtimes import Invocation
+from ..commands import CommandRunner
+from .accounting import (
+    SACCT_FORMAT,
+    SQUEUE_FORMAT,
+    JobState,
+    Phase,
+    describe,
+    master_id,
+    parse_sacct,
+    parse_squeue,
+)
+from .script import MAX_SCRIPT_BYTES, Directives, Process, arm, batch_script
+
+log = logging.getLogger("repx.slurm")
+RECORD_SUFFIX = "slurm"
+# A job that no status query lists this many times in a row is gone (purged, or never existed).
+UNSEEN_POLLS = 5
+
+
+class SlurmError(RepxError):
+    """SLURM refused something repx asked of it."""
+
+
+@dataclass
+class SlurmOptions:
+    poll_interval: float = 5.0
+    submit_window: float = 0.5
+    array_throttle: int | None = None
+    max_lost: int = 2  # submissions again after a node failure or preemption, per process
+    max_array_size: int | None = None  # default: the cluster's MaxArraySize
+
+
+def record_file(guard: Path) -> Path:
+    return guard.with_name(f"{guard.name}.{RECORD_SUFFIX}")
+
+
+@dataclass
+class _Pending:
+    process: Process
+    directives: Directives
+    name: str
+    future: asyncio.Future
+
+
+@dataclass
+class SlurmLauncher:
+    commands: CommandRunner
+    options: SlurmOptions = field(default_factory=SlurmOptions)
+    tag: str = "repx"
+    log_dir: Path | None = None  # where SLURM writes the batch scripts' own output
+
+    name = "slurm"
+
+    def __post_init__(self) -> None:
+        self._queue: list[_Pending] = []
+        self._flush_task: asyncio.Task | None = None
+        self._followed: dict[str, asyncio.Future] = {}
+        self._unseen: dict[str, int] = defaultdict(int)
+        self._poll_task: asyncio.Task | None = None
+        self._accounting: bool | None = None  # sacct works; None until first asked
+        self._limits: tuple[int, int | None] | None = None  # (array size, submit limit)
+        self._in_flight = 0
+        self._room = asyncio.Condition()
+
+    # ---- the launcher interface ------------------------------------------------------------
+
+    @asynccontextmanager
+    async def guarded(self, path: Path, request: LaunchRequest):
+        """The guard's lock; a batch job an earlier repx submitted for this process is followed
+        to its end first, and its outcome becomes the guard's leftover status."""
+        async with guarded(path) as guard:
+            record = record_file(path)
+            try:
+                slurm_id = record.read_text().strip() if guard.leftover_status is None else ""
+            except FileNotFoundError:
+                slurm_id = ""
+            if slurm_id:
+                log.info("following SLURM job %s submitted earlier for %s", slurm_id, request.job_id)
+                state = await self._follow(slurm_id)
+                guard.leftover_status = self._status(state, path)
+            try:
+                yield guard
+            finally:
+                record.unlink(missing_ok=True)
+
+    async def run(self, invocation: Invocation, repx: Path, guard: Guard, request: LaunchRequest,
+                  on_spawn=None) -> int:
+        stdout, stderr = repx / "stdout.log", repx / "stderr.log"
+        for log_file in (stdout, stderr):
+            log_file.write_bytes(b"")
+        process = Process(invocation, stdout, stderr, exit_file(guard.path))
+        directives = Directives.from_resources(request.resources)
+        name = f"repx.{request.run_id or self.tag}.{request.job_id}"
+        for lost in range(self.options.max_lost + 1):
+            exit_file(guard.path).unlink(missing_ok=True)
+            slurm_id = await self._submit(process, directives, name)
+            record_file(guard.path).write_text(slurm_id)
+            if on_spawn is not None:
+                on_spawn(f"slurm:{slurm_id}")
+            try:
+                state = await self._follow(slurm_id)
+            except asyncio.CancelledError:
+                await asyncio.shield(self._cancel([slurm_id]))
+                raise
+            finally:
+                await self._released()
+            status = self._status(state, guard.path)
+            if status is not None:
+                return status
+            again = lost < self.options.max_lost
+            with open(stderr, "a") as fh:
+                fh.write(f"repx: {describe(state)}; {'submitting it again' if again else 'giving up'}"
+                         f" ({lost + 1} of {self.options.max_lost + 1})\n")
+        return ExitStatus.with_cause(-9, None, f"was lost {self.options.max_lost + 1} times: {describe(state)}")
+
+    # ---- outcomes ---------------------------------------------------------------------------
+
+    @staticmethod
+    def _status(state: JobState, guard: Path) -> ExitStatus | None:
+        """The process's exit status from SLURM's word and the exit file; None when it was lost."""
+        if state.phase is Phase.ENDED:
+            recorded = adoptable_status(guard)
+            if recorded is not None:
+                return recorded
+            if state.signal:
+                return ExitStatus(-state.signal)
+            return ExitStatus(state.exit_code or 0) if state.state == "COMPLETED" else ExitStatus(state.exit_code or 1)
+        if state.phase is Phase.KILLED:
+            cause = "oom-kill" if state.state == "OUT_OF_MEMORY" else "timeout"
+            return ExitStatus.with_cause(-9, cause, describe(state))
+        if state.phase is Phase.CANCELLED:
+            return ExitStatus.with_cause(-15, None, describe(state))
+        return None  # LOST (or gone without a trace)
+
+    # ---- submission -------------------------------------------------------------------------
+
+    async def _submit(self, process: Process, directives: Directives, name: str) -> str:
+        async with self._room:
+            limits = await self._cluster_limits()
+            await self._room.wait_for(lambda: limits[1] is None or self._in_flight < limits[1])
+            self._in_flight += 1
+        future = asyncio.get_running_loop().create_future()
+        self._queue.append(_Pending(process, directives, name, future))
+        if self._flush_task is None or self._flush_task.done():
+            self._flush_task = asyncio.create_task(self._flush_later())
+        try:
+            return await future
+        except BaseException:
+            await self._released()
+            raise
+
+    async def _released(self) -> None:
+        async with self._room:
+            self._in_flight -= 1
+            self._room.notify_all()
+
+    async def _flush_later(self) -> None:
+        await asyncio.sleep(self.options.submit_window)
+        queue, self._queue = [p for p in self._queue if not p.future.done()], []
+        groups: dict[Directives, list[_Pending]] = defaultdict(list)
+        for pending in queue:
+            groups[pending.directives].append(pending)
+        array_size = (await self._cluster_limits())[0]
+        await asyncio.gather(*(self._sbatch(chunk) for group in groups.values()
+                               for chunk in _chunks(group, array_size)))
+
+    async def _sbatch(self, chunk: list[_Pending]) -> None:
+        first = chunk[0]
+        argv = ["sbatch", "--parsable", f"--job-name={first.name}" + (f"+{len(chunk) - 1}" if len(chunk) > 1 else ""),
+                f"--chdir={first.process.invocation.cwd}"]
+        if self.log_dir is not None:
+            self.log_dir.mkdir(parents=True, exist_ok=True)
+            pattern = "%A_%a" if len(chunk) > 1 else "%j"
+            argv += [f"--output={self.log_dir}/{pattern}.out", f"--error={self.log_dir}/{pattern}.out"]
+        else:
+            argv += ["--output=/dev/null", "--error=/dev/null"]
+        argv += first.directives.options()
+        if len(chunk) > 1:
+            throttle = f"%{self.options.array_throttle}" if self.options.array_throttle else ""
+            argv.append(f"--array=0-{len(chunk) - 1}{throttle}")
+        script = batch_script([arm(i, p.process) for i, p in enumerate(chunk)])
+        result = await self.commands.run(argv, stdin=script)
+        if not result.ok:
+            error = SlurmError(f"SLURM refused the job: {result.failure()}")
+            for pending in chunk:
+                if not pending.future.done():
+                    pending.future.set_exception(error)
+            return
+        job_id = result.stdout.strip().split(";")[0]
+        log.info("submitted %d process(es) as SLURM job %s", len(chunk), job_id)
+        orphans = []
+        for index, pending in enumerate(chunk):
+            slurm_id = f"{job_id}_{index}" if len(chunk) > 1 else job_id
+            if pending.future.done():  # cancelled while sbatch ran
+                orphans.append(slurm_id)
+            else:
+                pending.future.set_result(slurm_id)
+        if orphans:
+            await self._cancel(orphans)
+
+    async def _cluster_limits(self) -> tuple[int, int | None]:
+        """(largest array, most jobs this user may have submitted), asked once per launcher."""
+        if self._limits is None:
+            size = self.options.max_array_size
+            if size is None:
+                result = await self.commands.run(["scontrol", "show", "config"])
+                match = re.search(r"^MaxArraySize\s*=\s*(\d+)", result.stdout, re.MULTILINE) if result.ok else None
+                size = int(match.group(1)) if match else 1001
+            submit_limit = None
+            result = await self.commands.run(["sacctmgr", "--noheader", "--parsable2", "show", "associations",
+                                              f"where user={getpass.getuser()}", "format=MaxSubmitJobs"])
+            if result.ok:
+                limits = [int(v) for v in result.stdout.split() if v.strip().isdigit()]
+                submit_limit = min(limits) if limits else None
+            self._limits = (max(1, size), submit_limit)
+        return self._limits
+
+    # ---- status -----------------------------------------------------------------------------
+
+    async def _follow(self, slurm_id: str) -> JobState:
+        future = self._followed.get(slurm_id)
+        if future is None:
+            future = self._followed[slurm_id] = asyncio.get_running_loop().create_future()
+        if self._poll_task is None or self._poll_task.done():
+            self._poll_task = asyncio.create_task(self._poll())
+        return await asyncio.shield(future)
+
+    async def _poll(self) -> None:
+        while self._followed:
+            await asyncio.sleep(self.options.poll_interval)
+            try:
+                states = await self._query(sorted(self._followed))
+            except Exception:  # a failing query is retried next cycle; the jobs keep running
+                log.exception("SLURM status query failed")
+                continue
+            for slurm_id in list(self._followed):
+                state = states.get(slurm_id)
+                if state is None:
+                    self._unseen[slurm_id] += 1
+                    if self._unseen[slurm_id] < UNSEEN_POLLS:
+                        continue
+                    state = JobState(slurm_id, "GONE")
+                elif state.phase is Phase.WAITING:
+                    self._unseen.pop(slurm_id, None)
+                    continue
+                self._unseen.pop(slurm_id, None)
+                future = self._followed.pop(slurm_id)
+                if not future.done():
+                    future.set_result(state)
+
+    async def _query(self, slurm_ids: list[str]) -> dict[str, JobState]:
+        """One call for every followed job: sacct where accounting works, else squeue (a job
+        squeue no longer lists has ended; its exit file says how)."""
+        masters = ",".join(sorted({master_id(s) for s in slurm_ids}))
+        if self._accounting is not False:
+            result = await self.commands.run(["sacct", "--noheader", "--parsable2", "--allocations",
+                                              f"--jobs={masters}", f"--format={SACCT_FORMAT}"])
+            if result.ok:
+                self._accounting = True
+                return parse_sacct(result.stdout)
+            if self._accounting is None:
+                log.warning("sacct unavailable (%s); following jobs with squeue", result.failure())
+                self._accounting = False
+            else:
+                raise SlurmError(result.failure())
+        result = await self.commands.run(["squeue", "--noheader", "--array", f"--user={getpass.getuser()}",
+                                          f"--format={SQUEUE_FORMAT}"])
+        if not result.ok:
+            raise SlurmError(result.failure())
+        listed = parse_squeue(result.stdout)
+        states = {}
+        for slurm_id in slurm_ids:
+            states[slurm_id] = listed.get(slurm_id) or JobState(slurm_id, "COMPLETED")
+        return states
+
+    # ---- cancel -----------------------------------------------------------------------------
+
+    async def _cancel(self, slurm_ids: list[str]) -> None:
+        result = await self.commands.run(["scancel", *slurm_ids])
+        if not result.ok:
+            log.warning("scancel %s: %s", " ".join(slurm_ids), result.failure())
+        for slurm_id in slurm_ids:
+            future = self._followed.pop(slurm_id, None)
+            if future is not None and not future.done():
+                future.cancel()
+
+
+def _chunks(group: list[_Pending], array_size: int) -> list[list[_Pending]]:
+    """Arrays of at most `array_size` tasks whose script stays within what sbatch accepts."""
+    chunks, current, size = [], [], 0
+    for pending in group:
+        length = len(arm(0, pending.process)) + 8
+        if current and (len(current) >= array_size or size + length > MAX_SCRIPT_BYTES):
+            chunks.append(current)
+            current, size = [], 0
+        current.append(pending)
+        size += length
+    if current:
+        chunks.append(current)
+    return chunks
+
+
+def launcher_for(commands: CommandRunner, settings: Any, tag: str, log_dir: Path) -> SlurmLauncher:
+    """A launcher from a target's `[targets.X.slurm]` section (None: the defaults)."""
+    options = SlurmOptions()
+    if settings is not None:
+        for key in ("poll_interval", "submit_window", "array_throttle", "max_lost", "max_array_size"):
+            value = getattr(settings, key, None)
+            if value is not None:
+                setattr(options, key, value)
+    return SlurmLauncher(commands, options, tag, log_dir)
+
+

@@ -1,0 +1,104 @@
+"""The batch script and `sbatch` options for processes that SLURM starts.
+
+One script serves a single job or an array: each array index has its own arm (working directory,
+environment, command line, log files, exit-status file), so one `sbatch` call submits a whole
+stage. The arm writes the exit status beside the launcher's guard, as the local wrapper does, so
+a restarted repx reads the outcome even after SLURM has forgotten the job."""
+
+from __future__ import annotations
+
+import shlex
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from ...config import parse_memory
+from ...exec.runtimes import Invocation
+
+# sbatch refuses scripts beyond SchedulerParameters=max_script_size (4 MB by default).
+MAX_SCRIPT_BYTES = 3 << 20
+
+
+@dataclass(frozen=True)
+class Directives:
+    """What SLURM is asked for; processes with equal directives can share one array."""
+
+    partition: str | None = None
+    account: str | None = None
+    cpus: int | None = None
+    mem: str | None = None
+    time: str | None = None
+    extra: tuple[str, ...] = ()
+
+    @classmethod
+    def from_resources(cls, resources: dict[str, Any]) -> Directives:
+        """Upstream's keys (partition, cpus-per-task, mem, time, sbatch_opts); `queue` is read as
+        the partition and `account` as the account, the scheduler-neutral spellings."""
+        cpus = resources.get("cpus-per-task")
+        return cls(partition=_text(resources.get("partition") or resources.get("queue")),
+                   account=_text(resources.get("account")),
+                   cpus=int(cpus) if cpus else None, mem=_text(resources.get("mem")),
+                   time=_text(resources.get("time")), extra=tuple(str(o) for o in resources.get("sbatch_opts") or ()))
+
+    def options(self) -> list[str]:
+        opts = []
+        if self.partition:
+            opts.append(f"--partition={self.partition}")
+        if self.account:
+            opts.append(f"--account={self.account}")
+        if self.cpus:
+            opts.append(f"--cpus-per-task={self.cpus}")
+        if self.mem:
+            opts.append(f"--mem={_slurm_memory(self.mem)}")
+        if self.time:
+            opts.append(f"--time={self.time}")
+        return [*opts, *self.extra]
+
+
+def _text(value: Any) -> str | None:
+    return None if value is None or value == "" else str(value)
+
+
+def _slurm_memory(value: str) -> str:
+    """`4GiB`, `512MB`, `1.5G` -> whole MiB, as sbatch takes them; what we cannot read goes as given."""
+    try:
+        return f"{-(-parse_memory(value) // (1 << 20))}M"
+    except ValueError:
+        return value
+
+
+@dataclass(frozen=True)
+class Process:
+    """One process to run under the job contract: what the local launcher would fork."""
+
+    invocation: Invocation
+    stdout: Path
+    stderr: Path
+    exit_file: Path
+
+
+_COMMON = """\
+#!/bin/sh
+# Written by repx: runs one process of a repx job per array index.
+arm() {
+  cd "$1" || { echo "repx: cannot enter $1" >&2; exit 200; }
+  exit_file=$2; shift 2
+  "$@"
+  status=$?
+  echo "$status" > "$exit_file"
+  exit "$status"
+}
+case "${SLURM_ARRAY_TASK_ID:-0}" in
+"""
+
+
+def arm(index: int, process: Process) -> str:
+    inv = process.invocation
+    env = " ".join(shlex.quote(f"{k}={v}") for k, v in inv.env.items())
+    argv = " ".join(shlex.quote(a) for a in inv.argv)
+    return (f"{index}) arm {shlex.quote(str(inv.cwd))} {shlex.quote(str(process.exit_file))}"
+            f" env -i {env} {argv} >>{shlex.quote(str(process.stdout))} 2>>{shlex.quote(str(process.stderr))} ;;\n")
+
+
+def batch_script(arms: list[str]) -> str:
+    return _COMMON + "".join(arms) + '*) echo "repx: no process for array index ${SLURM_ARRAY_TASK_ID}" >&2; exit 201 ;;\nesac\n'
