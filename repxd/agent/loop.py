@@ -35,6 +35,7 @@ from .identity import job_uid
 
 log = logging.getLogger("repx.agent")
 RETRY_SECONDS = 0.5
+CLAIM_MAX = 1000  # the API's bound on one claim
 
 
 def inventory(settings: Settings) -> dict:
@@ -161,7 +162,8 @@ class Agent:
                     await asyncio.wait_for(self._slot_freed.wait(), 0.2)
                 continue
             try:
-                work = await self.api.call("POST", f"/v1/agents/{self.id}/claim", {"max": free, "wait": 20}, timeout=40)
+                work = await self.api.call("POST", f"/v1/agents/{self.id}/claim", {"max": min(free, CLAIM_MAX), "wait": 20},
+                                           timeout=40)
             except (ApiUnavailable, ApiError) as exc:
                 log.debug("claim failed (%s)", exc)
                 await asyncio.sleep(RETRY_SECONDS)

@@ -143,5 +143,8 @@ class LocalEngine:
         except RepxError as exc:  # e.g. an input the Lab cannot resolve: this job fails, as in the agent
             result = JobResult(job_id, False, str(exc))
             self.reporter.finished(job_id, False, time.monotonic() - started, result.reason)
+        except OSError as exc:  # its directory removed or unwritable under it, a full disk: this job fails
+            result = JobResult(job_id, False, f"{exc.strerror or exc}: {exc.filename or ''}".rstrip(": "))
+            self.reporter.finished(job_id, False, time.monotonic() - started, result.reason)
         finally:
             finished.put_nowait((job_id, result))

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from enum import Enum
 
 SACCT_FORMAT = "JobID,State,ExitCode,NodeList"
-SQUEUE_FORMAT = "%i|%T|%r"
+SQUEUE_FORMAT = "%i|%T|%r|%N"
 
 
 class Phase(Enum):
@@ -28,6 +28,7 @@ _PHASES = {
     "OUT_OF_MEMORY": Phase.KILLED, "TIMEOUT": Phase.KILLED, "DEADLINE": Phase.KILLED,
     "NODE_FAIL": Phase.LOST, "PREEMPTED": Phase.LOST, "BOOT_FAIL": Phase.LOST, "SPECIAL_EXIT": Phase.LOST,
     "REVOKED": Phase.LOST,
+    "GONE": Phase.LOST,  # ours: neither squeue nor sacct knows the job any more
     "CANCELLED": Phase.CANCELLED,
 }
 
@@ -54,28 +55,43 @@ def _exit_code(text: str) -> tuple[int | None, int | None]:
         return None, None
 
 
+def task_ids(slurm_id: str) -> list[str]:
+    """`123_[4-6,9%2]` (array tasks SLURM has not started yet) -> 123_4, 123_5, 123_6, 123_9."""
+    master, _, rest = slurm_id.partition("_[")
+    if not rest:
+        return [slurm_id]
+    ids = []
+    for part in rest.rstrip("]").split("%")[0].split(","):
+        low, _, high = part.partition("-")
+        if low.isdigit() and (not high or high.isdigit()):
+            ids += [f"{master}_{i}" for i in range(int(low), int(high or low) + 1)]
+    return ids
+
+
 def parse_sacct(text: str) -> dict[str, JobState]:
-    """`sacct --parsable2 --noheader --allocations --format=SACCT_FORMAT` lines by SLURM id.
-    Pending array tasks that SLURM has not split yet (`123_[4-9%2]`) are left out: still waiting."""
+    """`sacct --parsable2 --noheader --allocations --format=SACCT_FORMAT` lines by SLURM id."""
     states = {}
     for line in text.splitlines():
         fields = line.split("|")
-        if len(fields) < 4 or "[" in fields[0] or "." in fields[0]:
+        if len(fields) < 4 or "." in fields[0]:
             continue
         word, _, detail = fields[1].strip().partition(" ")
         code, sig = _exit_code(fields[2])
-        states[fields[0]] = JobState(fields[0], word.rstrip("+"), code, sig, fields[3], detail)
+        for slurm_id in task_ids(fields[0]):
+            states[slurm_id] = JobState(slurm_id, word.rstrip("+"), code, sig, fields[3], detail)
     return states
 
 
 def parse_squeue(text: str) -> dict[str, JobState]:
-    """`squeue --noheader --array --format=SQUEUE_FORMAT` lines by SLURM id."""
+    """`squeue --noheader --array --states=all --format=SQUEUE_FORMAT` lines by SLURM id (no exit
+    codes: the exit file has them)."""
     states = {}
     for line in text.splitlines():
         fields = line.strip().split("|")
-        if len(fields) < 2 or "[" in fields[0]:
+        if len(fields) < 2:
             continue
-        states[fields[0]] = JobState(fields[0], fields[1], detail=fields[2] if len(fields) > 2 else "")
+        for slurm_id in task_ids(fields[0]):
+            states[slurm_id] = JobState(slurm_id, fields[1], nodes=fields[3] if len(fields) > 3 else "")
     return states
 
 
@@ -94,4 +110,6 @@ def describe(state: JobState) -> str:
     if state.phase is Phase.CANCELLED:
         by = f" {state.detail}" if state.detail else ""
         return f"was cancelled in SLURM (job {state.slurm_id}: CANCELLED{by})"
+    if state.state == "GONE":
+        return f"SLURM job {state.slurm_id} vanished without an exit status (neither squeue nor sacct knows it)"
     return f"SLURM job {state.slurm_id} ended {state.state}{where}"

@@ -80,6 +80,8 @@ class SlurmLauncher:
         self._followed: dict[str, asyncio.Future] = {}
         self._unseen: dict[str, int] = defaultdict(int)
         self._poll_task: asyncio.Task | None = None
+        self._running_on: dict[str, str] = {}  # followed job -> its nodes, while SLURM says RUNNING
+        self._notes: dict[str, Path] = {}  # followed job -> the stderr.log that hears of its requeues
         self._accounting: bool | None = None  # sacct works; None until first asked
         self._limits: tuple[int, int | None] | None = None  # (array size, submit limit)
         self._in_flight = 0
@@ -120,14 +122,16 @@ class SlurmLauncher:
             record_file(guard.path).write_text(slurm_id)
             if on_spawn is not None:
                 on_spawn(f"slurm:{slurm_id}")
+            self._notes[slurm_id] = stderr
             try:
                 state = await self._follow(slurm_id)
             except asyncio.CancelledError:
                 await asyncio.shield(self._cancel([slurm_id]))
                 raise
             finally:
+                self._notes.pop(slurm_id, None)
                 await self._released()
-            status = self._status(state, guard.path)
+            status = self._status(state, guard.path, stderr)
             if status is not None:
                 return status
             again = lost < self.options.max_lost
@@ -138,13 +142,22 @@ class SlurmLauncher:
 
     # ---- outcomes ---------------------------------------------------------------------------
 
-    @staticmethod
-    def _status(state: JobState, guard: Path) -> ExitStatus | None:
-        """The process's exit status from SLURM's word and the exit file; None when it was lost."""
-        if state.phase is Phase.ENDED:
+    def _status(self, state: JobState, guard: Path, stderr: Path | None = None) -> ExitStatus | None:
+        """The process's exit status from SLURM's word, its own messages and the exit file; None
+        when it was lost. slurmstepd's lines are copied to the job's stderr.log."""
+        said = self._slurm_messages(state.slurm_id)
+        if said and stderr is not None:
+            with open(stderr, "a") as fh:
+                fh.writelines(f"{line}\n" for line in said)
+        if state.phase is Phase.ENDED and any("exceeded memory limit" in line.lower() for line in said):
+            # Without the cgroup plugin SLURM's accounting kills the job and calls it FAILED.
+            return ExitStatus.with_cause(-9, "oom-kill", describe(JobState(state.slurm_id, "OUT_OF_MEMORY",
+                                                                              nodes=state.nodes)))
+        if state.phase is Phase.ENDED or state.state == "GONE":
             recorded = adoptable_status(guard)
             if recorded is not None:
                 return recorded
+        if state.phase is Phase.ENDED:
             if state.signal:
                 return ExitStatus(-state.signal)
             return ExitStatus(state.exit_code or 0) if state.state == "COMPLETED" else ExitStatus(state.exit_code or 1)
@@ -154,6 +167,17 @@ class SlurmLauncher:
         if state.phase is Phase.CANCELLED:
             return ExitStatus.with_cause(-15, None, describe(state))
         return None  # LOST (or gone without a trace)
+
+    def _slurm_messages(self, slurm_id: str) -> list[str]:
+        """slurmstepd's own lines from the batch output (memory kills, cancellations), bounded."""
+        if self.log_dir is None:
+            return []
+        try:
+            with open(self.log_dir / f"{slurm_id}.out", "rb") as fh:
+                text = fh.read(64 << 10).decode(errors="replace")
+        except OSError:
+            return []
+        return [line for line in text.splitlines() if line.startswith("slurmstepd")][:20]
 
     # ---- submission -------------------------------------------------------------------------
 
@@ -197,6 +221,11 @@ class SlurmLauncher:
             argv += [f"--output={self.log_dir}/{pattern}.out", f"--error={self.log_dir}/{pattern}.out"]
         else:
             argv += ["--output=/dev/null", "--error=/dev/null"]
+        if not any(opt.startswith("--requeue") for opt in first.directives.extra):
+            # A node failure or preemption ends the job (NODE_FAIL, PREEMPTED) and repx submits it
+            # again at once under its own policy (max_lost), instead of SLURM's requeue, which
+            # holds it back for minutes (BeginTime). `--requeue` in sbatch_opts keeps SLURM's way.
+            argv.append("--no-requeue")
         argv += first.directives.options()
         if len(chunk) > 1:
             throttle = f"%{self.options.array_throttle}" if self.options.array_throttle else ""
@@ -265,35 +294,53 @@ class SlurmLauncher:
                     state = JobState(slurm_id, "GONE")
                 elif state.phase is Phase.WAITING:
                     self._unseen.pop(slurm_id, None)
+                    self._note_requeue(state)
                     continue
+                self._running_on.pop(slurm_id, None)
                 self._unseen.pop(slurm_id, None)
                 future = self._followed.pop(slurm_id)
                 if not future.done():
                     future.set_result(state)
 
+    def _note_requeue(self, state: JobState) -> None:
+        """A job seen running and now pending again was requeued by SLURM (`--requeue`): say so
+        in its stderr.log, where `repxctl log` shows it."""
+        if state.state == "RUNNING":
+            self._running_on[state.slurm_id] = state.nodes
+        elif state.slurm_id in self._running_on:
+            nodes = self._running_on.pop(state.slurm_id)
+            stderr = self._notes.get(state.slurm_id)
+            if stderr is not None:
+                with open(stderr, "a") as fh:
+                    fh.write(f"repx: SLURM requeued job {state.slurm_id} (it was running on {nodes or 'a node'});"
+                             f" it is {state.state} again\n")
+
     async def _query(self, slurm_ids: list[str]) -> dict[str, JobState]:
-        """One call for every followed job: sacct where accounting works, else squeue (a job
-        squeue no longer lists has ended; its exit file says how)."""
+        """One `squeue` for every followed job; `sacct` only for jobs squeue no longer lists.
+
+        squeue first because sacct lags behind: a job submitted a moment ago, and array tasks
+        held back by a throttle, are absent from sacct for a while (measured on slurm 22.05), so
+        its silence cannot tell "not recorded yet" from "gone". squeue knows every queued job and,
+        until MinJobAge passes, how an ended one ended; accounting answers for the rest."""
         masters = ",".join(sorted({master_id(s) for s in slurm_ids}))
-        if self._accounting is not False:
+        result = await self.commands.run(["squeue", "--noheader", "--array", "--states=all", f"--jobs={masters}",
+                                          f"--format={SQUEUE_FORMAT}"])
+        if not result.ok and "Invalid job id" not in result.stderr:
+            raise SlurmError(result.failure())
+        states = parse_squeue(result.stdout) if result.ok else {}
+        gone = sorted({master_id(s) for s in slurm_ids if s not in states})
+        if gone and self._accounting is not False:
             result = await self.commands.run(["sacct", "--noheader", "--parsable2", "--allocations",
-                                              f"--jobs={masters}", f"--format={SACCT_FORMAT}"])
+                                              f"--jobs={','.join(gone)}", f"--format={SACCT_FORMAT}"])
             if result.ok:
                 self._accounting = True
-                return parse_sacct(result.stdout)
-            if self._accounting is None:
-                log.warning("sacct unavailable (%s); following jobs with squeue", result.failure())
+                states.update(parse_sacct(result.stdout))
+            elif self._accounting is None:
+                log.warning("sacct unavailable (%s); jobs squeue forgets are judged by their exit files", result.failure())
                 self._accounting = False
-            else:
-                raise SlurmError(result.failure())
-        result = await self.commands.run(["squeue", "--noheader", "--array", f"--user={getpass.getuser()}",
-                                          f"--format={SQUEUE_FORMAT}"])
-        if not result.ok:
-            raise SlurmError(result.failure())
-        listed = parse_squeue(result.stdout)
-        states = {}
-        for slurm_id in slurm_ids:
-            states[slurm_id] = listed.get(slurm_id) or JobState(slurm_id, "COMPLETED")
+        if self._accounting is False:  # nobody else can say: an ended job's exit file does
+            for slurm_id in slurm_ids:
+                states.setdefault(slurm_id, JobState(slurm_id, "GONE"))
         return states
 
     # ---- cancel -----------------------------------------------------------------------------
