@@ -138,6 +138,12 @@ class SlurmCluster:
             )
         return result
 
+    def add_user(self, name: str) -> None:
+        """Let a Unix user submit: accounting enforces associations, as real sites do, so a
+        user the database does not know is refused ("Invalid account …")."""
+        self.run("sacctmgr", "--immediate", "add", "user", name, f"Account={self.account}",
+                 f"Cluster={CLUSTER_NAME}")
+
     def job_state(self, job_id: str) -> str:
         """The job's state as sacct reports it ("" while slurmdbd has no record yet)."""
         out = self.run("sacct", "--noheader", "--parsable2", "-X", "--format=State", "-j", job_id).stdout.split("\n")

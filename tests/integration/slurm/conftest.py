@@ -6,6 +6,9 @@ This directory is a package so that this conftest is `slurm.conftest`, not a sec
 from __future__ import annotations
 
 import os
+import shutil
+import tempfile
+from pathlib import Path
 
 import pytest
 from conftest import missing
@@ -24,9 +27,16 @@ def slurm_programs() -> None:
 
 
 @pytest.fixture(scope="session")
-def slurm_cluster(slurm_programs, tmp_path_factory) -> SlurmCluster:
-    cluster = start_cluster(tmp_path_factory.mktemp("slurm-cluster"))
+def slurm_cluster(slurm_programs) -> SlurmCluster:
+    # Not under pytest's tmp_path (mode 0700): users other than root read slurm.conf and
+    # reach munge's socket, as on a real cluster.
+    workdir = Path(tempfile.mkdtemp(prefix="repx-slurm-"))
+    workdir.chmod(0o755)
     try:
-        yield cluster
+        cluster = start_cluster(workdir)
+        try:
+            yield cluster
+        finally:
+            cluster.stop()
     finally:
-        cluster.stop()
+        shutil.rmtree(workdir, ignore_errors=True)

@@ -4,10 +4,14 @@ the real daemons (the states match tests/fixtures/slurm/, recorded from this clu
 from __future__ import annotations
 
 import os
+import shutil
+import subprocess
+import tempfile
 import time
 from pathlib import Path
 
 import pytest
+from conftest import missing, require_program
 from slurm_cluster import SlurmCluster, start_cluster
 
 pytestmark = pytest.mark.integration
@@ -62,6 +66,33 @@ def test_sbatch_then_sacct_reports_name_state_and_exit_code(slurm_cluster, tmp_p
     assert (raw, job_id, name, state, exit_code) == (ok, ok, "repx-ok", "COMPLETED", "0:0")
     assert node in slurm_cluster.nodes
     assert allocations(slurm_cluster, failing)[0][3:5] == ["FAILED", "3:0"]
+
+
+def test_other_user_submits_once_added(slurm_cluster):
+    require_program("useradd")
+    require_program("runuser")
+    name = "repx-slurm-user"
+    subprocess.run(["userdel", name], capture_output=True)
+    made = subprocess.run(["useradd", "--system", "--no-create-home", "--user-group", "--shell", "/usr/sbin/nologin",
+                           name], capture_output=True, text=True)
+    if made.returncode != 0:
+        missing(f"useradd {name} failed: {made.stderr.strip()}")
+    # The user's job directory must be reachable by the user: not under pytest's 0700 tmp.
+    jobdir = Path(tempfile.mkdtemp(prefix="repx-slurm-user-"))
+    try:
+        shutil.chown(jobdir, name)
+        as_user = ["runuser", "-u", name, "--", "sbatch", "--parsable", f"--chdir={jobdir}", "--output=who.out",
+                   "--wrap=id -un"]
+        refused = slurm_cluster.run(*as_user, check=False)
+        assert refused.returncode == 1
+        assert "Invalid account" in refused.stderr
+        slurm_cluster.add_user(name)
+        job = slurm_cluster.run(*as_user).stdout.strip()
+        assert slurm_cluster.wait_state(job, {"COMPLETED", "FAILED"}) == "COMPLETED"
+        assert (jobdir / "who.out").read_text() == f"{name}\n"
+    finally:
+        shutil.rmtree(jobdir, ignore_errors=True)
+        subprocess.run(["userdel", name], capture_output=True)
 
 
 def test_array_tasks_are_listed_as_id_underscore_index(slurm_cluster, tmp_path):
