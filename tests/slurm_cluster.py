@@ -1,6 +1,7 @@
-"""A real single-node SLURM cluster in a temporary directory, for tests that drive SLURM.
+"""A real SLURM cluster on this one machine, in a temporary directory, for tests that drive
+SLURM: two virtual nodes (NodeName=n1, n2 on this host, one slurmd each) by default.
 
-munged, MariaDB, slurmdbd, slurmctld and one slurmd per virtual node run as root inside their
+munged, MariaDB, slurmdbd, slurmctld and the slurmd run as root inside their
 own PID namespace (`unshare --pid --fork --mount-proc`): slurmstepd and job processes detach
 from the daemons that start them, and the namespace is the one boundary that contains them
 all, so `stop()` leaves no process behind whatever the jobs did. The daemons and clients talk
@@ -262,7 +263,6 @@ class SlurmCluster:
             except subprocess.TimeoutExpired:
                 daemon.launcher.kill()
         self._daemons.clear()
-
 
 
 def start_cluster(workdir: Path, nodes: int = 2, max_array_size: int = 1001) -> SlurmCluster:
