@@ -124,6 +124,7 @@ class SlurmCluster:
     nodes: list[str]
     partition: str = PARTITION
     account: str = ACCOUNT
+    accounting: bool = True
     bring_up_seconds: float = 0.0
     _namespace: subprocess.Popen | None = None
     _daemons: dict[str, _Daemon] = field(default_factory=dict)
@@ -265,9 +266,10 @@ class SlurmCluster:
         self._daemons.clear()
 
 
-def start_cluster(workdir: Path, nodes: int = 2, max_array_size: int = 1001) -> SlurmCluster:
+def start_cluster(workdir: Path, nodes: int = 2, max_array_size: int = 1001, accounting: bool = True) -> SlurmCluster:
     """Start munge, MariaDB, slurmdbd, slurmctld and `nodes` slurmd in `workdir`; return when
-    every node is idle and accounting knows the cluster, account and user."""
+    every node is idle and accounting knows the cluster, account and user. Without
+    `accounting` there is no MariaDB or slurmdbd, and sacct fails as on such clusters."""
     lacking = missing_programs()
     if lacking:
         raise SlurmClusterError(f"missing programs: {', '.join(lacking)}")
@@ -278,7 +280,7 @@ def start_cluster(workdir: Path, nodes: int = 2, max_array_size: int = 1001) -> 
     paths = write_configs(workdir, node_names, max_array_size, ports={
         "mariadb": _free_port(), "dbd": _free_port(), "ctld": _free_port(),
         **{node: _free_port() for node in node_names},
-    })
+    }, accounting=accounting)
     env = dict(os.environ)
     env["SLURM_CONF"] = str(paths.slurm_conf)
     for inherited in [k for k in env if k.startswith(("SLURM_", "SBATCH_", "SQUEUE_", "SACCT_"))]:
@@ -290,7 +292,7 @@ def start_cluster(workdir: Path, nodes: int = 2, max_array_size: int = 1001) -> 
         stdin=subprocess.DEVNULL, preexec_fn=_die_with_parent,
     )
     cluster = SlurmCluster(workdir=workdir, conf=paths.slurm_conf, env=env, nodes=node_names,
-                           _namespace=namespace)
+                           accounting=accounting, _namespace=namespace)
     try:
         _wait_for("PID namespace", lambda: bool(_children(namespace.pid)), 10, [])
         _bring_up(cluster, paths, node_names)
@@ -309,7 +311,29 @@ def _bring_up(cluster: SlurmCluster, paths: ClusterPaths, node_names: list[str])
     ])
     _wait_for("munged", lambda: cluster._check_alive("munged") and paths.munge_socket.exists(), 15,
               [munged.log, paths.log / "munged.log"])
+    if cluster.accounting:
+        _start_accounting(cluster, paths)
+    cluster._start_controller()
+    for node in node_names:
+        cluster._spawn(f"slurmd-{node}", ["slurmd", "-D", "-N", node, "-f", str(paths.slurm_conf)])
+    deadline = time.monotonic() + 30
+    while True:
+        for node in node_names:
+            cluster._check_alive(f"slurmd-{node}")
+        try:
+            cluster.wait_nodes_idle(timeout=1)
+            break
+        except SlurmClusterError:
+            if time.monotonic() > deadline:
+                raise
+    if cluster.accounting:
+        _wait_for("sacctmgr association", lambda: CLUSTER_NAME in cluster.run(
+            "sacctmgr", "--noheader", "--parsable2", "show", "association", "format=Cluster,Account,User",
+            check=False).stdout, 15, [paths.log / "slurmctld.log"])
 
+
+def _start_accounting(cluster: SlurmCluster, paths: ClusterPaths) -> None:
+    """MariaDB and slurmdbd, with the cluster, its account and root's association."""
     install = subprocess.run(
         ["mariadb-install-db", "--no-defaults", "--user=root", f"--datadir={paths.mariadb_data}",
          "--auth-root-authentication-method=socket", "--skip-test-db", "--innodb-log-file-size=8M"],
@@ -338,20 +362,3 @@ def _bring_up(cluster: SlurmCluster, paths: ClusterPaths, node_names: list[str])
     cluster.run("sacctmgr", "--immediate", "add", "account", ACCOUNT, f"Cluster={CLUSTER_NAME}")
     cluster.run("sacctmgr", "--immediate", "add", "user", "root", f"Account={ACCOUNT}",
                 f"DefaultAccount={ACCOUNT}", f"Cluster={CLUSTER_NAME}")
-
-    cluster._start_controller()
-    for node in node_names:
-        cluster._spawn(f"slurmd-{node}", ["slurmd", "-D", "-N", node, "-f", str(paths.slurm_conf)])
-    deadline = time.monotonic() + 30
-    while True:
-        for node in node_names:
-            cluster._check_alive(f"slurmd-{node}")
-        try:
-            cluster.wait_nodes_idle(timeout=1)
-            break
-        except SlurmClusterError:
-            if time.monotonic() > deadline:
-                raise
-    _wait_for("sacctmgr association", lambda: CLUSTER_NAME in cluster.run(
-        "sacctmgr", "--noheader", "--parsable2", "show", "association", "format=Cluster,Account,User",
-        check=False).stdout, 15, [paths.log / "slurmctld.log"])

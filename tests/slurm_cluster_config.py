@@ -55,7 +55,19 @@ class ClusterPaths:
         return self.run / "mariadb.sock"
 
 
-def _slurm_conf(paths: ClusterPaths, nodes: list[str], max_array_size: int) -> str:
+def _accounting(paths: ClusterPaths, accounting: bool) -> str:
+    if not accounting:
+        return "AccountingStorageType=accounting_storage/none"
+    return f"""\
+AccountingStorageType=accounting_storage/slurmdbd
+AccountingStorageHost=127.0.0.1
+AccountingStoragePort={paths.ports["dbd"]}
+# slurmctld ignores AuthInfo's socket when talking to slurmdbd; this names it.
+AccountingStoragePass={paths.munge_socket}
+AccountingStorageEnforce=associations,limits"""
+
+
+def _slurm_conf(paths: ClusterPaths, nodes: list[str], max_array_size: int, accounting: bool) -> str:
     host = socket.gethostname().split(".")[0]
     ports = paths.ports
     node_lines = "\n".join(
@@ -96,16 +108,12 @@ DefMemPerCPU={NODE_MEMORY_MB // NODE_CPUS}
 SchedulerType=sched/backfill
 SchedulerParameters=bf_interval=1
 PriorityType=priority/basic
-# Memory is sampled every second and a step over its --mem is killed (state OUT_OF_MEMORY).
+# Memory is sampled every second and a step over its --mem is killed: the job ends FAILED
+# (0:9); OUT_OF_MEMORY needs the cgroup task plugin, which cannot run here.
 JobAcctGatherType=jobacct_gather/linux
 JobAcctGatherFrequency=task=1
 JobAcctGatherParams=OverMemoryKill
-AccountingStorageType=accounting_storage/slurmdbd
-AccountingStorageHost=127.0.0.1
-AccountingStoragePort={ports["dbd"]}
-# slurmctld ignores AuthInfo's socket when talking to slurmdbd; this names it.
-AccountingStoragePass={paths.munge_socket}
-AccountingStorageEnforce=associations,limits
+{_accounting(paths, accounting)}
 JobCompType=jobcomp/none
 # Quick reactions for tests: finished jobs leave squeue after 2 s, a job over its time
 # limit gets SIGTERM then SIGKILL 2 s later. A node set DOWN stays DOWN until RESUME.
@@ -141,7 +149,8 @@ StorageLoc=slurm_acct_db
 """
 
 
-def write_configs(workdir: Path, nodes: list[str], max_array_size: int, ports: dict[str, int]) -> ClusterPaths:
+def write_configs(workdir: Path, nodes: list[str], max_array_size: int, ports: dict[str, int],
+                  accounting: bool) -> ClusterPaths:
     paths = ClusterPaths(workdir=workdir, ports=ports, db_password=secrets.token_hex(12))
     for directory in (paths.etc, paths.run, paths.log, workdir / "state", paths.mariadb_data):
         directory.mkdir(parents=True, exist_ok=True)
@@ -152,7 +161,7 @@ def write_configs(workdir: Path, nodes: list[str], max_array_size: int, ports: d
         directory.chmod(0o755)
     paths.munge_key.write_bytes(secrets.token_bytes(1024))
     paths.munge_key.chmod(0o400)
-    paths.slurm_conf.write_text(_slurm_conf(paths, nodes, max_array_size))
+    paths.slurm_conf.write_text(_slurm_conf(paths, nodes, max_array_size, accounting))
     dbd_conf = paths.etc / "slurmdbd.conf"
     dbd_conf.write_text(_slurmdbd_conf(paths))
     # slurmdbd refuses a configuration (it holds the database password) others can read.

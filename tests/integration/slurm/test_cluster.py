@@ -150,16 +150,40 @@ def test_node_down_fails_its_job_and_resume_returns_it(slurm_cluster, tmp_path):
     slurm_cluster.wait_nodes_idle()
 
 
+def test_without_accounting_sacct_refuses_and_squeue_answers(slurm_programs, tmp_path):
+    cluster = start_cluster(tmp_path / "cluster", nodes=1, accounting=False)
+    try:
+        job = submit(cluster, tmp_path, "--job-name=repx-no-acct", "--wrap=sleep 30")
+        refused = cluster.run("sacct", "-j", job, check=False)
+        assert refused.returncode != 0
+        assert "accounting storage is disabled" in refused.stderr
+        queue = _wait_squeue(cluster, job, "RUNNING")
+        assert queue == f"{job}|repx-no-acct|RUNNING|n1"
+    finally:
+        cluster.stop()
+
+
 def test_stop_leaves_no_process(slurm_programs, tmp_path):
-    cluster = start_cluster(tmp_path / "cluster", nodes=1)
+    cluster = start_cluster(tmp_path / "cluster", nodes=1, accounting=False)
     try:
         job = submit(cluster, tmp_path, "--wrap=sleep 7654321")
-        cluster.wait_state(job, {"RUNNING"})
+        _wait_squeue(cluster, job, "RUNNING")
         assert _processes_mentioning("7654321"), "the job's sleep should be visible before stop"
     finally:
         cluster.stop()
     assert _processes_mentioning("7654321") == []
     assert _processes_mentioning(str(tmp_path)) == []
+
+
+def _wait_squeue(cluster: SlurmCluster, job: str, state: str, timeout: float = 20) -> str:
+    deadline = time.monotonic() + timeout
+    line = ""
+    while time.monotonic() < deadline:
+        line = cluster.run("squeue", "--noheader", "--format=%i|%j|%T|%N", "-j", job).stdout.strip()
+        if f"|{state}|" in line:
+            return line
+        time.sleep(0.2)
+    raise AssertionError(f"job {job} not {state} after {timeout} s: {line!r}")
 
 
 def _processes_mentioning(text: str) -> list[str]:
