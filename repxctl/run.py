@@ -78,8 +78,10 @@ def run(specs, lab_path, base_path, target, config_path, no_verify, resources_pa
         reporter = PlainReporter(len(plan.to_run), log_dir)
     if reporter is not None:
         embedded.reporter = reporter
+        where = ("through SLURM" if embedded.scheduler == "slurm" and not concurrency
+                 else f"{embedded.admission.slots} at once")
         click.echo(f"Running {len(plan.to_run)} of {len(plan.closure)} jobs ({done_before} already succeeded) "
-                   f"on target {plan.target_name} at {plan.layout.base}, {embedded.admission.slots} at once.", err=True)
+                   f"on target {plan.target_name} at {plan.layout.base}, {where}.", err=True)
     embedded.prepare()
     register_root(plan.layout, plan.lab, lab_path)
     signalled: list[int] = []

@@ -264,4 +264,4 @@ class Agent:
         agent = self.settings.agent
         return job_uid(item.get("submitter_uid"), run_as_submitter=agent.run_as_submitter, job_user=agent.job_user,
                        allow_daemon_user=agent.allow_jobs_as_daemon_user,
-                       can_switch=os.geteuid() == 0 or self.launcher.name == "systemd")
+                       can_switch=os.geteuid() == 0 or self._launcher(item["target"])[0].name == "systemd")

@@ -58,11 +58,10 @@ async def execute_scatter_gather(ctx: JobContext, job: Job) -> JobResult:
         return finish(ctx, job.id, repx, False, f"scatter/out/work_items.json is invalid: {exc}")
 
     order = _step_order(job)
-    branches = [_run_branch(ctx, job, root / f"branch-{i}", item, order, static_inputs, params_json)
-                for i, item in enumerate(items)]
-    failures = [r for r in await asyncio.gather(*branches) if r]
-    if failures:
-        return finish(ctx, job.id, repx, False, f"{len(failures)} of {len(items)} branches failed; first: {failures[0]}")
+    failure, stopped = await _run_branches(ctx, job, root, items, order, static_inputs, params_json)
+    if failure:
+        also = f"; {stopped} other branch{'es' if stopped != 1 else ''} stopped" if stopped else ""
+        return finish(ctx, job.id, repx, False, f"a branch of {len(items)} failed: {failure}{also}")
 
     sink = _sink_step(job, order)
     sink_outputs = job.executables[f"step-{sink}"].outputs
@@ -85,6 +84,25 @@ async def execute_scatter_gather(ctx: JobContext, job: Job) -> JobResult:
         params_json, prepare=prepare_gather,
         record=lambda status: finish(ctx, job.id, repx, status == 0, None if status == 0 else f"gather {exit_reason(status)}"),
         done=lambda: JobResult(job.id, True) if (repx / SUCCESS).exists() else None)
+
+
+async def _run_branches(ctx: JobContext, job: Job, root: Path, items: list, order: list[str],
+                        static_inputs: dict[str, str], params_json: Path) -> tuple[str | None, int]:
+    """Every branch at once; the first failure stops the others (their processes killed, their
+    cluster jobs cancelled): the stage has failed, and what they would compute is not used.
+    Returns (the first failure, how many branches were stopped)."""
+    tasks = [asyncio.create_task(_run_branch(ctx, job, root / f"branch-{i}", item, order, static_inputs, params_json))
+             for i, item in enumerate(items)]
+    failure = None
+    try:
+        for finished in asyncio.as_completed(tasks):
+            failure = await finished
+            if failure:
+                break
+    finally:
+        stopped = sum(task.cancel() for task in tasks)
+        await asyncio.gather(*tasks, return_exceptions=True)
+    return failure, stopped
 
 
 def _resolve(template, out: Path):

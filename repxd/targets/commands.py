@@ -6,9 +6,12 @@ from __future__ import annotations
 
 import asyncio
 import os
+import pwd
 from collections import Counter
 from dataclasses import dataclass, field
 from typing import Protocol
+
+from ..exec.launcher import Identity
 
 
 @dataclass(frozen=True)
@@ -31,7 +34,8 @@ class CommandResult:
 class CommandRunner(Protocol):
     calls: Counter
 
-    async def run(self, argv: list[str], stdin: str | None = None, timeout: float = 120.0) -> CommandResult: ...
+    async def run(self, argv: list[str], stdin: str | None = None, timeout: float = 120.0,
+                  identity: Identity | None = None) -> CommandResult: ...
 
 
 class CommandMissing(Exception):
@@ -45,12 +49,23 @@ class LocalCommands:
     env: dict[str, str] = field(default_factory=dict)
     calls: Counter = field(default_factory=Counter)
 
-    async def run(self, argv: list[str], stdin: str | None = None, timeout: float = 120.0) -> CommandResult:
+    async def run(self, argv: list[str], stdin: str | None = None, timeout: float = 120.0,
+                  identity: Identity | None = None) -> CommandResult:
+        """`identity`: run the command as that user (root only), so that what it submits is theirs."""
         self.calls[os.path.basename(argv[0])] += 1
+        env = {**os.environ, **self.env}
+        switch = {}
+        if identity is not None and identity.uid != os.geteuid():
+            switch = {"user": identity.uid, "group": identity.gid, "extra_groups": list(identity.groups)}
+            try:
+                entry = pwd.getpwuid(identity.uid)
+                env.update(HOME=entry.pw_dir, USER=entry.pw_name, LOGNAME=entry.pw_name)
+            except KeyError:
+                env.update(HOME="/", USER=str(identity.uid), LOGNAME=str(identity.uid))
         try:
             proc = await asyncio.create_subprocess_exec(
                 *argv, stdin=asyncio.subprocess.PIPE if stdin is not None else asyncio.subprocess.DEVNULL,
-                stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, env={**os.environ, **self.env})
+                stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, env=env, cwd="/", **switch)
         except FileNotFoundError:
             raise CommandMissing(f"{argv[0]} is not installed on this host (is it on PATH?)") from None
         try:

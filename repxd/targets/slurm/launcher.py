@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import getpass
 import logging
+import os
 import re
 from collections import defaultdict
 from contextlib import asynccontextmanager
@@ -19,7 +20,18 @@ from pathlib import Path
 from typing import Any
 
 from ...errors import RepxError
-from ...exec.launcher import ExitStatus, Guard, LaunchRequest, adoptable_status, exit_file, guarded
+from ...exec.launcher import (
+    ExitStatus,
+    Guard,
+    Identity,
+    LaunchRequest,
+    adoptable_status,
+    exit_file,
+    guarded,
+    hand_over,
+    user_identity,
+)
+from ...exec.layout import UnreadableJobFile, read_job_file
 from ...exec.runtimes import Invocation
 from ..commands import CommandRunner
 from .accounting import (
@@ -62,6 +74,7 @@ class _Pending:
     process: Process
     directives: Directives
     name: str
+    identity: Identity | None
     future: asyncio.Future
 
 
@@ -102,7 +115,7 @@ class SlurmLauncher:
             if slurm_id:
                 log.info("following SLURM job %s submitted earlier for %s", slurm_id, request.job_id)
                 state = await self._follow(slurm_id)
-                guard.leftover_status = self._status(state, path)
+                guard.leftover_status = self.outcome(state, path)
             try:
                 yield guard
             finally:
@@ -111,14 +124,18 @@ class SlurmLauncher:
     async def run(self, invocation: Invocation, repx: Path, guard: Guard, request: LaunchRequest,
                   on_spawn=None) -> int:
         stdout, stderr = repx / "stdout.log", repx / "stderr.log"
+        identity = user_identity(request.user) if request.user is not None else None
+        if identity is not None:  # the job runs as its submitter: `out/` and its logs become theirs
+            await asyncio.to_thread(hand_over, invocation.cwd, identity)
         for log_file in (stdout, stderr):
-            log_file.write_bytes(b"")
+            _owned_empty(log_file, identity)
         process = Process(invocation, stdout, stderr, exit_file(guard.path))
         directives = Directives.from_resources(request.resources)
         name = f"repx.{request.run_id or self.tag}.{request.job_id}"
         for lost in range(self.options.max_lost + 1):
-            exit_file(guard.path).unlink(missing_ok=True)
-            slurm_id = await self._submit(process, directives, name)
+            # The batch script writes the exit status as the job's user, into a file made for it.
+            _owned_empty(exit_file(guard.path), identity, mode=0o600)
+            slurm_id = await self._submit(process, directives, name, identity)
             record_file(guard.path).write_text(slurm_id)
             if on_spawn is not None:
                 on_spawn(f"slurm:{slurm_id}")
@@ -131,7 +148,7 @@ class SlurmLauncher:
             finally:
                 self._notes.pop(slurm_id, None)
                 await self._released()
-            status = self._status(state, guard.path, stderr)
+            status = self.outcome(state, guard.path, stderr)
             if status is not None:
                 return status
             again = lost < self.options.max_lost
@@ -142,7 +159,7 @@ class SlurmLauncher:
 
     # ---- outcomes ---------------------------------------------------------------------------
 
-    def _status(self, state: JobState, guard: Path, stderr: Path | None = None) -> ExitStatus | None:
+    def outcome(self, state: JobState, guard: Path, stderr: Path | None = None) -> ExitStatus | None:
         """The process's exit status from SLURM's word, its own messages and the exit file; None
         when it was lost. slurmstepd's lines are copied to the job's stderr.log."""
         said = self._slurm_messages(state.slurm_id)
@@ -168,26 +185,42 @@ class SlurmLauncher:
             return ExitStatus.with_cause(-15, None, describe(state))
         return None  # LOST (or gone without a trace)
 
+    def _log_dir(self, identity: Identity | None) -> Path:
+        """Where SLURM writes batch output: per user (theirs, 0700) when jobs run as submitters."""
+        path = self.log_dir if identity is None else self.log_dir / str(identity.uid)
+        if not path.is_dir():
+            path.mkdir(parents=True, exist_ok=True, mode=0o700 if identity else 0o755)
+            if identity is not None:
+                os.chown(path, identity.uid, identity.gid)
+        return path
+
     def _slurm_messages(self, slurm_id: str) -> list[str]:
-        """slurmstepd's own lines from the batch output (memory kills, cancellations), bounded."""
+        """slurmstepd's own lines from the batch output (memory kills, cancellations), bounded;
+        read without following links or blocking, as the job's user could have replaced the file."""
         if self.log_dir is None:
             return []
+        text = ""
         try:
-            with open(self.log_dir / f"{slurm_id}.out", "rb") as fh:
-                text = fh.read(64 << 10).decode(errors="replace")
+            per_user = [p for p in self.log_dir.iterdir() if p.name.isdigit()]
         except OSError:
-            return []
+            per_user = []
+        for directory in (self.log_dir, *per_user):
+            try:
+                text = read_job_file(directory / f"{slurm_id}.out", 64 << 10).decode(errors="replace")
+                break
+            except (OSError, UnreadableJobFile):
+                continue
         return [line for line in text.splitlines() if line.startswith("slurmstepd")][:20]
 
     # ---- submission -------------------------------------------------------------------------
 
-    async def _submit(self, process: Process, directives: Directives, name: str) -> str:
+    async def _submit(self, process: Process, directives: Directives, name: str, identity: Identity | None) -> str:
         async with self._room:
             limits = await self._cluster_limits()
             await self._room.wait_for(lambda: limits[1] is None or self._in_flight < limits[1])
             self._in_flight += 1
         future = asyncio.get_running_loop().create_future()
-        self._queue.append(_Pending(process, directives, name, future))
+        self._queue.append(_Pending(process, directives, name, identity, future))
         if self._flush_task is None or self._flush_task.done():
             self._flush_task = asyncio.create_task(self._flush_later())
         try:
@@ -204,9 +237,9 @@ class SlurmLauncher:
     async def _flush_later(self) -> None:
         await asyncio.sleep(self.options.submit_window)
         queue, self._queue = [p for p in self._queue if not p.future.done()], []
-        groups: dict[Directives, list[_Pending]] = defaultdict(list)
+        groups: dict[tuple, list[_Pending]] = defaultdict(list)
         for pending in queue:
-            groups[pending.directives].append(pending)
+            groups[pending.directives, pending.identity].append(pending)
         array_size = (await self._cluster_limits())[0]
         await asyncio.gather(*(self._sbatch(chunk) for group in groups.values()
                                for chunk in _chunks(group, array_size)))
@@ -216,9 +249,9 @@ class SlurmLauncher:
         argv = ["sbatch", "--parsable", f"--job-name={first.name}" + (f"+{len(chunk) - 1}" if len(chunk) > 1 else ""),
                 f"--chdir={first.process.invocation.cwd}"]
         if self.log_dir is not None:
-            self.log_dir.mkdir(parents=True, exist_ok=True)
+            log_dir = self._log_dir(first.identity)
             pattern = "%A_%a" if len(chunk) > 1 else "%j"
-            argv += [f"--output={self.log_dir}/{pattern}.out", f"--error={self.log_dir}/{pattern}.out"]
+            argv += [f"--output={log_dir}/{pattern}.out", f"--error={log_dir}/{pattern}.out"]
         else:
             argv += ["--output=/dev/null", "--error=/dev/null"]
         if not any(opt.startswith("--requeue") for opt in first.directives.extra):
@@ -231,7 +264,7 @@ class SlurmLauncher:
             throttle = f"%{self.options.array_throttle}" if self.options.array_throttle else ""
             argv.append(f"--array=0-{len(chunk) - 1}{throttle}")
         script = batch_script([arm(i, p.process) for i, p in enumerate(chunk)])
-        result = await self.commands.run(argv, stdin=script)
+        result = await self.commands.run(argv, stdin=script, identity=first.identity)
         if not result.ok:
             error = SlurmError(f"SLURM refused the job: {result.failure()}")
             for pending in chunk:
@@ -353,6 +386,17 @@ class SlurmLauncher:
             future = self._followed.pop(slurm_id, None)
             if future is not None and not future.done():
                 future.cancel()
+
+
+def _owned_empty(path: Path, identity: Identity | None, mode: int = 0o644) -> None:
+    """An empty file at `path`, the job's user's when it runs as one (replacing what was there)."""
+    path.unlink(missing_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, mode)
+    try:
+        if identity is not None:
+            os.fchown(fd, identity.uid, identity.gid)
+    finally:
+        os.close(fd)
 
 
 def _chunks(group: list[_Pending], array_size: int) -> list[list[_Pending]]:

@@ -170,6 +170,9 @@ def test_stop_leaves_no_process(slurm_programs, tmp_path):
     try:
         job = submit(cluster, tmp_path, "--wrap=sleep 7654321")
         _wait_squeue(cluster, job, "RUNNING")
+        deadline = time.monotonic() + 20  # RUNNING comes before slurmstepd has started the script
+        while not _processes_mentioning("7654321") and time.monotonic() < deadline:
+            time.sleep(0.2)
         assert _processes_mentioning("7654321"), "the job's sleep should be visible before stop"
     finally:
         cluster.stop()

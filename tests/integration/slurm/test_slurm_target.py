@@ -16,6 +16,7 @@ import pytest
 from cli import repxctl
 from definitions import HEADER, simple, sweep_scatter
 from service import Daemon
+from test_scatter_failure import failing_branch_lab
 
 from repxd.lab.writer import LabWriter
 
@@ -254,3 +255,63 @@ def test_the_daemon_runs_the_examples_on_slurm(slurm_cluster, counted, tmp_path)
         assert hpc == local
     finally:
         daemon.stop()
+
+
+def hpc_daemon(counted, base: Path) -> Daemon:
+    daemon = Daemon.create(extra=f'[targets.hpc]\nbase_path = "{base}"\ndefault_scheduler = "slurm"\n'
+                                 f'[targets.hpc.slurm]\npoll_interval = {POLL}\nsubmit_window = 0.3\n')
+    daemon.env = {**counted.env}
+    return daemon
+
+
+def run_state(env: dict, run_id: str) -> str:
+    return json.loads(repxctl("runs", run_id, "--json", env=env).stdout)["state"]
+
+
+def test_cancelling_a_daemon_run_cancels_its_slurm_jobs(slurm_cluster, counted, tmp_path):
+    daemon = hpc_daemon(counted, tmp_path / "hpc")
+    daemon.start("all")
+    try:
+        env = {**counted.env, "REPX_API": str(daemon.socket)}
+        lab = sleeper_lab(tmp_path, 300)
+        run_id = repxctl("run", "sleeper", "--lab", lab, "--target", "hpc", "--detach", env=env).stdout.strip()
+        queued = wait_for("the job running in SLURM", lambda: [q for q in our_queue(slurm_cluster) if q.endswith("RUNNING")])
+        assert repxctl("cancel", run_id, env=env).code == 0
+        wait_for("the run to end", lambda: run_state(env, run_id) not in ("active", "cancelling"), 60)
+        assert run_state(env, run_id) == "cancelled"
+        wait_for("the job to leave squeue", lambda: not our_queue(slurm_cluster), 30)
+        assert slurm_cluster.wait_state(queued[0].split("|")[0], {"CANCELLED"}, 30).startswith("CANCELLED")
+        assert counted.calls("scancel")
+    finally:
+        daemon.stop()
+
+
+def test_a_daemon_killed_mid_run_reattaches_to_its_slurm_jobs(slurm_cluster, counted, tmp_path):
+    daemon = hpc_daemon(counted, tmp_path / "hpc")
+    daemon.start("all")
+    try:
+        env = {**counted.env, "REPX_API": str(daemon.socket)}
+        lab = sleeper_lab(tmp_path, 10)
+        run_id = repxctl("run", "sleeper", "--lab", lab, "--target", "hpc", "--detach", env=env).stdout.strip()
+        wait_for("the job running in SLURM", lambda: [q for q in our_queue(slurm_cluster) if q.endswith("RUNNING")])
+        daemon.kill("all")
+        daemon.start("all")
+        wait_for("the run to end", lambda: run_state(env, run_id) not in ("active", "cancelling"), 120)
+        assert run_state(env, run_id) == "succeeded", daemon.logs()
+        assert len(counted.calls("sbatch")) == 1, counted.calls("sbatch")
+        (done,) = (tmp_path / "hpc" / "outputs").glob("*/out/done")
+        assert done.read_text() == "rested\n"
+    finally:
+        daemon.stop()
+
+
+def test_a_failed_branch_cancels_the_rest_of_its_stage_in_slurm(slurm_cluster, counted, tmp_path):
+    lab = failing_branch_lab(tmp_path)
+    config = slurm_config(tmp_path, slurm_cluster, tmp_path / "hpc")
+    result = repxctl("run", "stage", "--lab", lab, "--config", config, "--target", "hpc", "--json", env=counted.env,
+                     timeout=120)
+    assert result.code == 1, result.stderr
+    (reason,) = result.json()["failed"].values()
+    assert "exited with status 4" in reason and "1 other branch stopped" in reason
+    assert counted.calls("scancel"), "the sleeping branch's SLURM job was not cancelled"
+    wait_for("nothing of ours left in squeue", lambda: not our_queue(slurm_cluster), 30)
