@@ -175,3 +175,22 @@ def reboot_mid_run_completes(machine, lab: str, run: str) -> None:
         machine.wait_for_unit(unit)
     details = wait_for_run(machine, run_id, timeout=300)
     assert details["state"] == "succeeded"
+
+
+def slurm_target_runs(machine, user: str, lab: str, selection: str, target: str, base: str,
+                      as_user: str | None = None) -> str:
+    """A researcher's run on a SLURM target: it succeeds, and every job went through SLURM as a
+    batch job of that researcher (sacct lists them under their name, COMPLETED). `as_user` is the
+    command prefix that runs a program as `user` (default runuser)."""
+    prefix = as_user or f"runuser -u {user} --"
+    run_id = machine.succeed(f"{prefix} repxctl run {shlex.quote(selection)} --lab {shlex.quote(lab)} "
+                             f"--target {shlex.quote(target)} --detach").strip().splitlines()[-1]
+    wait_for_run(machine, run_id)
+    jobs = run_jobs(machine, run_id)
+    for job in jobs:
+        machine.succeed(f"test -e {base}/outputs/{job['job_id']}/repx/SUCCESS")
+    # Accounting records a job a few seconds after it ends.
+    machine.wait_until_succeeds(
+        f"test $(sacct --noheader --parsable2 --allocations --starttime=now-1hour --user={user} --format=JobName,State"
+        f" | grep -c '^repx\\.{run_id}\\..*|COMPLETED$') -ge {len(jobs)}", timeout=60)
+    return run_id

@@ -5,11 +5,14 @@ never the daemon's. Real Unix users (see test_security_isolation), a real cluste
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import time
 
+from definitions import sweep_scatter
 from service import Daemon
-from test_auth import SELF
+from system import scenarios
+from test_auth import REPXCTL, SELF
 from test_security_isolation import ALICE, shared_dir, users  # noqa: F401 - fixtures
 
 from repxd.lab.writer import LabWriter
@@ -67,3 +70,46 @@ def run_and_wait_id(d: Daemon, run_id: str) -> str:
             return run["state"]
         assert time.monotonic() < deadline, f"run {run_id} did not end: {run}\n{d.logs()}"
         time.sleep(0.3)
+
+
+class ThisHost:
+    """The NixOS test driver's machine interface (succeed, wait_until_succeeds) on this host, as
+    the driver runs commands (`set -euo pipefail`, a time limit), so that the operator scenarios
+    shared with the VM tests (tests/system/scenarios.py) drive the real cluster here too."""
+
+    def __init__(self, env: dict[str, str]) -> None:
+        self.env = env
+
+    def execute(self, command: str, timeout: float = 900) -> tuple[int, str]:
+        done = subprocess.run(["timeout", str(int(timeout)), "bash", "-c", f"set -euo pipefail; {command}"],
+                              capture_output=True, text=True, env=self.env)
+        return done.returncode, done.stdout
+
+    def succeed(self, command: str, timeout: float = 900) -> str:
+        status, out = self.execute(command, timeout)
+        assert status == 0, f"command failed ({status}): {command}\n{out}"
+        return out
+
+    def wait_until_succeeds(self, command: str, timeout: int = 900) -> str:
+        for _ in range(int(timeout)):
+            status, out = self.execute(command)
+            if status == 0:
+                return out
+            time.sleep(1)
+        raise AssertionError(f"timed out: {command}")
+
+
+def test_the_shared_slurm_scenario_runs_an_example_lab_as_its_researcher(slurm_cluster, users, shared_dir):  # noqa: F811
+    alice = users[ALICE]
+    slurm_cluster.add_user(ALICE)
+    base = shared_dir / "hpc"
+    d = Daemon.create(jobs_as_daemon=False, extra=f'[targets.hpc]\nbase_path = "{base}"\ndefault_scheduler = "slurm"\n'
+                                                  '[targets.hpc.slurm]\npoll_interval = 0.5\nsubmit_window = 0.2\n')
+    d.env = dict(slurm_cluster.env)
+    lab = sweep_scatter().write(shared_dir / "sweep")
+    d.start("all")
+    try:
+        host = ThisHost({**slurm_cluster.env, "REPX_API": str(d.socket), "PATH": f"{REPXCTL.parent}:{os.environ['PATH']}"})
+        scenarios.slurm_target_runs(host, ALICE, str(lab), "sweep", "hpc", str(base), as_user=" ".join(alice.prefix))
+    finally:
+        d.stop()
