@@ -17,3 +17,8 @@ class ConfigError(RepxError):
 
 class SelectionError(RepxError):
     """A selector (run, @group, job-id prefix) names nothing, or more than one job."""
+
+
+class DependencyCancelled(Exception):
+    """A job submitted to start after another cluster job was cancelled because that one failed:
+    not this job's outcome (its predecessor's failure blocks it)."""

@@ -22,7 +22,7 @@ from ..targets.commands import LocalCommands
 from ..targets.slurm.launcher import launcher_for
 from .admission import Admission
 from .gpu_pool import GpuPool, GpuUnavailable
-from .local import LocalEngine, Reporter, RunSummary
+from .local import Chain, LocalEngine, Reporter, RunSummary
 
 # Processes a run keeps submitted to SLURM at once, unless -j says fewer (the association's
 # MaxSubmitJobs, when set, is respected on top).
@@ -158,7 +158,7 @@ class EmbeddedRun:
         for image in {self.plan.lab.image_of(j) for j in self.plan.to_run}:
             self._runtime(image)
 
-    async def _execute(self, job_id: str, on_first_launch) -> object:
+    async def _execute(self, job_id: str, on_first_launch, chain: Chain | None = None, on_handle=None) -> object:
         lab = self.plan.lab
         job = lab.jobs[job_id]
         resources = self.options.resources.for_job(job_id, job.resource_hints, self.plan.target_name)
@@ -169,15 +169,21 @@ class EmbeddedRun:
                 if grant.gpus:
                     runtime = runtime.with_devices(grant)
                 ctx = JobContext(lab, self.plan.layout, runtime, self.admission, resources, worker, on_first_launch,
-                                 launcher=self.launcher, device_allow=hardware.device_allow(grant) if grant.gpus else [])
+                                 launcher=self.launcher, device_allow=hardware.device_allow(grant) if grant.gpus else [],
+                                 after=chain.after if chain else [],
+                                 on_spawn=(lambda handle: on_handle(handle.removeprefix("slurm:"))) if on_handle else None)
                 return await execute_job(ctx, job)
         except GpuUnavailable as exc:
             return JobResult(job_id, False, str(exc))
 
     async def run(self) -> RunSummary:
+        # On SLURM a simple job can go in before its inputs exist, to start after its
+        # predecessors' batch jobs succeed (afterok): no poll interval lost between stages.
+        chainable = ({j for j in self.plan.to_run if not self.plan.lab.jobs[j].is_scatter_gather}
+                     if self.scheduler == "slurm" else set())
         self.engine = LocalEngine(self.plan.lab, self.plan.to_run, self._execute, self.admission,
                                   self.options.continue_on_failure, self.reporter,
-                                  inter_run_order(self.plan.lab, self.plan.to_run))
+                                  inter_run_order(self.plan.lab, self.plan.to_run), chainable)
         return await self.engine.run()
 
     def cancel(self) -> None:

@@ -38,6 +38,7 @@ class JobContext:
     device_allow: list[tuple[str, str]] = field(default_factory=list)
     run_as: int | None = None  # the submitter's uid: the launcher empties `out/` and hands it over
     max_work_items: int = 10_000  # a scatter's bound (agent.max_work_items); embedded runs keep the default
+    after: list[str] = field(default_factory=list)  # cluster jobs the job's process starts after (SLURM afterok)
 
     def launched(self) -> None:
         """Called when a process of the job gets admitted; reports the job as running once."""
@@ -55,7 +56,7 @@ class JobContext:
         mem = parse_memory(resources["mem"]) if resources.get("mem") else 0
         return launch_request(job_id, ".".join(step), self.attempt, run_id=self.run_id, cpus=cpus, mem=mem,
                               time_seconds=time_limit(resources.get("time")), device_allow=self.device_allow,
-                              user=self.run_as, resources=resources)
+                              user=self.run_as, resources=resources, after=self.after)
 
 
 def time_limit(value: Any) -> int | None:

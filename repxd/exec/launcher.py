@@ -78,6 +78,7 @@ class LaunchRequest:
     device_allow: list[tuple[str, str]] = field(default_factory=list)
     user: int | None = None  # run as this uid (the submitter); the launcher then owns `out/`
     resources: dict = field(default_factory=dict)  # the merged resources (a cluster launcher asks for them)
+    after: list[str] = field(default_factory=list)  # cluster jobs to start after (their success)
 
 
 _UNIT_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789:_.-")

@@ -6,7 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from enum import Enum
 
-SACCT_FORMAT = "JobID,State,ExitCode,NodeList"
+SACCT_FORMAT = "JobID,State,ExitCode,NodeList,Reason"
 SQUEUE_FORMAT = "%i|%T|%r|%N"
 
 
@@ -41,6 +41,7 @@ class JobState:
     signal: int | None = None
     nodes: str = ""
     detail: str = ""  # e.g. "by 0" after CANCELLED
+    reason: str = ""  # SLURM's reason: Dependency, JobArrayTaskLimit, ...
 
     @property
     def phase(self) -> Phase:
@@ -77,8 +78,9 @@ def parse_sacct(text: str) -> dict[str, JobState]:
             continue
         word, _, detail = fields[1].strip().partition(" ")
         code, sig = _exit_code(fields[2])
+        reason = fields[4] if len(fields) > 4 else ""
         for slurm_id in task_ids(fields[0]):
-            states[slurm_id] = JobState(slurm_id, word.rstrip("+"), code, sig, fields[3], detail)
+            states[slurm_id] = JobState(slurm_id, word.rstrip("+"), code, sig, fields[3], detail, reason)
     return states
 
 
@@ -91,7 +93,8 @@ def parse_squeue(text: str) -> dict[str, JobState]:
         if len(fields) < 2:
             continue
         for slurm_id in task_ids(fields[0]):
-            states[slurm_id] = JobState(slurm_id, fields[1], nodes=fields[3] if len(fields) > 3 else "")
+            states[slurm_id] = JobState(slurm_id, fields[1], nodes=fields[3] if len(fields) > 3 else "",
+                                        reason=fields[2] if len(fields) > 2 else "")
     return states
 
 

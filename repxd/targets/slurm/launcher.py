@@ -15,11 +15,11 @@ import os
 import re
 from collections import defaultdict
 from contextlib import asynccontextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from ...errors import RepxError
+from ...errors import DependencyCancelled, RepxError
 from ...exec.launcher import (
     ExitStatus,
     Guard,
@@ -132,10 +132,19 @@ class SlurmLauncher:
         process = Process(invocation, stdout, stderr, exit_file(guard.path))
         directives = Directives.from_resources(request.resources)
         name = f"repx.{request.run_id or self.tag}.{request.job_id}"
+        if request.after:
+            directives = replace(directives, after=tuple(request.after))
         for lost in range(self.options.max_lost + 1):
             # The batch script writes the exit status as the job's user, into a file made for it.
             _owned_empty(exit_file(guard.path), identity, mode=0o600)
-            slurm_id = await self._submit(process, directives, name, identity)
+            try:
+                slurm_id = await self._submit(process, directives, name, identity)
+            except SlurmError as exc:
+                if not directives.after or "dependency" not in str(exc).lower():
+                    raise
+                # What it was to start after has ended and been forgotten: go in plainly if it succeeded.
+                directives = await self._without_ended_dependencies(directives)
+                slurm_id = await self._submit(process, directives, name, identity)
             record_file(guard.path).write_text(slurm_id)
             if on_spawn is not None:
                 on_spawn(f"slurm:{slurm_id}")
@@ -148,6 +157,9 @@ class SlurmLauncher:
             finally:
                 self._notes.pop(slurm_id, None)
                 await self._released()
+            if directives.after and state.phase is Phase.CANCELLED and "Dependency" in state.reason:
+                raise DependencyCancelled(f"SLURM job {slurm_id} was cancelled: a job it needed failed")
+            directives = replace(directives, after=())  # a resubmission's predecessors have all succeeded
             status = self.outcome(state, guard.path, stderr)
             if status is not None:
                 return status
@@ -212,6 +224,19 @@ class SlurmLauncher:
                 continue
         return [line for line in text.splitlines() if line.startswith("slurmstepd")][:20]
 
+    async def _without_ended_dependencies(self, directives: Directives) -> Directives:
+        """sbatch refused a dependency on jobs SLURM has forgotten: they ended. Drop those that
+        succeeded; any other ending means this job will not run."""
+        states = await self._query(list(directives.after))
+        for slurm_id in directives.after:
+            state = states.get(slurm_id)
+            if state is None or state.phase is Phase.WAITING:
+                continue
+            if state.phase is not Phase.ENDED or (state.exit_code or state.signal):
+                raise DependencyCancelled(f"a job this one needed ended {state.state} in SLURM")
+        return replace(directives, after=tuple(s for s in directives.after
+                                               if (st := states.get(s)) is not None and st.phase is Phase.WAITING))
+
     # ---- submission -------------------------------------------------------------------------
 
     async def _submit(self, process: Process, directives: Directives, name: str, identity: Identity | None) -> str:
@@ -235,14 +260,18 @@ class SlurmLauncher:
             self._room.notify_all()
 
     async def _flush_later(self) -> None:
-        await asyncio.sleep(self.options.submit_window)
-        queue, self._queue = [p for p in self._queue if not p.future.done()], []
-        groups: dict[tuple, list[_Pending]] = defaultdict(list)
-        for pending in queue:
-            groups[pending.directives, pending.identity].append(pending)
-        array_size = (await self._cluster_limits())[0]
-        await asyncio.gather(*(self._sbatch(chunk) for group in groups.values()
-                               for chunk in _chunks(group, array_size)))
+        """Submit what gathered during the window, until nothing is waiting. Processes queued
+        while a submission is under way (a chained job whose predecessor was just submitted) go
+        out with the next round: `_submit` starts a new task only once this one has returned."""
+        while self._queue:
+            await asyncio.sleep(self.options.submit_window)
+            queue, self._queue = [p for p in self._queue if not p.future.done()], []
+            groups: dict[tuple, list[_Pending]] = defaultdict(list)
+            for pending in queue:
+                groups[pending.directives, pending.identity].append(pending)
+            array_size = (await self._cluster_limits())[0]
+            await asyncio.gather(*(self._sbatch(chunk) for group in groups.values()
+                                   for chunk in _chunks(group, array_size)))
 
     async def _sbatch(self, chunk: list[_Pending]) -> None:
         first = chunk[0]

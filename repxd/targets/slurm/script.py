@@ -29,6 +29,7 @@ class Directives:
     mem: str | None = None
     time: str | None = None
     extra: tuple[str, ...] = ()
+    after: tuple[str, ...] = ()  # start once these jobs have succeeded; cancelled if one fails
 
     @classmethod
     def from_resources(cls, resources: dict[str, Any]) -> Directives:
@@ -52,6 +53,8 @@ class Directives:
             opts.append(f"--mem={_slurm_memory(self.mem)}")
         if self.time:
             opts.append(f"--time={self.time}")
+        if self.after:
+            opts += [f"--dependency=afterok:{':'.join(self.after)}", "--kill-on-invalid-dep=yes"]
         return [*opts, *self.extra]
 
 

@@ -77,10 +77,13 @@ def test_examples_run_embedded_on_slurm_as_they_run_locally(slurm_cluster, count
     # Every job went through SLURM: its accounting knows our batch jobs, and they all completed.
     submitted = [line for line in counted.calls("sbatch")]
     assert submitted, "nothing was submitted to SLURM"
-    names = slurm_cluster.run("sacct", "--noheader", "--parsable2", "--allocations", "--starttime=now-1hour",
-                              "--format=JobName,State").stdout.splitlines()
-    ours = [line for line in names if line.startswith("repx.")]
-    assert ours and all(line.endswith("|COMPLETED") for line in ours), names
+    def accounted() -> list[str]:  # slurmdbd records a job's name a few seconds after it ends
+        names = slurm_cluster.run("sacct", "--noheader", "--parsable2", "--allocations", "--starttime=now-1hour",
+                                  "--format=JobName,State").stdout.splitlines()
+        ours = [line for line in names if line.startswith("repx.")]
+        return ours if len(ours) >= len(submitted) and all(line.endswith("|COMPLETED") for line in ours) else []
+
+    wait_for("SLURM's accounting to list our jobs as COMPLETED", accounted, 30)
     # Nothing runs twice when asked again: the markers say done.
     again = repxctl("run", selection, "--lab", lab, "--config", config, "--target", "hpc", "--json", env=counted.env)
     assert again.code == 0 and again.json()["executed"] == 0
@@ -315,3 +318,42 @@ def test_a_failed_branch_cancels_the_rest_of_its_stage_in_slurm(slurm_cluster, c
     assert "exited with status 4" in reason and "1 other branch stopped" in reason
     assert counted.calls("scancel"), "the sleeping branch's SLURM job was not cancelled"
     wait_for("nothing of ours left in squeue", lambda: not our_queue(slurm_cluster), 30)
+
+
+def chain_lab(root: Path, first_fails: bool) -> Path:
+    """first -> second -> third, each reading its predecessor's output."""
+    writer = LabWriter()
+    run = writer.run("chain")
+    first = run.job("first", HEADER + f'sleep 3\necho 1 > "$out/v"\n{"exit 5" if first_fails else ""}\n',
+                    outputs={"v": "$out/v"})
+    second = run.job("second", HEADER + 'echo $(( $(cat "$(get v "$inputs")") + 1 )) > "$out/v"\n',
+                     inputs={"v": first.output("v")}, outputs={"v": "$out/v"})
+    run.job("third", HEADER + 'echo $(( $(cat "$(get v "$inputs")") + 1 )) > "$out/v"\n',
+            inputs={"v": second.output("v")}, outputs={"v": "$out/v"})
+    return writer.write(root / ("failing-chain" if first_fails else "chain"))
+
+
+def test_later_stages_wait_in_slurm_with_afterok_instead_of_a_poll_each(slurm_cluster, counted, tmp_path):
+    lab = chain_lab(tmp_path, first_fails=False)
+    config = slurm_config(tmp_path, slurm_cluster, tmp_path / "hpc")
+    result = repxctl("run", "chain", "--lab", lab, "--config", config, "--target", "hpc", "--json", env=counted.env)
+    assert result.code == 0, result.stderr + slurm_cluster.logs()
+    (third,) = (tmp_path / "hpc" / "outputs").glob("*-third-1.0/out/v")
+    assert third.read_text() == "3\n"
+    sbatch = counted.calls("sbatch")
+    assert len(sbatch) == 3
+    # second and third went in while first still ran, each held by SLURM until its input succeeded
+    assert ["--dependency=afterok:" in line for line in sbatch] == [False, True, True], sbatch
+    assert all("--kill-on-invalid-dep=yes" in line for line in sbatch[1:])
+
+
+def test_a_failed_stage_blocks_the_stages_waiting_for_it_in_slurm(slurm_cluster, counted, tmp_path):
+    lab = chain_lab(tmp_path, first_fails=True)
+    config = slurm_config(tmp_path, slurm_cluster, tmp_path / "hpc")
+    result = repxctl("run", "chain", "--lab", lab, "--config", config, "--target", "hpc", "--json", env=counted.env)
+    assert result.code == 1, result.stderr
+    summary = result.json()
+    assert [job.split("-")[1] for job in summary["failed"]] == ["first"]
+    assert sorted(job.split("-")[1] for job in summary["blocked"]) == ["second", "third"], summary
+    wait_for("nothing of ours left in squeue", lambda: not our_queue(slurm_cluster), 30)
+    assert not list((tmp_path / "hpc" / "outputs").glob("*-second-1.0/out/v"))
