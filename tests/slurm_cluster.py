@@ -143,8 +143,10 @@ class SlurmCluster:
     def add_user(self, name: str) -> None:
         """Let a Unix user submit: accounting enforces associations, as real sites do, so a
         user the database does not know is refused ("Invalid account …")."""
-        self.run("sacctmgr", "--immediate", "add", "user", name, f"Account={self.account}",
-                 f"Cluster={CLUSTER_NAME}")
+        done = self.run("sacctmgr", "--immediate", "add", "user", name, f"Account={self.account}",
+                        f"Cluster={CLUSTER_NAME}", check=False)
+        if done.returncode != 0 and "Nothing new added" not in done.stdout:  # already known: fine
+            raise SlurmClusterError(f"sacctmgr add user {name} exited {done.returncode}: {done.stderr.strip()}")
 
     def job_state(self, job_id: str) -> str:
         """The job's state as sacct reports it ("" while slurmdbd has no record yet)."""

@@ -103,7 +103,7 @@ def diamond(tmp_path: Path):
 def run_engine(lab, plan, failing=(), continue_on_failure=False, slots=4):
     order = []
 
-    async def execute(job_id, launched):
+    async def execute(job_id, launched, chain=None, on_handle=None):
         launched()
         order.append(job_id)
         await asyncio.sleep(0.001)
