@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import getpass
 import logging
 import os
@@ -20,7 +21,7 @@ from ..config import parse_memory
 from ..engine.admission import Admission
 from ..engine.embedded import resolve_target, scheduler_of
 from ..exec.artifacts import sync_artifacts
-from ..exec.job import JobContext, execute_job
+from ..exec.job import JobContext, disk_full_reason, execute_job
 from ..exec.launcher import SubprocessLauncher
 from ..exec.layout import OutputLayout
 from ..exec.runtimes import choose_execution_type, make_runtime
@@ -252,6 +253,14 @@ class Agent:
         except errors.RepxError as exc:
             report = {"outcome": "failed", "reason": str(exc)}
             outcome = "failed"
+        except OSError as exc:
+            if exc.errno != errno.ENOSPC:
+                log.exception("attempt %s failed in the agent", attempt, extra=extra)
+            # A full disk is the run's failure, not the agent's: retrying it would only fill it again.
+            full = exc.errno == errno.ENOSPC
+            report = {"outcome": "failed" if full else "error",
+                      "reason": disk_full_reason(Path(item["base_path"]) / "outputs") if full else f"agent error: {exc}"}
+            outcome = report["outcome"]
         except Exception as exc:  # an infrastructure failure must not kill the agent
             log.exception("attempt %s failed in the agent", attempt, extra=extra)
             report = {"outcome": "error", "reason": f"agent error: {exc}"}

@@ -23,7 +23,7 @@ from ..service.settings import Settings
 from ..service.submit import plan_submission
 from ..store import queries as q
 from ..store import reads
-from ..store.db import AsyncDatabase
+from ..store.db import AsyncDatabase, StoreFull
 from .auth import Authenticator, Caller, deny, require_admin, require_agent, require_owner
 from .models import (
     ClaimRequest,
@@ -92,6 +92,8 @@ async def observe(request: web.Request, handler):
         response = exc
     except RepxError as exc:
         response = error(400, str(exc))
+    except StoreFull as exc:  # read-only until space returns; the caller may try again
+        response = web.json_response({"error": str(exc)}, status=503, headers={"Retry-After": "10"})
     metrics = request.app[METRICS]
     metrics.requests.labels(route, request.method, str(response.status)).inc()
     metrics.latency.labels(route).observe(time.perf_counter() - started)
@@ -415,6 +417,9 @@ async def health(request: web.Request) -> web.Response:
         caller(request)
     except web.HTTPUnauthorized:
         return web.json_response({"status": "ok"})
+    store = db(request).db
+    if store.full_since is not None:  # still answering, but writes are refused until space returns
+        return web.json_response({"status": "read-only", "version": request.app["version"], "reason": str(StoreFull(store.path))})
     return web.json_response({"status": "ok", "version": request.app["version"]})
 
 

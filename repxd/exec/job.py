@@ -3,6 +3,8 @@ parameters.json, logs, markers and the completion log."""
 
 from __future__ import annotations
 
+import errno
+import os
 import shutil
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -111,12 +113,38 @@ def prepare_dirs(out: Path, repx: Path, *, fresh_out: bool) -> None:
     clear_markers(repx)
 
 
+# Less room than this left after a failed job: it most likely failed for want of space.
+DISK_FULL_BELOW = 256 << 10
+
+
+def disk_full(path: Path) -> bool:
+    try:
+        fs = os.statvfs(path)
+    except OSError:
+        return False
+    return fs.f_bavail * fs.f_frsize < DISK_FULL_BELOW
+
+
+def disk_full_reason(outputs: Path) -> str:
+    return f"disk full: no space left on the filesystem of {outputs}; free space there and retry the run"
+
+
 def finish(ctx: JobContext, job_id: str, repx: Path, ok: bool, reason: str | None = None) -> JobResult:
-    if not ok and reason:
-        with open(repx / "stderr.log", "a") as fh:
-            fh.write(f"repx: {reason}\n")
-    write_marker(repx, SUCCESS if ok else FAIL)
-    ctx.layout.append_completion(job_id, Outcome.OK if ok else Outcome.FAIL)
+    if not ok and disk_full(repx):
+        reason = f"{reason}; {disk_full_reason(ctx.layout.outputs)}" if reason else disk_full_reason(ctx.layout.outputs)
+    try:
+        if not ok and reason:
+            with open(repx / "stderr.log", "a") as fh:
+                fh.write(f"repx: {reason}\n")
+        write_marker(repx, SUCCESS if ok else FAIL)
+        ctx.layout.append_completion(job_id, Outcome.OK if ok else Outcome.FAIL)
+    except OSError as exc:
+        if exc.errno != errno.ENOSPC:
+            raise
+        # The outcome still reaches the store (the daemon's record); the files on the full disk
+        # are evidence only, and a job without its marker is simply not done there.
+        if ok:
+            return JobResult(job_id, False, disk_full_reason(ctx.layout.outputs))
     return JobResult(job_id, ok, reason)
 
 

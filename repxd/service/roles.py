@@ -23,7 +23,7 @@ from ..observe.logging import setup_logging
 from ..observe.metrics import AgentMetrics, SchedulerMetrics, serve_metrics
 from ..service.settings import Settings, read_token
 from ..store import queries as q
-from ..store.db import AsyncDatabase, open_database
+from ..store.db import AsyncDatabase, StoreFull, open_database
 
 log = logging.getLogger("repx")
 
@@ -60,7 +60,8 @@ async def start_api(settings: Settings, database: AsyncDatabase) -> web.AppRunne
     if settings.api.tcp:
         host, _, port = settings.api.tcp.rpartition(":")
         await web.TCPSite(runner, host or "127.0.0.1", int(port)).start()
-    await database.run(q.touch_role, database.db, "api", socket.gethostname(), os.getpid(), time.time())
+    with contextlib.suppress(StoreFull):  # the API serves reads on a full disk; the next touch records it
+        await database.run(q.touch_role, database.db, "api", socket.gethostname(), os.getpid(), time.time())
     return runner
 
 
@@ -68,7 +69,8 @@ async def _keep_role_fresh(database: AsyncDatabase, name: str) -> None:
     started = time.time()
     while True:
         await asyncio.sleep(5)
-        await database.run(q.touch_role, database.db, name, socket.gethostname(), os.getpid(), started)
+        with contextlib.suppress(StoreFull):  # logged by the store; tried again in 5 s
+            await database.run(q.touch_role, database.db, name, socket.gethostname(), os.getpid(), started)
 
 
 def agent_api(settings: Settings) -> AsyncApi:

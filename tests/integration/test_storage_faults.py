@@ -1,0 +1,129 @@
+"""Storage faults against the real daemon (issue 11, finding 6 and the database findings): full
+disks are small tmpfs mounts made here (root only), not mocks."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import sqlite3
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+from conftest import missing
+from service import Daemon
+
+from repxd.lab.writer import LabWriter
+
+FILL_DISK = '#!/bin/sh\ndd if=/dev/zero of="$1/big" bs=64k count=100000 2>&1\n'
+SMALL = '#!/bin/sh\necho ok > "$1/r"\n'
+
+
+@contextlib.contextmanager
+def small_disk(where: Path, size: str) -> Iterator[Path]:
+    """A tmpfs of `size` mounted at `where` for the test's duration."""
+    if os.geteuid() != 0:
+        missing("mounting a small tmpfs needs root")
+    where.mkdir(parents=True, exist_ok=True)
+    subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size},mode=0755", "tmpfs", str(where)], check=True)
+    try:
+        yield where
+    finally:
+        subprocess.run(["umount", "-l", str(where)], check=False)
+
+
+def fill(disk: Path) -> Path:
+    """Fill `disk` to the last block; returns the filler to delete to free it again."""
+    filler = disk / "filler"
+    subprocess.run(["dd", "if=/dev/zero", f"of={filler}", "bs=4k"], capture_output=True, check=False)
+    assert os.statvfs(disk).f_bavail == 0
+    return filler
+
+
+def api(daemon: Daemon) -> httpx.Client:
+    return httpx.Client(transport=httpx.HTTPTransport(uds=str(daemon.socket)), base_url="http://repx", timeout=30)
+
+
+def wait_for_job(client: httpx.Client, run: str, timeout: float = 60) -> dict:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        jobs = client.get(f"/v1/runs/{run}/jobs").json()
+        if jobs and all(j["state"] in ("succeeded", "failed", "cancelled") for j in jobs):
+            return jobs[0]
+        time.sleep(0.1)
+    raise AssertionError(f"run {run} did not finish: {jobs}")
+
+
+def one_job_lab(dest: Path, script: str, name: str = "one") -> Path:
+    lab = LabWriter()
+    lab.run(name).job(f"work-{name}", script)
+    return lab.write(dest)
+
+
+def test_a_job_filling_its_disk_fails_with_disk_full_and_is_not_run_again(tmp_path):
+    daemon = Daemon.create()
+    try:
+        with small_disk(daemon.base, "4m"):
+            daemon.start("all")
+            lab = one_job_lab(tmp_path / "lab", FILL_DISK)
+            with api(daemon) as client:
+                run = client.post("/v1/runs", json={"lab": str(lab), "selection": ["one"]})
+                assert run.status_code == 201, run.text
+                job = wait_for_job(client, run.json()["id"])
+                assert job["state"] == "failed"
+                assert "disk full" in job["reason"] and str(daemon.base / "outputs") in job["reason"], job
+                attempts = client.get("/v1/attempts", params={"run": run.json()["id"]}).json()
+                assert len(attempts) == 1
+                # A restart on the still-full disk re-runs nothing and keeps answering.
+                daemon.kill("all")
+                daemon.start("all")
+                time.sleep(1)
+                assert client.get("/v1/health").json()["status"] == "ok"
+                assert len(client.get("/v1/attempts", params={"run": run.json()["id"]}).json()) == 1
+            assert "Traceback" not in daemon.logs()
+    finally:
+        daemon.stop()
+
+
+def test_a_full_store_is_read_only_then_recovers_by_itself(tmp_path):
+    daemon = Daemon.create()
+    state = daemon.root / "state"
+    try:
+        with small_disk(state, "2m"):
+            daemon.start("all")
+            with api(daemon) as client:
+                first = client.post("/v1/runs", json={"lab": str(one_job_lab(tmp_path / "a", SMALL, "a")), "selection": ["a"]})
+                assert first.status_code == 201, first.text
+                assert wait_for_job(client, first.json()["id"])["state"] == "succeeded"
+                filler = fill(state)
+                lab_b = one_job_lab(tmp_path / "b", SMALL, "b")
+                refused = client.post("/v1/runs", json={"lab": str(lab_b), "selection": ["b"]})
+                assert refused.status_code == 503, refused.text
+                assert "disk is full" in refused.json()["error"] and str(state / "state.db") in refused.json()["error"]
+                # Reads keep working, and health says why writes are refused.
+                assert [r["id"] for r in client.get("/v1/runs").json()] == [first.json()["id"]]
+                health = client.get("/v1/health").json()
+                assert health["status"] == "read-only" and "disk is full" in health["reason"]
+                time.sleep(3)  # the scheduler and the heartbeats keep hitting the full disk meanwhile
+                assert daemon.processes["all"].poll() is None, daemon.logs()
+                filler.unlink()
+                deadline = time.monotonic() + 20
+                while (second := client.post("/v1/runs", json={"lab": str(lab_b), "selection": ["b"]})).status_code == 503:
+                    assert time.monotonic() < deadline, second.text
+                    time.sleep(0.5)
+                assert second.status_code == 201, second.text
+                assert wait_for_job(client, second.json()["id"])["state"] == "succeeded"
+                assert client.get("/v1/health").json()["status"] == "ok"
+                assert {r["id"] for r in client.get("/v1/runs").json()} == {first.json()["id"], second.json()["id"]}
+                attempts = client.get("/v1/attempts").json()
+                assert sorted(a["state"] for a in attempts) == ["succeeded", "succeeded"]  # nothing ran twice
+            daemon.stop()
+            with sqlite3.connect(state / "state.db") as conn:
+                assert conn.execute("PRAGMA integrity_check").fetchone() == ("ok",)
+        assert "Traceback" not in daemon.logs()
+    finally:
+        daemon.stop()
+
