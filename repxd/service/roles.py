@@ -18,12 +18,14 @@ from ..agent.loop import Agent
 from ..api.app import make_app
 from ..api.client import AsyncApi
 from ..engine.scheduler import Scheduler
+from ..errors import RepxError
 from ..observe import notify
 from ..observe.logging import setup_logging
 from ..observe.metrics import AgentMetrics, SchedulerMetrics, serve_metrics
 from ..service.settings import Settings, read_token
 from ..store import queries as q
 from ..store.db import AsyncDatabase, StoreFull, open_database
+from ..store.startup import check_database, lock_role
 
 log = logging.getLogger("repx")
 
@@ -122,8 +124,22 @@ async def run_all(settings: Settings) -> None:
 ROLES = {"api": run_api, "scheduler": run_scheduler, "agent": run_agent, "all": run_all}
 
 
+# The roles that keep state in state_dir, and the locks each holds there.
+STATE_LOCKS = {"api": ("api",), "scheduler": ("scheduler",), "all": ("api", "scheduler")}
+
+
 def start(role: str, settings: Settings) -> None:
     setup_logging(role, settings.log_level, settings.log_journald)
+    try:
+        held = [lock_role(settings.state_dir, name) for name in STATE_LOCKS.get(role, ())]
+        if held:
+            check_database(settings.database)
+    except RepxError as exc:  # one line on stderr (the journal under systemd), no traceback
+        print(f"repxd: error: {exc}", file=sys.stderr, flush=True)
+        sys.exit(exc.exit_code)
+    except OSError as exc:  # the state directory itself is unusable (permissions, a file in its place)
+        print(f"repxd: error: state_dir {settings.state_dir}: {exc.strerror}", file=sys.stderr, flush=True)
+        sys.exit(1)
     try:
         asyncio.run(ROLES[role](settings))
     except OSError as exc:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import sqlite3
 import threading
 import time
@@ -39,6 +40,8 @@ class Database:
     def __init__(self, path: Path) -> None:
         self.path = Path(path)
         self.path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)  # every user's runs: the daemon's alone
+        if not self.path.exists():
+            _create_whole(self.path)
         self.conn = sqlite3.connect(self.path, timeout=30, isolation_level=None, check_same_thread=False)
         self.conn.row_factory = sqlite3.Row
         self.conn.execute("PRAGMA journal_mode=WAL")
@@ -95,6 +98,19 @@ class Database:
 
     def close(self) -> None:
         self.conn.close()
+
+
+def _create_whole(path: Path) -> None:
+    """A new database appears under its name only with its header written (in WAL mode), so a
+    zero-length state.db is never repxd's doing and can be refused as lost (store.startup)."""
+    fresh = path.with_name(path.name + ".new")
+    fresh.unlink(missing_ok=True)
+    conn = sqlite3.connect(fresh, isolation_level=None)
+    try:
+        conn.execute("PRAGMA journal_mode=WAL")
+    finally:
+        conn.close()
+    os.replace(fresh, path)
 
 
 class AsyncDatabase:

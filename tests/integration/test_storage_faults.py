@@ -127,3 +127,91 @@ def test_a_full_store_is_read_only_then_recovers_by_itself(tmp_path):
     finally:
         daemon.stop()
 
+
+
+def start_refused(daemon: Daemon, role: str = "all") -> subprocess.CompletedProcess:
+    proc = subprocess.run(["repxd", role, "--config", str(daemon.config)], capture_output=True, text=True,
+                          env=daemon.env, timeout=60)
+    assert "Traceback" not in proc.stderr, proc.stderr
+    return proc
+
+
+def a_daemon_with_one_run(tmp_path: Path) -> tuple[Daemon, Path]:
+    """A daemon that recorded one finished run, stopped, its database checkpointed into one file."""
+    daemon = Daemon.create()
+    daemon.start("all")
+    with api(daemon) as client:
+        run = client.post("/v1/runs", json={"lab": str(one_job_lab(tmp_path / "lab", SMALL)), "selection": ["one"]})
+        assert run.status_code == 201, run.text
+        wait_for_job(client, run.json()["id"])
+    daemon.stop()
+    database = daemon.root / "state" / "state.db"
+    with contextlib.closing(sqlite3.connect(database)) as conn:
+        conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    return daemon, database
+
+
+def garbage_header(database: Path) -> None:
+    with open(database, "r+b") as fh:
+        fh.write(b"this is no database header")
+
+
+def overwritten_pages(database: Path) -> None:
+    page = 4096
+    with open(database, "r+b") as fh:
+        for number in (2, 3):  # pages of the schema's tables, past the header page
+            fh.seek((number - 1) * page)
+            fh.write(bytes(range(256)) * (page // 256))
+
+
+def truncated_to_nothing(database: Path) -> None:
+    database.write_bytes(b"")
+
+
+@pytest.mark.parametrize(("damage", "says"), [(garbage_header, "is not a SQLite database"),
+                                              (overwritten_pages, "is damaged (PRAGMA quick_check"),
+                                              (truncated_to_nothing, "is empty (0 bytes)")])
+def test_a_damaged_database_is_refused_with_one_line(tmp_path, damage, says):
+    daemon, database = a_daemon_with_one_run(tmp_path)
+    damage(database)
+    before = database.read_bytes()
+    for role in ("all", "api", "scheduler"):
+        proc = start_refused(daemon, role)
+        assert proc.returncode == 2, proc.stderr
+        (line,) = proc.stderr.strip().splitlines()
+        assert line.startswith(f"repxd: error: {database} {says}"), line
+        assert "restore it from a backup, or move it aside" in line
+    assert database.read_bytes() == before  # refused, not repaired over or started afresh
+    with api(daemon) as client, pytest.raises(httpx.TransportError):
+        client.get("/v1/health")  # nothing serves the damaged store
+
+
+def test_a_moved_aside_database_starts_an_empty_store(tmp_path):
+    daemon, database = a_daemon_with_one_run(tmp_path)
+    garbage_header(database)
+    database.rename(database.with_name("state.db.broken"))
+    try:
+        daemon.start("all")
+        with api(daemon) as client:
+            assert client.get("/v1/runs").json() == []
+    finally:
+        daemon.stop()
+
+
+def test_a_second_daemon_on_the_same_state_dir_refuses_and_leaves_the_first_alone(tmp_path):
+    daemon = Daemon.create()
+    try:
+        first = daemon.start("all")
+        socket_inode = daemon.socket.stat().st_ino
+        for role in ("all", "api", "scheduler"):
+            proc = start_refused(daemon, role)
+            assert proc.returncode == 2, proc.stderr
+            (line,) = proc.stderr.strip().splitlines()
+            assert f"another repxd (pid {first.pid})" in line and str(daemon.root / "state") in line, line
+        assert daemon.socket.stat().st_ino == socket_inode  # its socket was not taken over
+        with api(daemon) as client:
+            assert client.get("/v1/health").json()["status"] == "ok"
+        daemon.kill("all")
+        daemon.start("all")  # the lock dies with its holder: no stale lock to clear by hand
+    finally:
+        daemon.stop()
