@@ -142,6 +142,9 @@ def start(role: str, settings: Settings) -> None:
         sys.exit(1)
     try:
         asyncio.run(ROLES[role](settings))
+    except RepxError as exc:  # e.g. a token file it cannot use: one line, as above
+        print(f"repxd: error: {exc}", file=sys.stderr, flush=True)
+        sys.exit(exc.exit_code)
     except OSError as exc:
         log.error("%s cannot start: %s", role, exc)
         sys.exit(1)
