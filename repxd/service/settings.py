@@ -87,6 +87,7 @@ class ApiSettings(_Strict):
     admin_groups: list[str] = []
     agent_token_file: Path | None = None
     admin_token_file: Path | None = None
+    metrics_token_file: Path | None = None  # a token that reads TCP /metrics and nothing else (Prometheus)
 
 
 class SchedulerSettings(_Strict):
@@ -213,7 +214,7 @@ def read_token(path: Path | None) -> str | None:
 def token_files(settings: Settings) -> dict[str, Path]:
     """The token files the configuration names, by key."""
     named = {"api.agent_token_file": settings.api.agent_token_file, "api.admin_token_file": settings.api.admin_token_file,
-             "agent.token_file": settings.agent.token_file}
+             "api.metrics_token_file": settings.api.metrics_token_file, "agent.token_file": settings.agent.token_file}
     return {key: path for key, path in named.items() if path is not None}
 
 
