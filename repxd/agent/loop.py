@@ -22,7 +22,7 @@ from ..engine.admission import Admission
 from ..engine.embedded import resolve_target, scheduler_of
 from ..exec.artifacts import sync_artifacts
 from ..exec.job import JobContext, disk_full_reason, execute_job
-from ..exec.launcher import SubprocessLauncher
+from ..exec.launcher import SubprocessLauncher, forget_exit
 from ..exec.layout import OutputLayout
 from ..exec.runtimes import choose_execution_type, make_runtime
 from ..exec.systemd_unit import UnitStopped, choose_launcher
@@ -217,6 +217,7 @@ class Agent:
         attempt, job_id = item["attempt"], item["job"]
         extra = {"run_id": item["run"], "job_id": job_id, "attempt": attempt}
         started = time.monotonic()
+        recorded: list[Path] = []
         try:
             grant = hardware.grant_for(self.inventory["hardware"], item.get("devices") or [])
             hardware.check_present(grant, hardware.hardware_root(self.settings.agent.hardware_root))
@@ -233,7 +234,7 @@ class Agent:
             ctx = JobContext(lab, layout, runtime, admission, resources, worker, on_spawn=spawned,
                              launcher=launcher, attempt=attempt, run_id=item["run"],
                              device_allow=hardware.device_allow(grant), run_as=self._run_as(item),
-                             max_work_items=self.settings.agent.max_work_items)
+                             max_work_items=self.settings.agent.max_work_items, recorded_exits=recorded)
             log.info("running %s", job_id, extra=extra)
             result = await execute_job(ctx, job)
             outcome = "succeeded" if result.ok else "failed"
@@ -268,6 +269,7 @@ class Agent:
         self.metrics.durations.labels(outcome).observe(time.monotonic() - started)
         log.info("attempt %s %s", attempt, outcome, extra=extra)
         await self._retrying("POST", f"/v1/attempts/{attempt}/report", report)
+        await asyncio.to_thread(lambda: [forget_exit(guard) for guard in recorded])
 
     def _run_as(self, item: dict) -> int | None:
         agent = self.settings.agent

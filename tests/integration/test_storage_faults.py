@@ -129,6 +129,42 @@ def test_a_full_store_is_read_only_then_recovers_by_itself(tmp_path):
 
 
 
+
+def test_a_job_filling_the_disk_it_shares_with_the_store_waits_for_space_and_runs_once(tmp_path):
+    """The finding as reported: state and outputs on one filesystem, which a job fills. The daemon
+    stays up (read-only), a restart re-runs nothing, and once space is freed the failure lands."""
+    daemon = Daemon.create()
+    shared = daemon.root / "shared"
+    config = daemon.config.read_text().replace(str(daemon.root / "state"), str(shared / "state"))
+    daemon.config.write_text(config.replace(str(daemon.base), str(shared / "base")))
+    try:
+        with small_disk(shared, "4m"):
+            daemon.start("all")
+            lab = one_job_lab(tmp_path / "lab", FILL_DISK)
+            with api(daemon) as client:
+                run = client.post("/v1/runs", json={"lab": str(lab), "selection": ["one"]}).json()["id"]
+                deadline = time.monotonic() + 30
+                while client.get("/v1/health").json()["status"] != "read-only":
+                    assert time.monotonic() < deadline, daemon.logs()
+                    time.sleep(0.2)
+                daemon.kill("all")
+                daemon.start("all")  # on the full disk: it starts, re-attaches, and waits
+                time.sleep(2)
+                assert daemon.processes["all"].poll() is None, daemon.logs()
+                assert client.get("/v1/runs").json()[0]["id"] == run
+                (big,) = (shared / "base" / "outputs").glob("*/out/big")
+                big.unlink()
+                job = wait_for_job(client, run)
+                assert job["state"] == "failed" and "disk full" in job["reason"], job
+                assert len(client.get("/v1/attempts", params={"run": run}).json()) == 1
+                assert client.get("/v1/health").json()["status"] == "ok"
+            daemon.stop()
+            with contextlib.closing(sqlite3.connect(shared / "state" / "state.db")) as conn:
+                assert conn.execute("PRAGMA integrity_check").fetchone() == ("ok",)
+        assert "Traceback" not in daemon.logs()
+    finally:
+        daemon.stop()
+
 def start_refused(daemon: Daemon, role: str = "all") -> subprocess.CompletedProcess:
     proc = subprocess.run(["repxd", role, "--config", str(daemon.config)], capture_output=True, text=True,
                           env=daemon.env, timeout=60)
