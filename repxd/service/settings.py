@@ -30,8 +30,8 @@ HOST = re.compile(r"[A-Za-z0-9._-]*|\[[0-9A-Fa-f:.]+\]")
 
 def _listen_address(value: str | None) -> str | None:
     """"host:port" as the listeners bind it (an empty host is 127.0.0.1); checked here so that
-    check-config, not the daemon's start, finds a bad one."""
-    if value is None:
+    check-config, not the daemon's start, finds a bad one. Empty turns the listener off."""
+    if not value:
         return value
     host, colon, port = value.rpartition(":")
     if not colon or not HOST.fullmatch(host) or not port.isascii() or not port.isdigit():
