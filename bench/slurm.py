@@ -91,8 +91,10 @@ def main() -> None:
             f'[targets.hpc.slurm]\npoll_interval = {args.poll}\nsubmit_window = 0.5\n')
         repxctl = shutil.which("repxctl") or str(Path(sys.executable).with_name("repxctl"))
         started = time.monotonic()
-        subprocess.run([repxctl, "run", "sweep", "--lab", str(lab), "--config", str(work / "config.toml"),
-                        "--target", "hpc", "--json"], env=env, check=True, stdout=subprocess.DEVNULL)
+        done = subprocess.run([repxctl, "run", "sweep", "--lab", str(lab), "--config", str(work / "config.toml"),
+                               "--target", "hpc", "--json"], env=env, capture_output=True, text=True)
+        if done.returncode != 0:
+            raise SystemExit(f"repxctl failed ({done.returncode}):\n{done.stderr}")
         repx_seconds = time.monotonic() - started
         repx_calls = calls(log)
         log.unlink()

@@ -19,11 +19,18 @@ let
   # How Prometheus reaches a listener: this host's name when it listens on every address.
   target = host: port: "${urlHost (if isWildcard host then config.networking.hostName else host)}:${toString port}";
   tcp = cfg.settings.api.tcp;
+  apiEndpoint = {
+    role = "api";
+    target = let l = splitListener tcp; in target l.host l.port;
+  };
+  # With tokens, the API's TCP /metrics needs one: Prometheus gets the metrics token (it opens
+  # /metrics only), from the file services.repx.credentials.metrics-token names.
+  apiHasTokens = cfg.settings.api.agent_token_file != null || cfg.settings.api.admin_token_file != null;
+  metricsToken = cfg.credentials.metrics-token or null;
+  scrapeApi = cfg.api.enable && tcp != null;
+  apiNeedsItsOwnJob = scrapeApi && apiHasTokens;
   endpoints =
-    optional (cfg.api.enable && tcp != null) {
-      role = "api";
-      target = let l = splitListener tcp; in target l.host l.port;
-    }
+    optional (scrapeApi && !apiHasTokens) apiEndpoint
     ++ optional (m.enable && cfg.scheduler.enable) {
       role = "scheduler";
       target = target m.listenAddress ports.scheduler;
@@ -94,7 +101,16 @@ in
         targets = [ e.target ];
         labels.role = e.role;
       }) endpoints;
+    } ++ optional (apiNeedsItsOwnJob && metricsToken != null) {
+      job_name = "repx-${config.networking.hostName}-api";
+      authorization.credentials_file = metricsToken;
+      static_configs = [ { targets = [ apiEndpoint.target ]; labels.role = "api"; } ];
     };
+
+    warnings = optional (apiNeedsItsOwnJob && metricsToken == null) ''
+      services.repx.settings.api.tcp has tokens, so its /metrics needs one too: set
+      services.repx.credentials.metrics-token (a file Prometheus can read as well) to scrape the
+      API; scrapeConfigs leaves it out meanwhile.'';
 
     # An empty listener turns a role's metrics off in repxd.
     services.repx.settings.scheduler.metrics = listen "scheduler";

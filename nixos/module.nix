@@ -47,7 +47,7 @@ let
           raw = rawConfig;
         }
         ''
-          repxd check-config "$raw"
+          repxd check-config "$raw" --no-files  # token files are credentials of the running host
           cp "$raw" "$out"
         ''
     else
@@ -178,7 +178,9 @@ in
         Files handed to every role with LoadCredential= (as
         /run/credentials/repx-<role>.service/<name>), so secrets stay out of the store and are
         readable by the service only. `agent-token` and `admin-token` are wired to the API's
-        token files and, for an agent whose API is an URL, to its token_file.
+        token files and, for an agent whose API is an URL, to its token_file; `metrics-token` to
+        the API's metrics_token_file and to the API's scrape in
+        {option}`services.repx.metrics.scrapeConfigs` (so Prometheus must be able to read it too).
       '';
     };
 
@@ -294,6 +296,9 @@ in
       );
       api.admin_token_file = mkIf (cfg.api.enable && cfg.credentials ? admin-token) (
         mkDefault (credentialPath "api" "admin-token")
+      );
+      api.metrics_token_file = mkIf (cfg.api.enable && cfg.credentials ? metrics-token) (
+        mkDefault (credentialPath "api" "metrics-token")
       );
       agent.token_file = mkIf (cfg.credentials ? agent-token && agentUrl) (
         mkDefault (credentialPath "agent" "agent-token")

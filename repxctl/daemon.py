@@ -106,7 +106,7 @@ def _selection(run: dict) -> str:
 def jobs(run_id, state, api_address, as_json) -> None:
     """Jobs the daemon knows, with their state and tries."""
     params = {k: v for k, v in (("run", run_id), ("state", state)) if v}
-    data = connect(api_address).call("GET", "/v1/jobs", params=params)
+    data = connect(api_address).listing("/v1/jobs", params)
     emit(as_json, data, lambda d: print_table(["RUN", "JOB", "STATE", "TRIES", "REASON"],
                                               [[j["run_id"], j["job_id"], j["state"], j["tries"], j["reason"] or ""] for j in d]))
 

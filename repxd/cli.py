@@ -12,7 +12,7 @@ import click
 from . import __version__
 from .errors import RepxError
 from .lab.loader import load_lab
-from .service.settings import load_settings, validation_errors
+from .service.settings import load_settings, token_file_errors, validation_errors
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -72,8 +72,11 @@ _role("all", "api, scheduler and agent in one process (the embedded default).")
 
 @cli.command("check-config")
 @click.argument("path", type=click.Path(path_type=Path, dir_okay=False))
-def check_config(path: Path) -> None:
-    """Report every error of a repxd.toml with its key; exit 2 if there is one."""
+@click.option("--no-files", is_flag=True,
+              help="Do not check the token files (where they exist only on the running host, e.g. a Nix build).")
+def check_config(path: Path, no_files: bool) -> None:
+    """Report every error of a repxd.toml with its key, and token files the daemon would refuse
+    (missing, unreadable, empty, readable by every user); exit 2 if there is one."""
     import tomllib
 
     from pydantic import ValidationError
@@ -89,10 +92,15 @@ def check_config(path: Path) -> None:
         click.echo(f"{path}: not valid TOML ({exc})", err=True)
         sys.exit(2)
     try:
-        Settings.model_validate(data)
+        settings = Settings.model_validate(data)
     except ValidationError as exc:
         for message in validation_errors(exc, str(path)):
             click.echo(message, err=True)
+        sys.exit(2)
+    problems = [] if no_files else token_file_errors(settings, str(path))
+    for message in problems:
+        click.echo(message, err=True)
+    if problems:
         sys.exit(2)
     click.echo(f"{path}: OK")
 

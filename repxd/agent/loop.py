@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import getpass
 import logging
 import os
@@ -20,8 +21,8 @@ from ..config import parse_memory
 from ..engine.admission import Admission
 from ..engine.embedded import resolve_target, scheduler_of
 from ..exec.artifacts import sync_artifacts
-from ..exec.job import JobContext, execute_job
-from ..exec.launcher import SubprocessLauncher
+from ..exec.job import JobContext, disk_full_reason, execute_job
+from ..exec.launcher import SubprocessLauncher, forget_exit
 from ..exec.layout import OutputLayout
 from ..exec.runtimes import choose_execution_type, make_runtime
 from ..exec.systemd_unit import UnitStopped, choose_launcher
@@ -216,6 +217,7 @@ class Agent:
         attempt, job_id = item["attempt"], item["job"]
         extra = {"run_id": item["run"], "job_id": job_id, "attempt": attempt}
         started = time.monotonic()
+        recorded: list[Path] = []
         try:
             grant = hardware.grant_for(self.inventory["hardware"], item.get("devices") or [])
             hardware.check_present(grant, hardware.hardware_root(self.settings.agent.hardware_root))
@@ -232,7 +234,7 @@ class Agent:
             ctx = JobContext(lab, layout, runtime, admission, resources, worker, on_spawn=spawned,
                              launcher=launcher, attempt=attempt, run_id=item["run"],
                              device_allow=hardware.device_allow(grant), run_as=self._run_as(item),
-                             max_work_items=self.settings.agent.max_work_items)
+                             max_work_items=self.settings.agent.max_work_items, recorded_exits=recorded)
             log.info("running %s", job_id, extra=extra)
             result = await execute_job(ctx, job)
             outcome = "succeeded" if result.ok else "failed"
@@ -252,6 +254,14 @@ class Agent:
         except errors.RepxError as exc:
             report = {"outcome": "failed", "reason": str(exc)}
             outcome = "failed"
+        except OSError as exc:
+            if exc.errno != errno.ENOSPC:
+                log.exception("attempt %s failed in the agent", attempt, extra=extra)
+            # A full disk is the run's failure, not the agent's: retrying it would only fill it again.
+            full = exc.errno == errno.ENOSPC
+            report = {"outcome": "failed" if full else "error",
+                      "reason": disk_full_reason(Path(item["base_path"]) / "outputs") if full else f"agent error: {exc}"}
+            outcome = report["outcome"]
         except Exception as exc:  # an infrastructure failure must not kill the agent
             log.exception("attempt %s failed in the agent", attempt, extra=extra)
             report = {"outcome": "error", "reason": f"agent error: {exc}"}
@@ -259,6 +269,7 @@ class Agent:
         self.metrics.durations.labels(outcome).observe(time.monotonic() - started)
         log.info("attempt %s %s", attempt, outcome, extra=extra)
         await self._retrying("POST", f"/v1/attempts/{attempt}/report", report)
+        await asyncio.to_thread(lambda: [forget_exit(guard) for guard in recorded])
 
     def _run_as(self, item: dict) -> int | None:
         agent = self.settings.agent

@@ -23,7 +23,7 @@ from ..service.settings import Settings
 from ..service.submit import plan_submission
 from ..store import queries as q
 from ..store import reads
-from ..store.db import AsyncDatabase
+from ..store.db import AsyncDatabase, StoreFull
 from .auth import Authenticator, Caller, deny, require_admin, require_agent, require_owner
 from .models import (
     ClaimRequest,
@@ -92,6 +92,8 @@ async def observe(request: web.Request, handler):
         response = exc
     except RepxError as exc:
         response = error(400, str(exc))
+    except StoreFull as exc:  # read-only until space returns; the caller may try again
+        response = web.json_response({"error": str(exc)}, status=503, headers={"Retry-After": "10"})
     metrics = request.app[METRICS]
     metrics.requests.labels(route, request.method, str(response.status)).inc()
     metrics.latency.labels(route).observe(time.perf_counter() - started)
@@ -212,18 +214,38 @@ async def retry_run(request: web.Request) -> web.Response:
     return await _owner_action(request, "retry", q.retry_run, "requeued")
 
 
+# Jobs and attempts are listed oldest first (run and topological order, attempt order); a page
+# holds `limit` of them and X-Next-Cursor, when present, is the `after=` of the next one.
+PAGE = 1000
+MAX_PAGE = 10_000
+
+
 async def list_jobs(request: web.Request) -> web.Response:
     caller(request)
     # /v1/runs/{run}/jobs takes a run-id prefix and 404s; /v1/jobs?run= filters as given.
     run_id = (await _run_or_404(request)).id if "run" in request.match_info else request.query.get("run")
-    jobs = await db(request).run(reads.list_jobs, db(request).db, run_id, request.query.get("state"))
-    return web.json_response([asdict(j) for j in jobs])
+    limit = int_query(request, "limit", PAGE, 1, MAX_PAGE)
+    after = request.query.get("after")
+    cursor = after.split("/", 1) if after is not None else None
+    try:
+        if cursor is not None and len(cursor) != 2:
+            raise KeyError(after)
+        jobs = await db(request).run(reads.list_jobs, db(request).db, run_id, request.query.get("state"), limit,
+                                     tuple(cursor) if cursor else None)
+    except KeyError:
+        return error(400, f"query parameter after={after!r} is no job of this listing; give the X-Next-Cursor of the previous page")
+    headers = {"X-Next-Cursor": f"{jobs[-1].run_id}/{jobs[-1].job_id}"} if len(jobs) == limit else {}
+    return web.json_response([asdict(j) for j in jobs], headers=headers)
 
 
 async def list_attempts(request: web.Request) -> web.Response:
     caller(request)
-    attempts = await db(request).run(reads.list_attempts, db(request).db, request.query.get("run"), request.query.get("job"))
-    return web.json_response([asdict(a) for a in attempts])
+    limit = int_query(request, "limit", PAGE, 1, MAX_PAGE)
+    after = int_query(request, "after", 0, 0, (1 << 63) - 1)
+    attempts = await db(request).run(reads.list_attempts, db(request).db, request.query.get("run"), request.query.get("job"),
+                                     limit, after)
+    headers = {"X-Next-Cursor": str(attempts[-1].id)} if len(attempts) == limit else {}
+    return web.json_response([asdict(a) for a in attempts], headers=headers)
 
 
 async def job_log(request: web.Request) -> web.StreamResponse:
@@ -415,6 +437,9 @@ async def health(request: web.Request) -> web.Response:
         caller(request)
     except web.HTTPUnauthorized:
         return web.json_response({"status": "ok"})
+    store = db(request).db
+    if store.full_since is not None:  # still answering, but writes are refused until space returns
+        return web.json_response({"status": "read-only", "version": request.app["version"], "reason": str(StoreFull(store.path))})
     return web.json_response({"status": "ok", "version": request.app["version"]})
 
 
@@ -433,8 +458,9 @@ async def status(request: web.Request) -> web.Response:
 
 
 async def metrics(request: web.Request) -> web.Response:
-    # Open on TCP, for the Prometheus scrape the NixOS module configures without a secret: the
-    # series are request counts and latencies per route template, with no run, job or user in them.
+    # Request counts and latencies per route template, no run, job or user in them; still, where
+    # the daemon has tokens, TCP callers need one (Authenticator.check_metrics).
+    request.app[CALLER].check_metrics(request)
     return exposition(request.app[METRICS].registry)
 
 

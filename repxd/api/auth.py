@@ -47,7 +47,22 @@ class Authenticator:
         self.settings = settings
         self.agent_token = read_token(settings.agent_token_file)
         self.admin_token = read_token(settings.admin_token_file)
+        self.metrics_token = read_token(settings.metrics_token_file)
         self.daemon_uid = os.geteuid()
+
+    def check_metrics(self, request: web.Request) -> None:
+        """/metrics is open on the socket, and on TCP while the daemon has no token at all (then
+        every TCP request is refused but this one); with tokens, TCP needs one of them. The metrics
+        token opens /metrics only, so a Prometheus holding it can read nothing else."""
+        sock = request.transport.get_extra_info("socket") if request.transport else None
+        tokens = [t for t in (self.metrics_token, self.agent_token, self.admin_token) if t]
+        if (sock is not None and sock.family == socket.AF_UNIX) or not tokens:
+            return
+        scheme, _, token = request.headers.get("Authorization", "").partition(" ")
+        if scheme.lower() == "bearer" and token and any(hmac.compare_digest(token, known) for known in tokens):
+            return
+        raise deny(401, "/metrics on this TCP listener needs a bearer token: the one in api.metrics_token_file "
+                        "(for Prometheus), or the agent's or the admin's")
 
     def caller(self, request: web.Request) -> Caller:
         sock = request.transport.get_extra_info("socket") if request.transport else None

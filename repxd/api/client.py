@@ -83,12 +83,30 @@ class Api:
         self.http = httpx.Client(transport=transport, timeout=timeout, **args)
 
     def call(self, method: str, path: str, json=None, **kwargs):
+        return self._json(self._request(method, path, json=json, **kwargs), path)
+
+    def listing(self, path: str, params: dict | None = None) -> list:
+        """Every item of a paged listing (/v1/jobs, /v1/attempts): each X-Next-Cursor is the
+        `after=` of the next page."""
+        params, items = dict(params or {}), []
+        while True:
+            response = self._request("GET", path, params=params)
+            items += self._json(response, path)
+            cursor = response.headers.get("X-Next-Cursor")
+            if not cursor:
+                return items
+            params["after"] = cursor
+
+    def _request(self, method: str, path: str, **kwargs) -> httpx.Response:
         try:
-            response = self.http.request(method, path, json=json, **kwargs)
+            response = self.http.request(method, path, **kwargs)
         except httpx.TransportError as exc:
             raise ApiError(503, f"cannot reach the repx API at {self.address} ({exc}); is repx-api running?") from None
         if response.status_code >= 400:
             raise _error(response.status_code, response.content, response.reason_phrase)
+        return response
+
+    def _json(self, response: httpx.Response, path: str):
         try:
             return response.json()
         except ValueError:

@@ -20,7 +20,7 @@ from ..observe.metrics import SchedulerMetrics
 from ..service.settings import SchedulerSettings
 from ..store import queries as q
 from ..store import reads
-from ..store.db import AsyncDatabase
+from ..store.db import AsyncDatabase, StoreFull
 
 log = logging.getLogger("repx.scheduler")
 PLACEMENT_BATCH = 2000
@@ -125,7 +125,12 @@ class Scheduler:
         """One pass; returns the number of attempts placed."""
         started = time.perf_counter()
         now = time.time()
-        lost = await self.db.run(q.expire_agents, self.db.db, now, self.policy)
+        # Heartbeats cannot be recorded while the store's disk is full: no lease lapses then, and
+        # leases get one more term after it recovers, so agents that kept running are not lost.
+        lost = 0
+        store = self.db.db
+        if store.full_since is None and now - store.recovered_at > self.settings.lease_seconds:
+            lost = await self.db.run(q.expire_agents, self.db.db, now, self.policy)
         if lost:
             self.metrics.lost.inc(lost)
             log.warning("%d attempts lost with their agents; requeued where the policy allows", lost)
@@ -200,14 +205,19 @@ class Scheduler:
         return time.monotonic() - self.last_tick < max(10.0, 20 * self.settings.poll_interval)
 
     async def run(self) -> None:
-        await self.tick()
+        with contextlib.suppress(StoreFull):  # a full disk at start: the loop below waits for space
+            await self.tick()
         notify.ready("scheduling")
         log.info("scheduler ready (poll every %.2fs, lease %.0fs)", self.settings.poll_interval, self.settings.lease_seconds)
         watchdog = asyncio.create_task(notify.watchdog_loop(self.healthy))
         try:
             while True:
                 self.wakeups.schedule.clear()
-                placed = await self.tick()
+                try:
+                    placed = await self.tick()
+                except StoreFull:  # logged by the store; placing waits until space returns
+                    await asyncio.sleep(max(1.0, self.settings.poll_interval))
+                    continue
                 notify.status(f"scheduling; placed {placed} in the last pass")
                 if not placed:
                     with contextlib.suppress(TimeoutError):

@@ -3,8 +3,11 @@ parameters.json, logs, markers and the completion log."""
 
 from __future__ import annotations
 
+import errno
+import os
 import shutil
 from collections.abc import Callable
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
@@ -15,7 +18,14 @@ from ..lab.graph import Outcome
 from ..lab.model import Job, Lab
 from .artifacts import verified_executable
 from .inputs import resolve_inputs
-from .launcher import LaunchRequest, SubprocessLauncher, forget_exit, launch_request
+from .launcher import (
+    DISK_FULL,
+    LaunchRequest,
+    SubprocessLauncher,
+    forget_exit,
+    launch_request,
+    note_disk_full,
+)
 from .layout import FAIL, SUCCESS, OutputLayout, clear_markers, write_json, write_marker
 from .runtimes import Runtime
 
@@ -39,6 +49,10 @@ class JobContext:
     run_as: int | None = None  # the submitter's uid: the launcher empties `out/` and hands it over
     max_work_items: int = 10_000  # a scatter's bound (agent.max_work_items); embedded runs keep the default
     after: list[str] = field(default_factory=list)  # cluster jobs the job's process starts after (SLURM afterok)
+    # Exit records of processes whose outcome is written: forgotten at once (None), or, for the
+    # agent, gathered here and forgotten only once its report reached the store, so that an agent
+    # restarted before that (say, while the store's disk is full) adopts them instead of running again.
+    recorded_exits: list[Path] | None = None
 
     def launched(self) -> None:
         """Called when a process of the job gets admitted; reports the job as running once."""
@@ -99,8 +113,13 @@ async def run_step(ctx: JobContext, script: Path, out: Path, repx: Path, inputs_
         if status is None:
             prepare()
             status = await ctx.launcher.run(invocation, repx, guard, request, ctx.on_spawn)
+        if status != 0 and getattr(status, "cause", None) is None and disk_full(repx):
+            status = note_disk_full(guard.path, status)
         result = record(status)
-        forget_exit(guard.path)
+        if ctx.recorded_exits is None:
+            forget_exit(guard.path)
+        else:
+            ctx.recorded_exits.append(guard.path)
         return result
 
 
@@ -112,12 +131,46 @@ def prepare_dirs(out: Path, repx: Path, *, fresh_out: bool) -> None:
     clear_markers(repx)
 
 
+# Less room than this left after a failed job: it most likely failed for want of space.
+DISK_FULL_BELOW = 256 << 10
+OUT_OF_SPACE = "(out of space)"  # how exit_reason marks a status whose cause is a full disk
+
+
+def disk_full(repx: Path) -> bool:
+    """Whether a failed job most likely failed for want of space: its filesystem is (nearly) full."""
+    try:
+        fs = os.statvfs(repx)
+    except OSError:
+        return False
+    return fs.f_bavail * fs.f_frsize < DISK_FULL_BELOW
+
+
+def disk_full_reason(outputs: Path) -> str:
+    return f"disk full: no space left on the filesystem of {outputs}; free space there and retry the run"
+
+
+@contextmanager
+def room_permitting():
+    """For writes that are evidence only (log lines, the completion log): a full disk skips them
+    rather than keep the marker, the outcome's record, from being written."""
+    try:
+        yield
+    except OSError as exc:
+        if exc.errno != errno.ENOSPC:
+            raise
+
+
 def finish(ctx: JobContext, job_id: str, repx: Path, ok: bool, reason: str | None = None) -> JobResult:
+    if not ok and (disk_full(repx) or (reason or "").endswith(OUT_OF_SPACE)):
+        reason = f"{reason}; {disk_full_reason(ctx.layout.outputs)}" if reason else disk_full_reason(ctx.layout.outputs)
     if not ok and reason:
-        with open(repx / "stderr.log", "a") as fh:
+        with room_permitting(), open(repx / "stderr.log", "a") as fh:
             fh.write(f"repx: {reason}\n")
+    # Empty, so it needs no room on a full disk. If it cannot be written the exception leaves the
+    # process's exit record in place, and an agent re-attaching adopts it instead of running again.
     write_marker(repx, SUCCESS if ok else FAIL)
-    ctx.layout.append_completion(job_id, Outcome.OK if ok else Outcome.FAIL)
+    with room_permitting():
+        ctx.layout.append_completion(job_id, Outcome.OK if ok else Outcome.FAIL)
     return JobResult(job_id, ok, reason)
 
 
@@ -152,4 +205,6 @@ def exit_reason(status: int) -> str:
         return "was killed for exceeding its memory limit (out of memory)"
     if cause == "timeout":
         return "was stopped for exceeding its time limit"
+    if cause == DISK_FULL:  # finish() adds where
+        return f"exited with status {int(status)} {OUT_OF_SPACE}"
     return f"killed by signal {-status}" if status < 0 else f"exited with status {status}"

@@ -139,6 +139,8 @@ def adoptable_status(guard: Path) -> ExitStatus | None:
     try:
         if len(words) == 1:
             return ExitStatus(int(words[0]))
+        if len(words) == 2 and words[1] == DISK_FULL:
+            return ExitStatus.with_cause(int(words[0]), DISK_FULL)
         if len(words) == 3:
             return status_from_unit(*words)
     except (ValueError, KeyError):
@@ -223,6 +225,9 @@ async def spawn_and_wait(invocation: Invocation, repx: Path, guard: Guard,
     switch = {} if identity is None else {"user": identity.uid, "group": identity.gid, "extra_groups": list(identity.groups)}
     status_fd = os.open(exit_file(guard.path), os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
     try:
+        # A placeholder (no status: "-" is no number) holds a block for the status, so that the
+        # wrapper's write, which truncates it first, finds room even after the job filled the disk.
+        os.write(status_fd, b"-\n")
         if identity is not None:  # reopened through /dev/fd by the wrapper, which runs as the job's user
             os.fchown(status_fd, identity.uid, identity.gid)
         with open(repx / "stdout.log", "wb") as out, open(repx / "stderr.log", "wb") as err:
@@ -244,6 +249,22 @@ async def spawn_and_wait(invocation: Invocation, repx: Path, guard: Guard,
     except asyncio.CancelledError:
         await asyncio.shield(_stop(proc))
         raise
+
+
+DISK_FULL = "disk-full"
+
+
+def note_disk_full(guard: Path, status: int) -> ExitStatus:
+    """The status with the cause "disk-full", also written into its exit record: an agent that
+    adopts the record after a restart still knows why, though the space may be free by then. An
+    overwrite within the record's block, so it finds room on the full disk."""
+    with contextlib.suppress(OSError):
+        fd = os.open(exit_file(guard), os.O_WRONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        try:
+            os.pwrite(fd, f"{int(status)} {DISK_FULL}\n".encode(), 0)
+        finally:
+            os.close(fd)
+    return ExitStatus.with_cause(status, DISK_FULL)
 
 
 def forget_exit(guard: Path) -> None:

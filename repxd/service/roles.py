@@ -18,12 +18,14 @@ from ..agent.loop import Agent
 from ..api.app import make_app
 from ..api.client import AsyncApi
 from ..engine.scheduler import Scheduler
+from ..errors import RepxError
 from ..observe import notify
 from ..observe.logging import setup_logging
 from ..observe.metrics import AgentMetrics, SchedulerMetrics, serve_metrics
 from ..service.settings import Settings, read_token
 from ..store import queries as q
-from ..store.db import AsyncDatabase, open_database
+from ..store.db import AsyncDatabase, StoreFull, open_database
+from ..store.startup import check_database, lock_role
 
 log = logging.getLogger("repx")
 
@@ -60,7 +62,8 @@ async def start_api(settings: Settings, database: AsyncDatabase) -> web.AppRunne
     if settings.api.tcp:
         host, _, port = settings.api.tcp.rpartition(":")
         await web.TCPSite(runner, host or "127.0.0.1", int(port)).start()
-    await database.run(q.touch_role, database.db, "api", socket.gethostname(), os.getpid(), time.time())
+    with contextlib.suppress(StoreFull):  # the API serves reads on a full disk; the next touch records it
+        await database.run(q.touch_role, database.db, "api", socket.gethostname(), os.getpid(), time.time())
     return runner
 
 
@@ -68,7 +71,8 @@ async def _keep_role_fresh(database: AsyncDatabase, name: str) -> None:
     started = time.time()
     while True:
         await asyncio.sleep(5)
-        await database.run(q.touch_role, database.db, name, socket.gethostname(), os.getpid(), started)
+        with contextlib.suppress(StoreFull):  # logged by the store; tried again in 5 s
+            await database.run(q.touch_role, database.db, name, socket.gethostname(), os.getpid(), started)
 
 
 def agent_api(settings: Settings) -> AsyncApi:
@@ -120,10 +124,27 @@ async def run_all(settings: Settings) -> None:
 ROLES = {"api": run_api, "scheduler": run_scheduler, "agent": run_agent, "all": run_all}
 
 
+# The roles that keep state in state_dir, and the locks each holds there.
+STATE_LOCKS = {"api": ("api",), "scheduler": ("scheduler",), "all": ("api", "scheduler")}
+
+
 def start(role: str, settings: Settings) -> None:
     setup_logging(role, settings.log_level, settings.log_journald)
     try:
+        held = [lock_role(settings.state_dir, name) for name in STATE_LOCKS.get(role, ())]
+        if held:
+            check_database(settings.database)
+    except RepxError as exc:  # one line on stderr (the journal under systemd), no traceback
+        print(f"repxd: error: {exc}", file=sys.stderr, flush=True)
+        sys.exit(exc.exit_code)
+    except OSError as exc:  # the state directory itself is unusable (permissions, a file in its place)
+        print(f"repxd: error: state_dir {settings.state_dir}: {exc.strerror}", file=sys.stderr, flush=True)
+        sys.exit(1)
+    try:
         asyncio.run(ROLES[role](settings))
+    except RepxError as exc:  # e.g. a token file it cannot use: one line, as above
+        print(f"repxd: error: {exc}", file=sys.stderr, flush=True)
+        sys.exit(exc.exit_code)
     except OSError as exc:
         log.error("%s cannot start: %s", role, exc)
         sys.exit(1)

@@ -5,14 +5,16 @@
 from __future__ import annotations
 
 import os
+import re
 import socket
+import stat
 import tomllib
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError
 
-from ..config import Config, Resources, TargetConfig
+from ..config import Config, Resources, TargetConfig, parse_memory
 from ..config import SchedulerSettings as TargetSchedulerSettings
 from ..errors import ConfigError
 
@@ -21,6 +23,32 @@ DEFAULT_CONFIG = Path("/etc/repx/repxd.toml")
 
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
+
+
+HOST = re.compile(r"[A-Za-z0-9._-]*|\[[0-9A-Fa-f:.]+\]")
+
+
+def _listen_address(value: str | None) -> str | None:
+    """"host:port" as the listeners bind it (an empty host is 127.0.0.1); checked here so that
+    check-config, not the daemon's start, finds a bad one. Empty turns the listener off."""
+    if not value:
+        return value
+    host, colon, port = value.rpartition(":")
+    if not colon or not HOST.fullmatch(host) or not port.isascii() or not port.isdigit():
+        raise ValueError(f"{value!r} is not host:port (e.g. 127.0.0.1:8420)")
+    if not 1 <= int(port) <= 65535:
+        raise ValueError(f"port {port} in {value!r} is out of range (1 to 65535)")
+    return value
+
+
+def _memory(value: str | None) -> str | None:
+    if value is not None:
+        parse_memory(value)  # its ValueError names the value and the forms it takes
+    return value
+
+
+ListenAddress = Annotated[str | None, AfterValidator(_listen_address)]
+Memory = Annotated[str | None, AfterValidator(_memory)]
 
 
 SYSTEM_RUNTIME_DIR = Path("/run/repx")
@@ -54,11 +82,12 @@ def default_state_dir() -> Path:
 class ApiSettings(_Strict):
     socket: Path = Field(default_factory=default_socket)
     socket_mode: int = 0o666  # access is decided per request from the peer's credentials
-    tcp: str | None = None  # "host:port"; needs tokens
+    tcp: ListenAddress = None  # "host:port"; needs tokens
     allowed_groups: list[str] = []  # empty: every local user may submit
     admin_groups: list[str] = []
     agent_token_file: Path | None = None
     admin_token_file: Path | None = None
+    metrics_token_file: Path | None = None  # a token that reads TCP /metrics and nothing else (Prometheus)
 
 
 class SchedulerSettings(_Strict):
@@ -67,7 +96,7 @@ class SchedulerSettings(_Strict):
     max_lost: int = Field(default=3, ge=1)
     job_retries: int = Field(default=0, ge=0)
     backoff: float = Field(default=1.0, ge=0)
-    metrics: str | None = "127.0.0.1:9421"
+    metrics: ListenAddress = "127.0.0.1:9421"
 
 
 class AgentSettings(_Strict):
@@ -76,7 +105,7 @@ class AgentSettings(_Strict):
     token_file: Path | None = None
     slots: int | None = Field(default=None, ge=1)
     cpus: int | None = Field(default=None, ge=1)
-    mem: str | None = None
+    mem: Memory = None
     labels: dict[str, str] = {}
     # The hardware inventory: a file (default: /run/repx/hardware.json when written this boot, else
     # detected at start), or a root prefix to detect under (a recorded tree) with recorded tool outputs.
@@ -84,7 +113,7 @@ class AgentSettings(_Strict):
     hardware_root: Path | None = None
     hardware_tools: Path | None = None
     heartbeat_interval: float = Field(default=2.0, gt=0)
-    metrics: str | None = "127.0.0.1:9422"
+    metrics: ListenAddress = "127.0.0.1:9422"
     # How jobs start: transient systemd units where the system bus allows it ("auto"), or always.
     launcher: Literal["auto", "systemd", "subprocess"] = "auto"
     # Jobs of token callers (who have no uid) run as this user; default `nobody` where the agent
@@ -156,6 +185,16 @@ def load_settings(path: Path | None) -> Settings:
         raise ConfigError("; ".join(errors) if len(errors) < 4 else f"{errors[0]} (and {len(errors) - 1} more; run `repxd check-config {path}`)") from None
 
 
+def readable_by_everyone(path: Path) -> bool:
+    """Whether any local user can read `path`: it is world-readable and so is the way to it."""
+    try:
+        if not path.stat().st_mode & stat.S_IROTH:
+            return False
+        return all(parent.stat().st_mode & stat.S_IXOTH for parent in path.absolute().parents)
+    except OSError:
+        return False
+
+
 def read_token(path: Path | None) -> str | None:
     if path is None:
         return None
@@ -163,6 +202,28 @@ def read_token(path: Path | None) -> str | None:
         token = path.read_text().strip()
     except OSError as exc:
         raise ConfigError(f"token file {path}: cannot read ({exc.strerror})") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"token file {path} is not text; write the token on one line") from None
     if not token:
         raise ConfigError(f"token file {path} is empty")
+    if readable_by_everyone(path):
+        raise ConfigError(f"token file {path} is readable by every local user; chmod 600 it (or o-r)")
     return token
+
+
+def token_files(settings: Settings) -> dict[str, Path]:
+    """The token files the configuration names, by key."""
+    named = {"api.agent_token_file": settings.api.agent_token_file, "api.admin_token_file": settings.api.admin_token_file,
+             "api.metrics_token_file": settings.api.metrics_token_file, "agent.token_file": settings.agent.token_file}
+    return {key: path for key, path in named.items() if path is not None}
+
+
+def token_file_errors(settings: Settings, source: str) -> list[str]:
+    """What the daemon would refuse about the token files at start, one message per file."""
+    messages = []
+    for key, path in token_files(settings).items():
+        try:
+            read_token(path)
+        except ConfigError as exc:
+            messages.append(f"{source}: {key}: {exc}")
+    return messages

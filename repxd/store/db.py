@@ -4,8 +4,11 @@ statement on one dedicated thread so nothing blocks the event loop."""
 from __future__ import annotations
 
 import asyncio
+import logging
+import os
 import sqlite3
 import threading
+import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
@@ -15,6 +18,20 @@ from typing import TypeVar
 from .migrations import MIGRATIONS
 
 T = TypeVar("T")
+log = logging.getLogger("repx.store")
+
+
+class StoreFull(Exception):
+    """A write found the store's disk full. SQLite has rolled the transaction back: nothing
+    half-written, and the next write tries again (so the store recovers once space returns)."""
+
+    def __init__(self, path: Path) -> None:
+        super().__init__(f"the daemon's store {path} is read-only for now: its disk is full; "
+                         "writes are refused until space is freed there (reads keep working)")
+
+
+def is_disk_full(exc: BaseException) -> bool:
+    return isinstance(exc, sqlite3.OperationalError) and getattr(exc, "sqlite_errorcode", None) == sqlite3.SQLITE_FULL
 
 
 class Database:
@@ -23,6 +40,8 @@ class Database:
     def __init__(self, path: Path) -> None:
         self.path = Path(path)
         self.path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)  # every user's runs: the daemon's alone
+        if not self.path.exists():
+            _create_whole(self.path)
         self.conn = sqlite3.connect(self.path, timeout=30, isolation_level=None, check_same_thread=False)
         self.conn.row_factory = sqlite3.Row
         self.conn.execute("PRAGMA journal_mode=WAL")
@@ -30,6 +49,8 @@ class Database:
         self.conn.execute("PRAGMA foreign_keys=ON")
         self.conn.execute("PRAGMA busy_timeout=30000")
         self._lock = threading.Lock()
+        self.full_since: float | None = None  # when a write last found the disk full; None once one succeeds
+        self.recovered_at = 0.0  # when writes worked again after a full disk (the scheduler spares leases a while)
         self.migrate()
 
     @property
@@ -49,14 +70,27 @@ class Database:
         """BEGIN IMMEDIATE: the write lock is taken up front, so a transaction never fails half-way
         on a lock upgrade; other processes wait (busy_timeout)."""
         with self._lock:
-            self.conn.execute("BEGIN IMMEDIATE")
+            changes = self.conn.total_changes
             try:
-                yield self.conn
-            except BaseException:
-                self.conn.execute("ROLLBACK")
-                raise
-            else:
+                self.conn.execute("BEGIN IMMEDIATE")
+                try:
+                    yield self.conn
+                except BaseException:
+                    if self.conn.in_transaction:  # SQLite rolls back by itself on a full disk
+                        self.conn.execute("ROLLBACK")
+                    raise
                 self.conn.execute("COMMIT")
+            except sqlite3.OperationalError as exc:
+                if not is_disk_full(exc):
+                    raise
+                if self.full_since is None:
+                    self.full_since = time.time()
+                    log.error("%s", StoreFull(self.path))
+                raise StoreFull(self.path) from None
+            if self.full_since is not None and self.conn.total_changes > changes:  # a write got through
+                log.warning("the store %s takes writes again (its disk was full for %.0fs)",
+                            self.path, time.time() - self.full_since)
+                self.full_since, self.recovered_at = None, time.time()
 
     def read(self, sql: str, params: tuple = ()) -> list[sqlite3.Row]:
         with self._lock:
@@ -64,6 +98,19 @@ class Database:
 
     def close(self) -> None:
         self.conn.close()
+
+
+def _create_whole(path: Path) -> None:
+    """A new database appears under its name only with its header written (in WAL mode), so a
+    zero-length state.db is never repxd's doing and can be refused as lost (store.startup)."""
+    fresh = path.with_name(path.name + ".new")
+    fresh.unlink(missing_ok=True)
+    conn = sqlite3.connect(fresh, isolation_level=None)
+    try:
+        conn.execute("PRAGMA journal_mode=WAL")
+    finally:
+        conn.close()
+    os.replace(fresh, path)
 
 
 class AsyncDatabase:

@@ -43,7 +43,10 @@ def list_runs(db: Database, limit: int = 100, before: str | None = None) -> list
     return runs
 
 
-def list_jobs(db: Database, run_id: str | None = None, state: str | None = None, limit: int = 10000) -> list[JobRecord]:
+def list_jobs(db: Database, run_id: str | None = None, state: str | None = None, limit: int = 1000,
+              after: tuple[str, str] | None = None) -> list[JobRecord]:
+    """Jobs in run and topological order; `after` (the run and job id of the last job of the
+    previous page) starts past it. Raises KeyError for an unknown cursor."""
     sql, params = "SELECT * FROM jobs WHERE 1=1", []
     if run_id:
         sql += " AND run_id=?"
@@ -51,20 +54,28 @@ def list_jobs(db: Database, run_id: str | None = None, state: str | None = None,
     if state:
         sql += " AND state=?"
         params.append(state)
+    if after is not None:
+        if not db.read("SELECT 1 FROM jobs WHERE run_id=? AND job_id=?", after):
+            raise KeyError(after)
+        sql += " AND (run_id, seq) > (SELECT run_id, seq FROM jobs WHERE run_id=? AND job_id=?)"
+        params.extend(after)
     sql += " ORDER BY run_id, seq LIMIT ?"
     params.append(limit)
     return [JobRecord.from_row(r) for r in db.read(sql, tuple(params))]
 
 
-def list_attempts(db: Database, run_id: str | None = None, job_id: str | None = None) -> list[AttemptRecord]:
-    sql, params = "SELECT * FROM attempts WHERE 1=1", []
+def list_attempts(db: Database, run_id: str | None = None, job_id: str | None = None, limit: int = 1000,
+                  after: int = 0) -> list[AttemptRecord]:
+    """Attempts in the order they were made, from the one after attempt `after` on."""
+    sql, params = "SELECT * FROM attempts WHERE id>?", [after]
     if run_id:
         sql += " AND run_id=?"
         params.append(run_id)
     if job_id:
         sql += " AND job_id LIKE ? ESCAPE '\\'"
         params.append(prefix_like(job_id))
-    return [AttemptRecord.from_row(r) for r in db.read(sql + " ORDER BY id", tuple(params))]
+    params.append(limit)
+    return [AttemptRecord.from_row(r) for r in db.read(sql + " ORDER BY id LIMIT ?", tuple(params))]
 
 
 def list_agents(db: Database) -> list[AgentRecord]:

@@ -335,8 +335,9 @@ def test_tcp_openapi_needs_the_token_and_health_says_only_ok(tmp_path):
         assert httpx.get(f"{url}/openapi.json", headers=admin).json()["openapi"].startswith("3.")
         assert httpx.get(f"{url}/v1/health").json() == {"status": "ok"}
         assert "version" in httpx.get(f"{url}/v1/health", headers=admin).json()
-        # /metrics stays open for Prometheus: request counts per route template, nothing else.
-        metrics = httpx.get(f"{url}/metrics")
+        # With tokens, TCP /metrics needs one too (test_listing_and_metrics has the metrics token).
+        assert httpx.get(f"{url}/metrics").status_code == 401
+        metrics = httpx.get(f"{url}/metrics", headers=admin)
         assert metrics.status_code == 200 and "repx_api_requests" in metrics.text
     finally:
         daemon.stop()
@@ -346,7 +347,7 @@ JSON = st.recursive(st.none() | st.booleans() | st.integers() | st.floats(allow_
                     lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=10), inner, max_size=4),
                     max_leaves=12)
 WORDS = st.text(st.characters(codec="utf-8", exclude_characters="/"), min_size=1, max_size=30)
-QUERY_NAMES = ["limit", "before", "tail", "offset", "follow", "stream", "run", "job", "state", "agent"]
+QUERY_NAMES = ["limit", "before", "after", "tail", "offset", "follow", "stream", "run", "job", "state", "agent"]
 
 
 def segment(word: str) -> str:

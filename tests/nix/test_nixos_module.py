@@ -91,12 +91,28 @@ def test_api_and_scheduler_node():
     assert s["api"]["admin_token_file"] == "/run/credentials/repx-api.service/admin-token"
     assert s["scheduler"]["metrics"] == "0.0.0.0:9421"
     accepted_by_repxd(s)
-    (scrape,) = r["scrapeConfigs"]
+    (scrape,) = r["scrapeConfigs"]  # the API's /metrics needs a token here, and none is given for it
     assert scrape["job_name"] == "repx-head"
-    assert {c["labels"]["role"]: c["targets"] for c in scrape["static_configs"]} == {
-        "api": ["head:8420"], "scheduler": ["head:9421"]}
+    assert {c["labels"]["role"]: c["targets"] for c in scrape["static_configs"]} == {"scheduler": ["head:9421"]}
     assert not r["polkit"]["enable"] and r["polkitRules"] is None, "no agent, no polkit rule"
-    assert len(r["warnings"]) == 1 and "plain HTTP" in r["warnings"][0]
+    plain_http, no_metrics_token = sorted(r["warnings"], key=lambda w: "metrics-token" in w)
+    assert "plain HTTP" in plain_http and "services.repx.credentials.metrics-token" in no_metrics_token
+
+
+def test_api_with_tokens_is_scraped_with_the_metrics_token():
+    r = module_report(repx('''
+        settings.api.tcp = "0.0.0.0:8420";
+        credentials = { admin-token = "/run/secrets/admin"; metrics-token = "/run/secrets/metrics"; };
+      }; networking.hostName = "head"; services.repx = {'''))
+    assert r["failedAssertions"] == []
+    s = r["settings"]
+    assert s["api"]["metrics_token_file"] == "/run/credentials/repx-api.service/metrics-token"
+    accepted_by_repxd(s)
+    local, api = r["scrapeConfigs"]
+    assert "api" not in [c["labels"]["role"] for c in local["static_configs"]]
+    assert api["job_name"] == "repx-head-api" and api["authorization"] == {"credentials_file": "/run/secrets/metrics"}
+    assert api["static_configs"] == [{"targets": ["head:8420"], "labels": {"role": "api"}}]
+    assert not any("metrics-token" in w for w in r["warnings"])
 
 
 def test_tcp_api_without_tokens_warns():
