@@ -254,8 +254,11 @@ def load_config(path: Path | None = None) -> Config:
     """`path`, else `$XDG_CONFIG_HOME/repx/config.toml` if it exists, else an empty config."""
     if path is None:
         path = config_home() / "config.toml"
-        if not path.exists():
-            return Config()
+        try:
+            if not path.exists():
+                return Config()
+        except OSError as exc:  # e.g. another user's HOME left in the environment
+            raise ConfigError(f"{path}: cannot read ({exc.strerror}); check HOME/XDG_CONFIG_HOME, or pass --config") from None
     return _validated(Config, _read_toml(path), str(path))
 
 

@@ -83,11 +83,12 @@ class ThisHost:
     def execute(self, command: str, timeout: float = 900) -> tuple[int, str]:
         done = subprocess.run(["timeout", str(int(timeout)), "bash", "-c", f"set -euo pipefail; {command}"],
                               capture_output=True, text=True, env=self.env)
+        self.last_stderr = done.stderr
         return done.returncode, done.stdout
 
     def succeed(self, command: str, timeout: float = 900) -> str:
         status, out = self.execute(command, timeout)
-        assert status == 0, f"command failed ({status}): {command}\n{out}"
+        assert status == 0, f"command failed ({status}): {command}\n{out}{self.last_stderr}"
         return out
 
     def wait_until_succeeds(self, command: str, timeout: int = 900) -> str:
@@ -109,7 +110,9 @@ def test_the_shared_slurm_scenario_runs_an_example_lab_as_its_researcher(slurm_c
     lab = sweep_scatter().write(shared_dir / "sweep")
     d.start("all")
     try:
-        host = ThisHost({**slurm_cluster.env, "REPX_API": str(d.socket), "PATH": f"{REPXCTL.parent}:{os.environ['PATH']}"})
+        # HOME of nobody in particular: alice's commands must not look for root's config.
+        host = ThisHost({**slurm_cluster.env, "REPX_API": str(d.socket), "HOME": "/nonexistent",
+                         "PATH": f"{REPXCTL.parent}:{os.environ['PATH']}"})
         scenarios.slurm_target_runs(host, ALICE, str(lab), "sweep", "hpc", str(base), as_user=" ".join(alice.prefix))
     finally:
         d.stop()
