@@ -65,6 +65,25 @@ let
       ++ map repxLib.systemdArg cfg.extraArgs
     );
 
+  # Each role gets only the credentials it uses: the API checks the tokens, an agent presents
+  # its own; the scheduler needs none. Credentials of other names (an SSH key, say) go to every
+  # role, as the option documents.
+  roleCredentialNames = {
+    api = [
+      "agent-token"
+      "admin-token"
+      "metrics-token"
+    ];
+    agent = [ "agent-token" ];
+    scheduler = [ ];
+  };
+  knownCredentialNames = lib.unique (lib.concatLists (lib.attrValues roleCredentialNames));
+  credentialsOf =
+    role:
+    lib.filterAttrs (
+      name: _: lib.elem name roleCredentialNames.${role} || !(lib.elem name knownCredentialNames)
+    ) cfg.credentials;
+
   roleService = role: {
     wantedBy = [ "repx.target" ];
     restartTriggers = [ configFile ];
@@ -72,7 +91,7 @@ let
       User = cfg.user;
       Group = cfg.group;
       WatchdogSec = mkDefault (if cfg.watchdogSec == 0 then "0" else "${toString cfg.watchdogSec}s");
-      LoadCredential = lib.mapAttrsToList (name: path: "${name}:${path}") cfg.credentials;
+      LoadCredential = lib.mapAttrsToList (name: path: "${name}:${path}") (credentialsOf role);
       ReadWritePaths = optional (cfg.stateDir != "/var/lib/repx") cfg.stateDir;
     }
     // lib.optionalAttrs (cfg.environmentFile != null) { EnvironmentFile = cfg.environmentFile; }
@@ -175,9 +194,11 @@ in
         ssh-key = "/run/secrets/repx-ssh-key";
       };
       description = ''
-        Files handed to every role with LoadCredential= (as
+        Files handed to the roles with LoadCredential= (as
         /run/credentials/repx-<role>.service/<name>), so secrets stay out of the store and are
-        readable by the service only. `agent-token` and `admin-token` are wired to the API's
+        readable by the service only. Each role gets only what it uses: the API `agent-token`,
+        `admin-token` and `metrics-token`, an agent `agent-token`, the scheduler none; other
+        names go to every role. `agent-token` and `admin-token` are wired to the API's
         token files and, for an agent whose API is an URL, to its token_file; `metrics-token` to
         the API's metrics_token_file and to the API's scrape in
         {option}`services.repx.metrics.scrapeConfigs` (so Prometheus must be able to read it too).
@@ -338,6 +359,11 @@ in
       }))
       (lib.genAttrs (map unitOf roles) (unit: roleService (lib.removePrefix "repx-" unit)))
       (mkIf cfg.agent.enable {
+        # The package's unit names the default user; a custom one must be named here too.
+        repx-hwdetect.serviceConfig = {
+          User = cfg.user;
+          Group = cfg.group;
+        };
         repx-agent = {
           # Outputs go under the targets' base paths; the unit's ProtectSystem=strict hides the
           # rest. "-": a base path the agent creates on first use may not exist yet.
@@ -366,10 +392,11 @@ in
     environment.etc."polkit-1/rules.d/60-repx.rules" = mkIf cfg.agent.enable { source = polkitRules; };
   };
 
+  # No meta.doc: the NixOS manual renders every module's doc and rejects headings without
+  # {#id} anchors, which the README has not; the options' descriptions are the manual's part.
   meta = {
     # The maintainer type admits only entries of nixpkgs' lib.maintainers, where repx's
     # maintainers are not (yet); see the repository for who maintains this module.
     maintainers = [ ];
-    doc = ../README.md;
   };
 }

@@ -57,7 +57,8 @@ in
     };
     scrapeConfigs = config.services.repx.metrics.scrapeConfigs;
     prometheusScrapeConfigs = config.services.prometheus.scrapeConfigs;
-    docs = map toString config.meta.doc;
+    # NixOS puts every module's meta.doc into its manual: there must be none (see module.nix).
+    docs = if evaluated.options.meta.doc.isDefined then map toString config.meta.doc else [ ];
     polkitRules =
       let
         rules = config.environment.etc."polkit-1/rules.d/60-repx.rules".source or null;
