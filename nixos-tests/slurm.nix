@@ -63,11 +63,9 @@ pkgs.testers.runNixOSTest {
         default_scheduler = "slurm";
         slurm.poll_interval = 1.0;
       };
-      # The agent submits with the cluster's own commands and configuration.
-      systemd.services.repx-agent = {
-        path = [ config.services.slurm.package ];
-        environment.SLURM_CONF = "/etc/slurm/slurm.conf";
-      };
+      # The module puts services.slurm's commands on the agent's PATH; this is where they find
+      # the cluster's configuration.
+      systemd.services.repx-agent.environment.SLURM_CONF = "/etc/slurm/slurm.conf";
       environment.systemPackages = [ config.services.slurm.package ];
     };
 

@@ -65,6 +65,24 @@ let
       ++ map repxLib.systemdArg cfg.extraArgs
     );
 
+  # What the agent runs by name: NixOS gives units only coreutils, findutils, grep, sed and
+  # systemd on PATH. bubblewrap always (a run may ask for it); podman and docker where a target
+  # uses them (they are large); a SLURM target's commands from services.slurm.
+  executionTypes = lib.unique (
+    lib.concatMap (
+      t:
+      lib.optional (t.default_execution_type != null) t.default_execution_type
+      ++ (t.local.execution_types or [ ])
+      ++ (t.slurm.execution_types or [ ])
+    ) (lib.attrValues cfg.settings.targets)
+  );
+  slurmTargets = lib.filterAttrs (_: t: (t.default_scheduler or null) == "slurm") cfg.settings.targets;
+  agentPath =
+    [ pkgs.bubblewrap ]
+    ++ optional (lib.elem "podman" executionTypes) pkgs.podman
+    ++ optional (lib.elem "docker" executionTypes) pkgs.docker
+    ++ optional (slurmTargets != { } && config.services ? slurm) config.services.slurm.package;
+
   # Each role gets only the credentials it uses: the API checks the tokens, an agent presents
   # its own; the scheduler needs none. Credentials of other names (an SSH key, say) go to every
   # role, as the option documents.
@@ -365,6 +383,7 @@ in
           Group = cfg.group;
         };
         repx-agent = {
+          path = agentPath;
           # Outputs go under the targets' base paths; the unit's ProtectSystem=strict hides the
           # rest. "-": a base path the agent creates on first use may not exist yet.
           serviceConfig.ReadWritePaths = map (p: "-${p}") basePaths;

@@ -41,6 +41,7 @@ in
     };
     services = lib.mapAttrs (_: s: {
       inherit (s) enable wantedBy after wants serviceConfig;
+      path = map (p: p.name) s.path;
       restartTriggers = map (t: t.name or (toString t)) s.restartTriggers;
     }) (repxUnits config.systemd.services);
     targets = lib.mapAttrs (_: t: { inherit (t) wantedBy; }) (repxUnits config.systemd.targets);

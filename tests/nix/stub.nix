@@ -52,6 +52,8 @@ let
         fakeScript = script;
       };
   }
+  # Programs the roles run by name (their names are what a test checks).
+  // lib.genAttrs [ "bubblewrap" "podman" "docker" ] (name: fakeDrv name { pname = name; })
   // lib.optionalAttrs withRepx {
     repx = fakeDrv "repx-0.1.0" {
       pname = "repx";

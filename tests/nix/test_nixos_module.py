@@ -273,3 +273,14 @@ def test_hardware_detection_runs_as_the_configured_user():
     assert (hwdetect["User"], hwdetect["Group"]) == ("lab", "lab")
     assert not any(r["services"][unit]["serviceConfig"].get("User") not in (None, "lab")
                    for unit in (*ROLES, "repx-hwdetect"))
+
+
+def test_the_agent_finds_the_sandboxes_it_runs_by_name():
+    """NixOS units get only coreutils, findutils, grep, sed and systemd on PATH; the agent looks up
+    bwrap, podman and docker by name. bubblewrap is always there; podman/docker where a target
+    uses them."""
+    plain = module_report(repx(""))
+    assert plain["services"]["repx-agent"]["path"] == ["bubblewrap"]
+    podman = module_report(repx('''settings.targets.local = { base_path = "/srv/w"; default_execution_type = "podman";
+                                    local.execution_types = [ "podman" "docker" ]; };'''))
+    assert sorted(podman["services"]["repx-agent"]["path"]) == ["bubblewrap", "docker", "podman"]
