@@ -37,7 +37,7 @@ pkgs.testers.runNixOSTest {
     simple = "/etc/repx-test/labs/simple"
     naps = "/etc/repx-test/labs/naps"
 
-    machine.start()
+    machine.start(allow_reboot=True)  # a scenario reboots it; without this QEMU runs with -no-reboot
 
     with subtest("units become ready"):
         scenarios.units_become_ready(machine)

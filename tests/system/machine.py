@@ -23,10 +23,14 @@ class NspawnMachine:
         self.log = log
         self.process: subprocess.Popen | None = None
         self.leader: int | None = None
+        self.allow_reboot = False
 
     # ---- lifecycle --------------------------------------------------------------------------
 
-    def start(self) -> None:
+    def start(self, allow_reboot: bool = False) -> None:
+        """As the NixOS test driver's start(): without `allow_reboot` a reboot ends the machine
+        (QEMU runs with -no-reboot), so scenarios that reboot must ask for it."""
+        self.allow_reboot = allow_reboot
         with open(self.log, "ab") as log:
             # --private-network: the container has its own loopback only. --register=no and
             # --keep-unit: this host runs no systemd-machined (no systemd as its PID 1).
@@ -53,6 +57,9 @@ class NspawnMachine:
     def reboot(self) -> None:
         """`systemctl reboot` inside; nspawn exits with 133 and is started again, as the
         systemd-nspawn@.service unit of a real host would."""
+        if not self.allow_reboot:
+            raise MachineError("reboot() on a machine started without allow_reboot=True: the NixOS test driver's"
+                               " QEMU (-no-reboot) would exit and the next command fail with 'Shell disconnected'")
         self.execute("systemctl reboot")
         try:
             code = self.process.wait(timeout=BOOT_SECONDS)
@@ -60,7 +67,7 @@ class NspawnMachine:
             raise MachineError("the container did not shut down for its reboot") from None
         if code != 133:
             raise MachineError(f"systemd-nspawn exited with {code} on reboot (expected 133)")
-        self.start()
+        self.start(allow_reboot=True)
 
     def shutdown(self) -> None:
         if self.process is None or self.process.poll() is not None:

@@ -91,7 +91,7 @@ def repx_machine(workdir: Path):
     (dropin / "watchdog.conf").write_text(WATCHDOG_DROPIN)
 
     vm = NspawnMachine(rootfs, "repx-system", workdir / "nspawn.log")
-    vm.start()
+    vm.start(allow_reboot=True)  # a scenario reboots it, as single-node.nix allows
     try:
         vm.succeed(
             "python3 -m venv /opt/repx",
