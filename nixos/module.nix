@@ -121,7 +121,7 @@ let
     };
   };
 
-  shippedRules = "${cfg.package}/share/polkit-1/rules.d/60-repx.rules";
+  shippedRules = "${cfg.package}/share/repx/polkit/60-repx.rules";
   polkitRules =
     if cfg.user == "repx" then
       shippedRules

@@ -51,7 +51,9 @@ python3Packages.buildPythonApplication {
     fi
     install -Dm644 repxd/systemd/repx.sysusers "$out/lib/sysusers.d/repx.conf"
     install -Dm644 repxd/systemd/repx.tmpfiles "$out/lib/tmpfiles.d/repx.conf"
-    install -Dm644 repxd/systemd/repx.polkit.rules "$out/share/polkit-1/rules.d/60-repx.rules"
+    # Not under share/polkit-1, which NixOS links into the active rules for every installed
+    # package: the module installs the rule itself, edited for a custom service user.
+    install -Dm644 repxd/systemd/repx.polkit.rules "$out/share/repx/polkit/60-repx.rules"
     install -Dm644 nixos/grafana-dashboard.json "$out/share/grafana/dashboards/repx.json"
   '';
 

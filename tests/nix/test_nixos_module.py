@@ -44,7 +44,7 @@ def test_all_roles_by_default():
     accepted_by_repxd(s)
     assert r["users"]["repx"]["isSystemUser"] and r["users"]["repx"]["home"] == "/var/lib/repx"
     assert "repx" in r["groups"]
-    assert r["polkit"]["enable"] and r["polkitRules"].endswith("/share/polkit-1/rules.d/60-repx.rules")
+    assert r["polkit"]["enable"] and r["polkitRules"].endswith("/share/repx/polkit/60-repx.rules")
     assert r["firewallPorts"] == []
     # NixOS renders every module's meta.doc into its manual and rejects headings without ids.
     assert r["docs"] == []
@@ -284,3 +284,17 @@ def test_the_agent_finds_the_sandboxes_it_runs_by_name():
     podman = module_report(repx('''settings.targets.local = { base_path = "/srv/w"; default_execution_type = "podman";
                                     local.execution_types = [ "podman" "docker" ]; };'''))
     assert sorted(podman["services"]["repx-agent"]["path"]) == ["bubblewrap", "docker", "podman"]
+
+
+def test_the_polkit_rule_is_active_once():
+    """NixOS links every system package's share/polkit-1 into the active rules, so a rule shipped
+    there and also placed in /etc by the module was active twice — and with a custom user the
+    stock rule for `repx` stayed active beside the edited one. The package keeps it elsewhere."""
+    from nixeval import ROOT
+
+    package = (ROOT / "nixos" / "package.nix").read_text()
+    installs = [line for line in package.splitlines() if line.strip().startswith("install ")]
+    assert installs and not any("share/polkit-1" in line for line in installs)
+    custom = module_report(repx('user = "lab"; group = "lab";'))
+    assert 'subject.user != "lab"' in custom["polkitRules"]["fakeScript"]
+    assert "/share/repx/polkit/60-repx.rules" in custom["polkitRules"]["fakeScript"]
