@@ -1,4 +1,9 @@
-"""Throughput: `repxctl run` against Snakemake on the same no-op DAG (bench/dag.py).
+"""Throughput: `repxctl run` against the fork+exec limit and Snakemake on the same no-op DAG (bench/dag.py).
+
+The limit is what `xargs -P <jobs>` reaches starting one bash per job that writes that job's
+output file: the same process starts and the same file writes, without a DAG to respect. Every
+figure is printed as a ratio against it, measured in the same invocation (runs interleaved),
+because a shared machine drifts between invocations.
 
 Each measurement is the wall time of one end-to-end command (interpreter startup, loading,
 planning, running every job) in a fresh output directory, with the same -j for both tools.
@@ -15,6 +20,7 @@ import argparse
 import json
 import os
 import platform
+import resource
 import shutil
 import signal
 import statistics
@@ -59,18 +65,31 @@ def repxctl() -> list[str]:
     return [str(script)] if script.exists() else [sys.executable, "-m", "repxctl.main"]
 
 
-def timed(argv: list[str], cwd: Path, timeout: float, env: dict) -> tuple[float | None, str]:
+# CPU seconds (user + system) of the last finished `timed` command and everything it waited for.
+last_cpu = [0.0]
+
+
+def children_cpu() -> float:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+def timed(argv: list[str], cwd: Path, timeout: float, env: dict,
+          stdin: str | None = None) -> tuple[float | None, str]:
     """Wall seconds of `argv` (None on timeout) and its stdout; the process group dies on timeout."""
+    cpu_before = children_cpu()
     start = time.perf_counter()
     proc = subprocess.Popen(argv, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            stdin=subprocess.PIPE if stdin is not None else subprocess.DEVNULL,
                             text=True, start_new_session=True)
     try:
-        out, err = proc.communicate(timeout=timeout)
+        out, err = proc.communicate(input=stdin, timeout=timeout)
     except subprocess.TimeoutExpired:
         os.killpg(proc.pid, signal.SIGKILL)
         proc.communicate()
         return None, ""
     seconds = time.perf_counter() - start
+    last_cpu[0] = children_cpu() - cpu_before
     if proc.returncode != 0:
         raise RuntimeError(f"{argv[0]} exited with {proc.returncode}:\n{err[-2000:]}")
     return seconds, out
@@ -105,6 +124,17 @@ def run_repx(work: Path, n: int, jobs: int, timeout: float, env: dict) -> float 
     return seconds
 
 
+def run_limit(work: Path, n: int, jobs: int, timeout: float, env: dict) -> float | None:
+    """The fork+exec limit: `xargs -P jobs` starting one bash per job, each writing its output file."""
+    cwd = fresh(work / "limit-wd")
+    paths = "".join(f"{i}.txt\0" for i in range(n))
+    argv = ["xargs", "-0", "-P", str(jobs), "-n", "1", "bash", "-c", ': > "$1"', "job"]
+    seconds, _ = timed(argv, cwd, timeout, env, stdin=paths)
+    if seconds is not None and (made := len(os.listdir(cwd))) != n:
+        raise RuntimeError(f"xargs made {made} of {n} outputs")
+    return seconds
+
+
 def run_snakemake(work: Path, n: int, jobs: int, timeout: float, env: dict, exe: Path) -> float | None:
     cwd = fresh(work / "snakemake-wd")
     argv = [str(exe), "-s", str(work / "Snakefile"), "--cores", str(jobs), *SNAKEMAKE_FLAGS]
@@ -117,6 +147,7 @@ def run_snakemake(work: Path, n: int, jobs: int, timeout: float, env: dict, exe:
 def measure(runners: dict, repeat: int, n: int, timeout: float) -> dict:
     """Run the tools in turn, `repeat` rounds (interleaved, so drifting machine load hits both)."""
     times: dict[str, list[float]] = {name: [] for name in runners}
+    cpus: dict[str, list[float]] = {name: [] for name in runners}
     loads: dict[str, list[float]] = {name: [] for name in runners}
     failed: set[str] = set()
     for i in range(repeat):
@@ -125,12 +156,14 @@ def measure(runners: dict, repeat: int, n: int, timeout: float) -> dict:
                 continue
             loads[name].append(os.getloadavg()[0])
             seconds = runner()
-            label = "did not finish" if seconds is None else f"{seconds:.2f} s, {n / seconds:.0f} jobs/s"
+            label = ("did not finish" if seconds is None
+                     else f"{seconds:.2f} s, {n / seconds:.0f} jobs/s, {last_cpu[0] / n * 1000:.2f} ms CPU/job")
             print(f"  {name:<9} N={n:<6} run {i + 1}/{repeat}: {label}", flush=True)
             if seconds is None:
                 failed.add(name)
             else:
                 times[name].append(seconds)
+                cpus[name].append(last_cpu[0])
     out = {}
     for name in runners:
         m = {"finished": name not in failed, "runs": times[name], "loadavg": loads[name]}
@@ -139,6 +172,7 @@ def measure(runners: dict, repeat: int, n: int, timeout: float) -> dict:
         else:
             m["seconds"] = statistics.median(times[name])
             m["jobs_per_s"] = n / m["seconds"]
+            m["cpu_ms_per_job"] = statistics.median(cpus[name]) / n * 1000
         out[name] = m
     return out
 
@@ -150,7 +184,8 @@ def main() -> None:
     parser.add_argument("-j", "--jobs", type=int, default=len(os.sched_getaffinity(0)))
     parser.add_argument("--repeat", type=int, default=1, help="runs per tool and size (median)")
     parser.add_argument("--timeout", type=float, default=600.0, help="seconds before a run is abandoned")
-    parser.add_argument("--tools", nargs="+", choices=["repx", "snakemake"], default=["repx", "snakemake"])
+    parser.add_argument("--tools", nargs="+", choices=["limit", "repx", "snakemake"],
+                        default=["limit", "repx", "snakemake"])
     args = parser.parse_args()
     sizes, repeat = ([200], 1) if args.quick else (args.sizes, args.repeat)
 
@@ -167,6 +202,8 @@ def main() -> None:
         print(f"N={n}: preparing the Lab and Snakefile ...", flush=True)
         work = prepare(n)
         runners = {}
+        if "limit" in args.tools:
+            runners["limit"] = partial(run_limit, work, n, args.jobs, args.timeout, env)
         if "repx" in args.tools:
             runners["repx"] = partial(run_repx, work, n, args.jobs, args.timeout, env)
         if exe:
@@ -175,6 +212,10 @@ def main() -> None:
         r, s = row.get("repx", {}), row.get("snakemake", {})
         if r.get("finished") and s.get("finished"):
             row["ratio"] = r["jobs_per_s"] / s["jobs_per_s"]
+        if row.get("limit", {}).get("finished"):
+            for tool in ("repx", "snakemake"):
+                if row.get(tool, {}).get("finished"):
+                    row[tool]["of_limit"] = row[tool]["jobs_per_s"] / row["limit"]["jobs_per_s"]
         results.append(row)
 
     print_table(results)
@@ -187,22 +228,20 @@ def main() -> None:
 
 
 def print_table(results: list[dict]) -> None:
-    print(f"\n{'N':>7} | {'repx s':>8} {'jobs/s':>8} | {'snakemake s':>11} {'jobs/s':>8} | ratio")
+    """One line per tool and size: median wall time, jobs/s, CPU per job, share of the limit."""
+    print(f"\n{'N':>7} {'tool':<10} | {'s':>8} {'jobs/s':>8} {'CPU ms/job':>10} | {'of limit':>8} | vs snakemake")
     for row in results:
-        cells = []
-        for tool, width in (("repx", 8), ("snakemake", 11)):
+        for tool in ("limit", "repx", "snakemake"):
             m = row.get(tool)
-            if m is None or not m["finished"]:
-                shown = "-" if m is None else f">{m['timeout']:.0f}"
-                cells.append(f"{shown:>{width}} {'-':>8}")
-            else:
-                cells.append(f"{m['seconds']:>{width}.2f} {m['jobs_per_s']:>8.0f}")
-        ratio = f"{row['ratio']:.2f}x" if "ratio" in row else "-"
-        print(f"{row['n']:>7} | {cells[0]} | {cells[1]} | {ratio}")
-        for tool in ("repx", "snakemake"):
-            if row.get(tool) and not row[tool]["finished"]:
-                print(f"  {tool}: did not finish in {row[tool]['timeout']:.0f} s (N={row['n']})")
-
+            if m is None:
+                continue
+            if not m["finished"]:
+                print(f"{row['n']:>7} {tool:<10} | did not finish in {m['timeout']:.0f} s")
+                continue
+            share = f"{m['of_limit']:.0%}" if "of_limit" in m else ("100%" if tool == "limit" else "-")
+            versus = f"{row['ratio']:.2f}x" if tool == "repx" and "ratio" in row else ""
+            print(f"{row['n']:>7} {tool:<10} | {m['seconds']:>8.2f} {m['jobs_per_s']:>8.0f} "
+                  f"{m['cpu_ms_per_job']:>10.2f} | {share:>8} | {versus}")
 
 if __name__ == "__main__":
     main()
