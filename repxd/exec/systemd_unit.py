@@ -203,8 +203,7 @@ class SystemdLauncher:
             while True:
                 changed.clear()
                 try:
-                    state = await self._get(path, "org.freedesktop.systemd1.Unit", "ActiveState")
-                    pending_job = (await self._get(path, "org.freedesktop.systemd1.Unit", "Job"))[0]
+                    state, pending_job = await self._state(path)
                 except DBusError:
                     return None  # collected
                 if state in _ENDED and not pending_job:  # not a start job still queued
@@ -215,6 +214,15 @@ class SystemdLauncher:
             self._changed.pop(path, None)
             with contextlib.suppress(DBusError, OSError):
                 await self._call(path, "org.freedesktop.systemd1.Unit", "Unref", "", [])
+
+    async def _state(self, path: str) -> tuple[str, int]:
+        """The unit's ActiveState and its pending job's id (0: none), from one snapshot. Two reads
+        can straddle the manager running the start job: `inactive` from before it and no job from
+        after it, while the main process runs; that unit looked ended, had no ExecMainCode yet,
+        and a running job was recorded as "exited with status 127"."""
+        reply = await self._call(path, PROPERTIES, "GetAll", "s", ["org.freedesktop.systemd1.Unit"])
+        props = reply[0]
+        return props["ActiveState"].value, props["Job"].value[0]
 
     async def _result(self, path: str, unit: str) -> ExitStatus | None:
         try:
@@ -250,9 +258,6 @@ class SystemdLauncher:
         event = self._changed.get(path)
         if event is not None:
             event.set()
-
-    async def _get(self, path: str, interface: str, name: str):
-        return (await self._call(path, PROPERTIES, "Get", "ss", [interface, name]))[0].value
 
     async def _add_match(self, rule: str) -> None:
         await self.bus.call(Message(destination="org.freedesktop.DBus", path="/org/freedesktop/DBus",
