@@ -64,11 +64,15 @@ def alive(pid: int) -> bool:
         return False
 
 
-def _remove_stale() -> None:
+def remove_stale() -> None:
     """Namespaces, links and users left by a test process that was killed (-9)."""
     for line in _run("ip", "netns", "list", check=False).stdout.splitlines():
         name = line.split()[0] if line.split() else ""
         if name.startswith(PREFIX) and not Path(f"/proc/{name[len(PREFIX):].split('n')[0]}").exists():
+            for addr in _run("ip", "-n", name, "-4", "-o", "addr", "show", "dev", f"{name}n",
+                             check=False).stdout.split():
+                if addr.startswith("10.251."):  # a route left by cut_link
+                    _run("ip", "route", "del", "unreachable", addr.replace("/30", "/32"), check=False)
             _run("ip", "netns", "delete", name, check=False)
             _run("ip", "link", "delete", f"{name}h", check=False)
             _run("userdel", name, check=False)
@@ -166,7 +170,7 @@ def start_ssh_host(workdir: Path, timeout: float = 20) -> SshHost:
     if lacking:
         raise SshHostError(f"missing programs: {', '.join(lacking)}")
     global _started
-    _remove_stale()
+    remove_stale()
     _started += 1
     name = f"{PREFIX}{os.getpid()}n{_started}"
     host_ip, remote_ip = _free_subnet()

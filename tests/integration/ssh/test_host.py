@@ -6,13 +6,14 @@ import os
 import pwd
 import shutil
 import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
 
 import pytest
 from conftest import missing
-from ssh_host import ALIAS, SshHost, alive, start_ssh_host
+from ssh_host import ALIAS, SshHost, alive, remove_stale, start_ssh_host
 
 
 def _ssh(host: SshHost, *options: str, command: str = "true") -> subprocess.CompletedProcess:
@@ -121,4 +122,34 @@ def test_stop_leaves_nothing_behind():
         with pytest.raises(KeyError):
             pwd.getpwnam(host.user)
     finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
+def test_killed_test_process_takes_sshd_along_and_next_start_cleans_up(tmp_path):
+    """kill -9 of the process that started the host: sshd dies at once (parent-death signal and
+    --kill-child); its namespace, link and user are removed by the next start."""
+    if os.geteuid() != 0:
+        missing("the SSH test host needs root")
+    workdir = Path(tempfile.mkdtemp(prefix="repx-ssh-kill-", dir="/var/tmp"))
+    script = ("import sys, time; sys.path.insert(0, sys.argv[1]); from pathlib import Path\n"
+              "from ssh_host import start_ssh_host\n"
+              "h = start_ssh_host(Path(sys.argv[2]))\n"
+              "print(h.sshd_pid, h.netns, h.veth, h.user, flush=True); time.sleep(300)\n")
+    owner = subprocess.Popen([sys.executable, "-c", script, str(Path(__file__).parents[2]), str(workdir)],
+                             stdout=subprocess.PIPE, text=True)
+    try:
+        sshd, netns, veth, user = owner.stdout.readline().split()
+        owner.kill()
+        owner.wait()
+        deadline = time.monotonic() + 5
+        while alive(int(sshd)) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert not alive(int(sshd))
+        remove_stale()
+        assert netns not in subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
+        assert subprocess.run(["ip", "link", "show", veth], capture_output=True).returncode != 0
+        with pytest.raises(KeyError):
+            pwd.getpwnam(user)
+    finally:
+        owner.kill()
         shutil.rmtree(workdir, ignore_errors=True)
