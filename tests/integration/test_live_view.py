@@ -8,8 +8,10 @@ import shutil
 import subprocess
 import time
 
+import pytest
 from conftest import require_program
 from definitions import NAP
+from service import Daemon
 
 from repxd.lab.writer import LabWriter
 
@@ -77,3 +79,39 @@ def test_elapsed_keeps_moving_between_job_events(tmp_path):
         subprocess.run([*server, "kill-server"], check=False)
     # during the first 3-second nap nothing else happens, yet its elapsed time advances
     assert len(elapsed_seen) >= 3, elapsed_seen
+
+
+@pytest.fixture
+def daemon():
+    d = Daemon.create()
+    d.start("all")
+    yield d
+    d.stop()
+
+
+def test_live_view_following_a_daemon_run(tmp_path, daemon):
+    """A run submitted to the daemon shows the same view, fed from the daemon's job states."""
+    tmux = require_program("tmux")
+    lab = three_naps(tmp_path / "lab")
+    server = ["tmux", "-L", f"repx-test-{tmp_path.name}"]
+    command = f"REPX_API={daemon.socket} {shutil.which('repxctl')} run naps --lab {lab} > /dev/null; echo EXIT=$?; sleep 60"
+    subprocess.run([*server, "new-session", "-d", "-x", "120", "-y", "40", command], check=True, executable=tmux, env=daemon.env)
+    try:
+        while_running = final = ""
+        deadline = time.monotonic() + 90
+        while time.monotonic() < deadline:
+            screen = subprocess.run([*server, "capture-pane", "-p"], capture_output=True, text=True, check=True).stdout
+            if "nap-1.0[seconds=" in screen and not while_running:
+                while_running = screen
+            if "EXIT=" in screen:
+                final = screen
+                break
+            time.sleep(0.3)
+        print("--- while running ---\n" + while_running + "\n--- at the end ---\n" + final)
+    finally:
+        subprocess.run([*server, "kill-server"], check=False)
+    assert "Submitted run" in while_running and "ETA" in while_running and "/3" in while_running
+    rows = [line.split() for line in while_running.splitlines() if "nap-1.0[seconds=" in line]
+    assert rows and all(len(row[0]) == 12 and row[2].endswith("s") for row in rows), while_running
+    assert "EXIT=0" in final, final + daemon.logs()
+    assert "done 3 · failed 0 · running 0 · pending 0" in final and "3/3" in final
