@@ -4,6 +4,7 @@ job events); failures print above it and stay."""
 
 from __future__ import annotations
 
+import os
 import sys
 import time
 from collections import defaultdict
@@ -52,7 +53,10 @@ class RichReporter(Reporter):
         self.labels = labels
         self.running: dict[str, float] = {}
         self.ok = self.failed = 0
-        self.console = Console(file=sys.stderr)
+        # The view is on stderr; its width is stderr's terminal even when stdout is redirected
+        # (a terminal that reports no size gets 80 columns).
+        width = os.get_terminal_size(sys.stderr.fileno()).columns or 80
+        self.console = Console(file=sys.stderr, width=width)
         self.progress = Progress(
             TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
             TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(), console=self.console)
@@ -91,7 +95,7 @@ class RichReporter(Reporter):
         else:
             self.failed += 1
             self.console.print(f"FAIL {job_id}: {reason}{log_hint(self.log_dir(job_id))}",
-                               markup=False, highlight=False)
+                               markup=False, highlight=False, soft_wrap=True)
 
     def close(self) -> None:
         if self.live.is_started:

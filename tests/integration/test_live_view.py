@@ -10,7 +10,7 @@ import time
 
 import pytest
 from conftest import require_program
-from definitions import NAP
+from definitions import HEADER, NAP
 from service import Daemon
 
 from repxd.lab.writer import LabWriter
@@ -115,3 +115,26 @@ def test_live_view_following_a_daemon_run(tmp_path, daemon):
     assert rows and all(len(row[0]) == 12 and row[2].endswith("s") for row in rows), while_running
     assert "EXIT=0" in final, final + daemon.logs()
     assert "done 3 · failed 0 · running 0 · pending 0" in final and "3/3" in final
+
+
+def test_a_failure_stays_above_the_live_view(tmp_path):
+    tmux = require_program("tmux")
+    lab = LabWriter(git_hash="fa11fa11" * 5)
+    lab.run("broken").job("crash", HEADER + "echo giving up >&2\nexit 3\n", outputs={"never": "$out/never.txt"})
+    path = lab.write(tmp_path / "lab")
+    server = ["tmux", "-L", f"repx-test-{tmp_path.name}"]
+    command = f"{shutil.which('repxctl')} run broken --lab {path} --base-path {tmp_path / 'base'} > /dev/null; echo EXIT=$?; sleep 60"
+    subprocess.run([*server, "new-session", "-d", "-x", "160", "-y", "40", command], check=True, executable=tmux)
+    try:
+        screen = ""
+        deadline = time.monotonic() + 30
+        while "EXIT=" not in screen and time.monotonic() < deadline:
+            time.sleep(0.3)
+            screen = subprocess.run([*server, "capture-pane", "-p", "-J"], capture_output=True, text=True, check=True).stdout
+        print(screen)
+    finally:
+        subprocess.run([*server, "kill-server"], check=False)
+    assert "EXIT=1" in screen
+    (fail,) = [line for line in screen.splitlines() if line.startswith("FAIL ")]
+    assert "-crash-1.0: exited with status 3 (log: " in fail and fail.endswith("/repx/stderr.log)")
+    assert "done 0 · failed 1 · running 0 · pending 0" in screen
