@@ -12,12 +12,13 @@ import time
 import pytest
 from cli import repxctl
 from conftest import require_program
-from definitions import simple
+from definitions import NAP, simple
 from service import Daemon
 
 from repxctl.daemon import connect
 from repxctl.top import build_app
 from repxctl.top_sources import DaemonSource, EmbeddedSource
+from repxd.lab.writer import LabWriter
 
 
 def table_cells(app, table_id: str) -> list[list[str]]:
@@ -100,3 +101,35 @@ def test_top_in_a_real_terminal(tmp_path):
     assert "repx top" in screen and "succeeded" in screen and "total-1.0" in screen
     assert "log of" in screen
     assert "repx top" not in after  # q quit the UI
+
+
+def test_top_cancels_and_retries_a_daemon_run(tmp_path, daemon):
+    env = {**daemon.env, "REPX_API": str(daemon.socket)}
+    lab = LabWriter(git_hash="70b70b70" * 5)
+    lab.run("naps").job("nap", NAP, params={"seconds": 30}, outputs={"rested": "$out/rested.txt"})
+    submitted = repxctl("run", "naps", "--lab", lab.write(tmp_path / "lab"), "--detach", env=env)
+    run_id = submitted.stdout.strip()
+    api = connect(str(daemon.socket))
+
+    async def drive(key: str) -> str:
+        app = build_app(DaemonSource(api))
+        async with app.run_test(size=(120, 40)) as pilot:
+            await pilot.pause()
+            await pilot.press(key)
+            status = str(app.query_one("#status").render())
+            await pilot.press("q")
+        return status
+
+    assert f"cancelling run {run_id}" in asyncio.run(drive("c"))
+    deadline = time.monotonic() + 30
+    while api.call("GET", f"/v1/runs/{run_id}")["state"] != "cancelled" and time.monotonic() < deadline:
+        time.sleep(0.3)
+    assert api.call("GET", f"/v1/runs/{run_id}")["state"] == "cancelled", daemon.logs()
+    assert f"retrying the failed jobs of run {run_id}" in asyncio.run(drive("r"))
+    assert api.call("GET", f"/v1/runs/{run_id}")["state"] != "cancelled"
+
+
+def test_top_without_a_daemon_says_what_to_do(tmp_path):
+    result = repxctl("top", "--api", tmp_path / "nobody.sock")
+    assert result.code == 2
+    assert "no repx daemon answers at" in result.stderr and "--base-path" in result.stderr
