@@ -171,20 +171,18 @@ def follow_run(api: Api, run_id: str, as_json: bool) -> None:
     """Show a submitted run until it ends; exit 0 succeeded, 1 failed, 130 cancelled."""
     tty = sys.stderr.isatty() and not as_json
     last = None
-    while True:
+    if tty:
+        from .live import follow_daemon_run  # rich only when a terminal shows it
+        run = follow_daemon_run(api, run_id)
+    while not tty:
         run = api.call("GET", f"/v1/runs/{run_id}")
         line = f"run {run_id}: {run['state']} · {_counts(run['counts'])}"
-        if tty:
-            sys.stderr.write("\r\x1b[K" + line[: 200])
-            sys.stderr.flush()
-        elif line != last and not as_json:
+        if line != last and not as_json:
             click.echo(line, err=True)
         last = line
         if run["done"]:
             break
-        time.sleep(0.25 if tty else 0.5)
-    if tty:
-        sys.stderr.write("\n")
+        time.sleep(0.5)
     if as_json:
         click.echo(json.dumps(run, indent=2))
     if run["state"] == "failed":

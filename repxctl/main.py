@@ -13,7 +13,7 @@ from repxd.config import LoggingSettings, load_config
 from repxd.errors import RepxError
 from repxd.observe.session_log import start_session_log
 
-from . import daemon, gc, hardware, init, inspect, listing, run, viz
+from . import daemon, gc, hardware, init, inspect, listing, run, top, viz
 
 
 class RepxctlGroup(click.Group):
@@ -57,6 +57,7 @@ cli.add_command(gc.gc)
 cli.add_command(hardware.hardware)
 cli.add_command(init.init)
 cli.add_command(init.completions)
+cli.add_command(top.top)
 for command in (daemon.status, daemon.runs, daemon.jobs, daemon.cancel, daemon.retry, daemon.agents):
     cli.add_command(command)
 

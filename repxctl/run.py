@@ -18,7 +18,7 @@ from repxd.exec.runtimes import RUNTIMES
 
 from . import daemon
 from .common import lab_options, open_session
-from .render import LiveReporter, PlainReporter
+from .render import PlainReporter
 
 
 @click.command()
@@ -73,7 +73,8 @@ def run(specs, lab_path, base_path, target, config_path, no_verify, resources_pa
     if as_json:
         reporter = None
     elif sys.stderr.isatty():
-        reporter = LiveReporter(len(plan.to_run), log_dir)
+        from .live import RichReporter, job_labels  # rich only when a terminal shows it
+        reporter = RichReporter(len(plan.to_run), log_dir, job_labels(plan.lab, plan.to_run))
     else:
         reporter = PlainReporter(len(plan.to_run), log_dir)
     if reporter is not None:
@@ -93,7 +94,7 @@ def run(specs, lab_path, base_path, target, config_path, no_verify, resources_pa
         return await embedded.run()
 
     summary = asyncio.run(main())
-    if isinstance(reporter, LiveReporter):
+    if reporter is not None and hasattr(reporter, "close"):
         reporter.close()
     if summary.cancelled:
         message = f"Cancelled: {len(summary.succeeded)} jobs finished; stopped jobs left no markers."

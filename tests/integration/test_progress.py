@@ -1,4 +1,4 @@
-"""On a terminal, `repxctl run` redraws one status line; elsewhere it prints a line per job."""
+"""On a terminal, `repxctl run` shows a live view (rich); elsewhere it prints a line per job."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from cli import repxctl
 from definitions import sweep_scatter
 
 
-def test_live_status_line_on_a_terminal(tmp_path):
+def test_live_view_on_a_pseudo_terminal(tmp_path):
     lab = sweep_scatter().write(tmp_path / "lab")
     leader, follower = pty.openpty()
     proc = subprocess.Popen([shutil.which("repxctl"), "run", "sweep", "--lab", str(lab), "--base-path", str(tmp_path / "base")],
@@ -30,8 +30,9 @@ def test_live_status_line_on_a_terminal(tmp_path):
     os.close(leader)
     text = screen.decode()
     assert proc.returncode == 0
-    assert "\r\x1b[K" in text  # the line is redrawn in place
-    assert "7/7 done · 7 ok · 0 failed · 0 running · 0 waiting" in text
+    assert "\x1b[" in text  # drawn with terminal control sequences, in place
+    assert "done 7 · failed 0 · running 0 · pending 0" in text and "7/7" in text
+    assert "━" in text and "ETA" in text
     assert "Done in" in text
 
 
