@@ -1,6 +1,8 @@
 {
   description = "repx: reproducible experiments (RepX Labs) as a system service";
 
+  # Written and evaluated against nixos-unstable of June 2026 (lib version 26.11, the lib in
+  # ../shared/nixpkgs-lib that tests/nix uses). No flake.lock ships: see README "NixOS".
   inputs.nixpkgs.url = "github:NixOS/nixpkgs/nixos-unstable";
 
   outputs =
