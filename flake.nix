@@ -15,13 +15,14 @@
       ];
       forAllSystems = f: lib.genAttrs systems (system: f system nixpkgs.legacyPackages.${system});
 
-      # services.repx with its package defaulting to this flake's, so that importing the module
-      # is enough (the overlay is optional).
+      # services.repx with its package built from the host's own package set (its nixpkgs, its
+      # overlays, its cross settings), so that importing the module is enough; a host that
+      # applies overlays.default gets that `repx`.
       nixosModule =
         { lib, pkgs, ... }:
         {
           imports = [ ./nixos/module.nix ];
-          services.repx.package = lib.mkDefault self.packages.${pkgs.stdenv.hostPlatform.system}.repx;
+          services.repx.package = lib.mkDefault (pkgs.repx or (pkgs.callPackage ./nixos/package.nix { }));
         };
     in
     {

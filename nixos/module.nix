@@ -39,8 +39,10 @@ let
 
   rawConfig = settingsFormat.generate "repxd.toml" (repxLib.dropNulls cfg.settings);
   # `repxd check-config` at build time: a key repxd does not know fails the build, not the boot.
+  # It runs the host's repxd on the build machine: skipped when that cannot execute it (cross).
+  canCheck = pkgs.stdenv.buildPlatform.canExecute pkgs.stdenv.hostPlatform;
   configFile =
-    if cfg.checkConfig then
+    if cfg.checkConfig && canCheck then
       pkgs.runCommandLocal "repxd-checked.toml"
         {
           nativeBuildInputs = [ cfg.package ];

@@ -7,9 +7,10 @@
 {
   lib,
   configuration ? { },
+  cross ? false,
 }:
 let
-  stub = import ./stub.nix { inherit lib; };
+  stub = import ./stub.nix { inherit lib cross; };
   evaluated = lib.evalModules {
     modules = [
       stub.module

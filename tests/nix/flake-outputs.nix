@@ -34,7 +34,14 @@ let
       stub.module
       self.nixosModules.default
       {
-        _module.args.pkgs = lib.mkForce (stub.pkgs // { stdenv.hostPlatform.system = "aarch64-linux"; });
+        _module.args.pkgs = lib.mkForce (
+          stub.pkgs
+          // {
+            stdenv.hostPlatform.system = "aarch64-linux";
+            # The host's own package set builds it: its nixpkgs, overlays and cross settings.
+            callPackage = path: _args: stub.fakeDrv "${baseNameOf path}-built-by-the-host" { };
+          }
+        );
         services.repx.enable = true;
       }
     ];
@@ -52,5 +59,17 @@ in
   overlayRepx = (self.overlays.default (fakePkgs "x86_64-linux") { }).repx.name;
   defaultPackage = self.packages.x86_64-linux.default.name;
   modulePackage = moduleOnly.config.services.repx.package.name;
+  # A host that applied overlays.default (or has its own `repx`) gets that one.
+  overlayHostPackage =
+    (lib.evalModules {
+      modules = [
+        stub.module
+        self.nixosModules.default
+        {
+          _module.args.pkgs = lib.mkForce (stub.pkgs // { repx = stub.fakeDrv "repx-from-the-overlay" { }; });
+          services.repx.enable = true;
+        }
+      ];
+    }).config.services.repx.package.name;
   moduleUnits = map (p: p.name) moduleOnly.config.systemd.packages;
 }

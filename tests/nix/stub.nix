@@ -11,6 +11,7 @@
 {
   lib,
   withRepx ? true,
+  cross ? false,
 }:
 let
   inherit (lib) mkOption types;
@@ -40,7 +41,11 @@ let
     base // { description = "TOML value"; };
 
   pkgs = {
-    stdenv.hostPlatform.system = "x86_64-linux";
+    stdenv.hostPlatform.system = if cross then "aarch64-linux" else "x86_64-linux";
+    stdenv.buildPlatform = {
+      system = "x86_64-linux";
+      canExecute = _host: !cross;
+    };
     formats.toml = _: {
       type = types.attrsOf tomlValue;
       generate = name: value: fakeDrv name { fakeValue = value; };

@@ -30,7 +30,9 @@ def test_package_overlay_and_module_share_nixos_package_nix(outputs):
     assert outputs["overlayRepx"] == "package.nix-x86_64-linux"
 
 
-def test_module_defaults_to_the_flakes_package_without_the_overlay(outputs):
-    # The host's pkgs (the stub's) has no `repx`: the module takes the flake's, for the host's system.
-    assert outputs["modulePackage"] == "package.nix-aarch64-linux"
-    assert outputs["moduleUnits"] == ["package.nix-aarch64-linux"]
+def test_module_builds_the_package_from_the_hosts_package_set(outputs):
+    """Not pinned to the flake's own nixpkgs: the host's pkgs builds it (its overlays and cross
+    settings apply), and a host with a `repx` of its own (the overlay) gets that."""
+    assert outputs["modulePackage"] == "package.nix-built-by-the-host"
+    assert outputs["moduleUnits"] == ["package.nix-built-by-the-host"]
+    assert outputs["overlayHostPackage"] == "repx-from-the-overlay"

@@ -298,3 +298,14 @@ def test_the_polkit_rule_is_active_once():
     custom = module_report(repx('user = "lab"; group = "lab";'))
     assert 'subject.user != "lab"' in custom["polkitRules"]["fakeScript"]
     assert "/share/repx/polkit/60-repx.rules" in custom["polkitRules"]["fakeScript"]
+
+
+def test_check_config_is_skipped_where_the_build_machine_cannot_run_the_hosts_package():
+    """checkConfig runs the host's repxd at build time; cross-building (aarch64 host on x86_64)
+    it cannot run, so the file goes unchecked rather than the build failing."""
+    from nixeval import HERE, evaluate
+
+    native = module_report(repx(""))
+    assert native["configFile"]["name"] == CHECKED
+    cross = evaluate(HERE / "eval.nix", "report", configuration=repx(""), cross="true")
+    assert cross["configFile"]["name"] == "repxd.toml" and cross["configFile"]["checkScript"] is None
