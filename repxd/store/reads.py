@@ -44,14 +44,16 @@ def list_runs(db: Database, limit: int = 100, before: str | None = None) -> list
 
 
 def list_jobs(db: Database, run_id: str | None = None, state: str | None = None, limit: int = 10000) -> list[JobRecord]:
-    sql, params = "SELECT * FROM jobs WHERE 1=1", []
+    sql = ("SELECT j.*, (SELECT count(*) FROM attempts a WHERE a.base_path=j.base_path AND a.job_id=j.job_id"
+           " AND a.run_id=j.run_id) AS attempts FROM jobs j WHERE 1=1")
+    params = []
     if run_id:
-        sql += " AND run_id=?"
+        sql += " AND j.run_id=?"
         params.append(run_id)
     if state:
-        sql += " AND state=?"
+        sql += " AND j.state=?"
         params.append(state)
-    sql += " ORDER BY run_id, seq LIMIT ?"
+    sql += " ORDER BY j.run_id, j.seq LIMIT ?"
     params.append(limit)
     return [JobRecord.from_row(r) for r in db.read(sql, tuple(params))]
 
