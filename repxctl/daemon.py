@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import sys
 import time
 from pathlib import Path
 
@@ -108,7 +107,7 @@ def jobs(run_id, state, api_address, as_json) -> None:
     params = {k: v for k, v in (("run", run_id), ("state", state)) if v}
     data = connect(api_address).listing("/v1/jobs", params)
     emit(as_json, data, lambda d: print_table(["RUN", "JOB", "STATE", "TRIES", "REASON"],
-                                              [[j["run_id"], j["job_id"], j["state"], j["tries"], j["reason"] or ""] for j in d]))
+                                              [[j["run_id"], j["job_id"], j["state"], j["attempts"], j["reason"] or ""] for j in d]))
 
 
 @click.command()
@@ -165,30 +164,6 @@ def _agent_action(name: str, doc: str):
 _agent_action("drain", "Stop placing new jobs on AGENT; running jobs finish.")
 _agent_action("undrain", "Let AGENT take jobs again.")
 _agent_action("forget", "Remove an idle AGENT from the daemon's list.")
-
-
-def follow_run(api: Api, run_id: str, as_json: bool) -> None:
-    """Show a submitted run until it ends; exit 0 succeeded, 1 failed, 130 cancelled."""
-    tty = sys.stderr.isatty() and not as_json
-    last = None
-    if tty:
-        from .live import follow_daemon_run  # rich only when a terminal shows it
-        run = follow_daemon_run(api, run_id)
-    while not tty:
-        run = api.call("GET", f"/v1/runs/{run_id}")
-        line = f"run {run_id}: {run['state']} · {_counts(run['counts'])}"
-        if line != last and not as_json:
-            click.echo(line, err=True)
-        last = line
-        if run["done"]:
-            break
-        time.sleep(0.5)
-    if as_json:
-        click.echo(json.dumps(run, indent=2))
-    if run["state"] == "failed":
-        sys.exit(1)
-    if run["state"] == "cancelled":
-        sys.exit(130)
 
 
 def submit(api: Api, lab_path: Path, specs: list[str], target: str | None, options: dict) -> dict:

@@ -8,7 +8,6 @@ import os
 import sys
 import time
 from collections import defaultdict
-from pathlib import Path
 
 from rich.console import Console, Group
 from rich.live import Live
@@ -17,9 +16,6 @@ from rich.table import Table
 from rich.text import Text
 
 from repxd.engine.local import Reporter
-from repxd.errors import RepxError
-from repxd.exec.layout import OutputLayout
-from repxd.lab.loader import load_lab
 
 from .render import log_hint
 
@@ -101,39 +97,3 @@ class RichReporter(Reporter):
         if self.live.is_started:
             self.live.refresh()
             self.live.stop()
-
-
-DAEMON_POLL_SECONDS = 0.25
-RUNNING_STATES = {"assigned", "running"}
-
-
-def follow_daemon_run(api, run_id: str) -> dict:
-    """The same live view for a run the daemon executes: its job states are polled and turned
-    into the reporter's started/finished events (elapsed counts from when a job was first seen
-    running). Returns the finished run's record."""
-    run = api.call("GET", f"/v1/runs/{run_id}")
-    jobs = api.call("GET", f"/v1/runs/{run_id}/jobs")
-    try:  # the Lab only names the jobs; the daemon has verified it already
-        lab = load_lab(run["lab_path"], verify=False)
-        labels = job_labels(lab, [j["job_id"] for j in jobs if j["job_id"] in lab.jobs])
-    except (RepxError, OSError):
-        labels = {}
-    reporter = RichReporter(len(jobs), OutputLayout(Path(run["base_path"])).repx_dir, labels)
-    seen: dict[str, str] = {}
-    try:
-        while True:
-            run = api.call("GET", f"/v1/runs/{run_id}")
-            for job in api.call("GET", f"/v1/runs/{run_id}/jobs"):
-                job_id, state = job["job_id"], job["state"]
-                if seen.get(job_id) == state:
-                    continue
-                if state in RUNNING_STATES and job_id not in reporter.running:
-                    reporter.started(job_id)
-                elif state in ("succeeded", "failed"):
-                    reporter.finished(job_id, state == "succeeded", 0.0, job["reason"])
-                seen[job_id] = state
-            if run["done"]:
-                return run
-            time.sleep(DAEMON_POLL_SECONDS)
-    finally:
-        reporter.close()

@@ -18,6 +18,7 @@ from repxd.exec.runtimes import RUNTIMES
 
 from . import daemon
 from .common import lab_options, open_session
+from .follow import follow_run, summary_message
 from .render import PlainReporter
 
 
@@ -39,25 +40,30 @@ def run(specs, lab_path, base_path, target, config_path, no_verify, resources_pa
     """Run SPECS (run names, @groups or job-id prefixes) and everything they depend on.
 
     Submits to the repx daemon when one is reachable (--api, $REPX_API or the default socket);
-    otherwise, or with --embedded or --base-path, runs in this process. Jobs that already
-    succeeded under the base path are not run again. Exit status: 0 when every selected job
-    succeeded, 1 when a job failed, 2 for a usage, config or Lab error."""
-    if not embedded and base_path is None:
+    otherwise, or with --embedded, runs in this process. --base-path, -j, --mem and --resources
+    apply to runs in this process only: with a daemon they are refused (add --embedded). Jobs
+    that already succeeded under the base path are not run again. Ctrl-C cancels the run.
+    Exit status: 0 when every selected job succeeded, 1 when a job failed, 2 for a usage,
+    config or Lab error, 128+N when stopped by signal N (130 for Ctrl-C)."""
+    fallback_notice = None
+    if not embedded:
         api = daemon.connect(api_address)
         if api.reachable():
+            _refuse_embedded_only_options(api.address, base_path, concurrency, mem, resources_path)
             options = {"continue_on_failure": continue_on_failure, "runtime": runtime, "no_verify": no_verify}
             submitted = daemon.submit(api, lab_path, list(specs), target, options)
             if detach:
                 click.echo(json.dumps(submitted, indent=2) if as_json else submitted["id"])
                 return
             click.echo(f"Submitted run {submitted['id']} to the daemon at {api.address}.", err=True)
-            daemon.follow_run(api, submitted["id"], as_json)
+            follow_run(api, submitted["id"], as_json)
             return
         if api_address:
             raise RepxError(f"no repx daemon answers at {api_address}; start it, or pass --embedded")
         fallback_notice = f"repxctl: no repx daemon at {api.address}; running embedded."
-    else:
-        fallback_notice = None
+    if detach:
+        raise RepxError("--detach needs the repx daemon (it returns while the daemon runs the jobs); "
+                        "start one (`repxd all`) or run in the foreground without --detach")
     session = open_session(lab_path, base_path, target, config_path, no_verify)
     plan = plan_run(session.lab, session.layout.base, list(specs), session.target_name, session.target)
     options = ExecutionOptions(concurrency, mem, continue_on_failure, runtime, load_resources(resources_path))
@@ -96,20 +102,22 @@ def run(specs, lab_path, base_path, target, config_path, no_verify, resources_pa
     summary = asyncio.run(main())
     if reporter is not None and hasattr(reporter, "close"):
         reporter.close()
-    if summary.cancelled:
-        message = f"Cancelled: {len(summary.succeeded)} jobs finished; stopped jobs left no markers."
-    else:
-        parts = [f"{len(summary.succeeded)} succeeded", f"{len(summary.failed)} failed"]
-        if summary.blocked:
-            parts.append(f"{len(summary.blocked)} blocked by failures")
-        if summary.not_started:
-            parts.append(f"{len(summary.not_started)} not started (stopped after the first failure; --continue-on-failure runs them)")
-        message = f"Done in {summary.seconds:.1f}s: " + ", ".join(parts) + "."
-    _finish(as_json, plan, summary, message)
+    _finish(as_json, plan, summary, summary_message(summary, signalled[0] if signalled else None))
     if summary.cancelled:
         sys.exit(128 + (signalled[0] if signalled else signal.SIGINT))
     if not summary.ok:
         sys.exit(1)
+
+
+def _refuse_embedded_only_options(address: str, base_path, concurrency, mem, resources_path) -> None:
+    """Options the daemon cannot honour for one run are refused, never dropped: its agents'
+    slots, memory, resources.toml and base path are the daemon's configuration."""
+    given = [name for name, value in (("--base-path", base_path), ("-j/--jobs", concurrency), ("--mem", mem),
+                                      ("--resources", resources_path)) if value is not None]
+    if given:
+        raise RepxError(f"{', '.join(given)} only apply to a run in this process, but the daemon at {address} "
+                        "would run this one (its config sets base path, slots, memory and resources); "
+                        "add --embedded to run here, or drop them")
 
 
 def _finish(as_json: bool, plan, summary, message: str) -> None:

@@ -45,21 +45,24 @@ def list_runs(db: Database, limit: int = 100, before: str | None = None) -> list
 
 def list_jobs(db: Database, run_id: str | None = None, state: str | None = None, limit: int = 1000,
               after: tuple[str, str] | None = None) -> list[JobRecord]:
-    """Jobs in run and topological order; `after` (the run and job id of the last job of the
-    previous page) starts past it. Raises KeyError for an unknown cursor."""
-    sql, params = "SELECT * FROM jobs WHERE 1=1", []
+    """Jobs in run and topological order, each with its number of attempts in its run; `after`
+    (the run and job id of the last job of the previous page) starts past it. Raises KeyError
+    for an unknown cursor."""
+    sql = ("SELECT j.*, (SELECT count(*) FROM attempts a WHERE a.base_path=j.base_path AND a.job_id=j.job_id"
+           " AND a.run_id=j.run_id) AS attempts FROM jobs j WHERE 1=1")
+    params = []
     if run_id:
-        sql += " AND run_id=?"
+        sql += " AND j.run_id=?"
         params.append(run_id)
     if state:
-        sql += " AND state=?"
+        sql += " AND j.state=?"
         params.append(state)
     if after is not None:
         if not db.read("SELECT 1 FROM jobs WHERE run_id=? AND job_id=?", after):
             raise KeyError(after)
-        sql += " AND (run_id, seq) > (SELECT run_id, seq FROM jobs WHERE run_id=? AND job_id=?)"
+        sql += " AND (j.run_id, j.seq) > (SELECT run_id, seq FROM jobs WHERE run_id=? AND job_id=?)"
         params.extend(after)
-    sql += " ORDER BY run_id, seq LIMIT ?"
+    sql += " ORDER BY j.run_id, j.seq LIMIT ?"
     params.append(limit)
     return [JobRecord.from_row(r) for r in db.read(sql, tuple(params))]
 

@@ -38,12 +38,13 @@ class JobRecord:
     run_id: str
     job_id: str
     state: str
-    tries: int
+    tries: int          # the scheduler's retry budget: back to 0 when a user retries the run
     reason: str | None
+    attempts: int       # every launch of this job for this run, retries included: what TRIES shows
 
     @classmethod
     def from_row(cls, row) -> JobRecord:
-        return cls(row["run_id"], row["job_id"], row["state"], row["tries"], row["reason"])
+        return cls(row["run_id"], row["job_id"], row["state"], row["tries"], row["reason"], row["attempts"])
 
 
 @dataclass
