@@ -7,12 +7,12 @@ import json
 import signal
 import sys
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import click
 
 from repxd.api.client import Api
+from repxd.engine.local import RunSummary
 from repxd.errors import RepxError
 from repxd.exec.layout import OutputLayout
 from repxd.lab.loader import load_lab
@@ -23,19 +23,7 @@ from .render import PlainReporter
 NOT_STARTED = "not started: an earlier job failed"
 
 
-@dataclass
-class Outcome:
-    """What a run did, in the words of the embedded engine's RunSummary."""
-
-    succeeded: list[str] = field(default_factory=list)
-    failed: dict[str, str] = field(default_factory=dict)
-    blocked: list[str] = field(default_factory=list)
-    not_started: list[str] = field(default_factory=list)
-    cancelled: bool = False
-    seconds: float = 0.0
-
-
-def summary_message(outcome: Outcome, signum: int | None = None) -> str:
+def summary_message(outcome: RunSummary, signum: int | None = None) -> str:
     """The last line of `repxctl run`, in both modes."""
     if outcome.cancelled:
         why = f" ({signal.Signals(signum).name})" if signum else ""
@@ -139,9 +127,10 @@ def _report(reporter, jobs: list[dict], attempts: dict, started: set[str], repor
             reporter.finished(job_id, job["state"] == "succeeded", seconds, job["reason"])
 
 
-def _outcome(run: dict, jobs: list[dict], attempts: dict) -> Outcome:
-    outcome = Outcome(cancelled=run["state"] == "cancelled",
-                      seconds=(run["finished"] or time.time()) - run["created"])
+def _outcome(run: dict, jobs: list[dict], attempts: dict) -> RunSummary:
+    """The daemon's run in the embedded engine's terms."""
+    outcome = RunSummary([job["job_id"] for job in jobs], cancelled=run["state"] == "cancelled",
+                         seconds=(run["finished"] or time.time()) - run["created"])
     for job in jobs:
         state, job_id = job["state"], job["job_id"]
         if state == "succeeded" and job_id in attempts:
@@ -155,10 +144,10 @@ def _outcome(run: dict, jobs: list[dict], attempts: dict) -> Outcome:
     return outcome
 
 
-def _outcome_json(outcome: Outcome) -> dict:
+def _outcome_json(outcome: RunSummary) -> dict:
     """The keys of embedded `run --json`, so scripts read both modes alike."""
     return {"succeeded": outcome.succeeded, "failed": outcome.failed, "blocked": outcome.blocked,
             "not_started": outcome.not_started, "cancelled": outcome.cancelled,
             "seconds": round(outcome.seconds, 3), "executed": len(outcome.succeeded) + len(outcome.failed),
-            "ok": not (outcome.failed or outcome.blocked or outcome.not_started or outcome.cancelled)}
+            "ok": outcome.ok}
 

@@ -25,13 +25,19 @@ PROBE = """#!/bin/sh
 """
 
 
+def root_daemon_on_slurm(slurm_cluster, base) -> Daemon:
+    """A root daemon whose `hpc` target is the test cluster; jobs never run as the daemon's user."""
+    d = Daemon.create(jobs_as_daemon=False, extra=f'[targets.hpc]\nbase_path = "{base}"\ndefault_scheduler = "slurm"\n'
+                                                  '[targets.hpc.slurm]\npoll_interval = 0.5\nsubmit_window = 0.2\n')
+    d.env = dict(slurm_cluster.env)
+    return d
+
+
 def test_a_root_daemon_submits_each_researchers_jobs_as_that_researcher(slurm_cluster, users, shared_dir):  # noqa: F811
     alice = users[ALICE]
     slurm_cluster.add_user(ALICE)
     base = shared_dir / "hpc"
-    d = Daemon.create(jobs_as_daemon=False, extra=f'[targets.hpc]\nbase_path = "{base}"\ndefault_scheduler = "slurm"\n'
-                                                  '[targets.hpc.slurm]\npoll_interval = 0.5\nsubmit_window = 0.2\n')
-    d.env = dict(slurm_cluster.env)
+    d = root_daemon_on_slurm(slurm_cluster, base)
     writer = LabWriter()
     writer.run("probe").job("probe", PROBE, outputs={"report": "$out/report"})
     lab = writer.write(shared_dir / "lab")
@@ -104,9 +110,7 @@ def test_the_shared_slurm_scenario_runs_an_example_lab_as_its_researcher(slurm_c
     alice = users[ALICE]
     slurm_cluster.add_user(ALICE)
     base = shared_dir / "hpc"
-    d = Daemon.create(jobs_as_daemon=False, extra=f'[targets.hpc]\nbase_path = "{base}"\ndefault_scheduler = "slurm"\n'
-                                                  '[targets.hpc.slurm]\npoll_interval = 0.5\nsubmit_window = 0.2\n')
-    d.env = dict(slurm_cluster.env)
+    d = root_daemon_on_slurm(slurm_cluster, base)
     lab = sweep_scatter().write(shared_dir / "sweep")
     d.start("all")
     try:
