@@ -3,8 +3,8 @@
 The "remote" is reached at a veth address in 10.251.0.0/16 as a test Unix user with a generated
 key. sshd runs as PID 1 of a PID namespace under `unshare --kill-child`, whose parent-death signal
 is SIGKILL: if the test process dies (even -9), sshd and every session die with it. Its mount
-namespace hides /home, /tmp, /root and /work behind fresh tmpfs, so the remote cannot see the
-local checkout. Stale namespaces and users of dead test processes are removed at the next start."""
+namespace hides /home, /tmp, /root, /work and this checkout (wherever CI clones it) behind fresh
+tmpfs, so the remote cannot see the local files. Stale namespaces and users of dead test processes are removed at the next start."""
 
 from __future__ import annotations
 
@@ -22,7 +22,8 @@ PREFIX = "rxs"  # short: a link name is at most 15 characters ("rxs<pid>n<k>h")
 _started = 0
 ALIAS = "repx-remote"
 SSHD = "/usr/sbin/sshd"
-HIDDEN = ["/home", "/tmp", "/root", "/work"]
+CHECKOUT = str(Path(__file__).resolve().parents[1])
+HIDDEN = ["/home", "/tmp", "/root", "/work", CHECKOUT]
 
 
 class SshHostError(RuntimeError):
