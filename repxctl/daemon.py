@@ -80,6 +80,8 @@ def runs(run_id, api_address, limit, as_json) -> None:
         def render(d):
             for key in ("id", "state", "lab_path", "selection", "target", "base_path", "submitter_name"):
                 click.echo(f"{key}: {d[key]}")
+            if submitted := d["options"].get("submitted_lab"):
+                click.echo(f"submitted_lab: {submitted} (read as its submitter into lab_path)")
             click.echo(f"created: {_age(d['created'])}; finished: {_age(d['finished'])}")
             click.echo(f"jobs: {_counts(d['counts'])}")
 

@@ -105,11 +105,16 @@ def _reporter(run: dict, total: int, layout: OutputLayout, job_ids: list[str]):
         return PlainReporter(total, layout.repx_dir)
     from .live import RichReporter, job_labels  # rich only when a terminal shows it
 
-    try:  # the Lab only names the jobs; the daemon has verified it already
-        lab = load_lab(run["lab_path"], verify=False)
+    labels = {}
+    # The Lab only names the jobs (the daemon has verified it): the daemon's copy when this user
+    # may read it, else the directory they submitted.
+    for where in (run["lab_path"], run["options"].get("submitted_lab")):
+        try:
+            lab = load_lab(where, verify=False)
+        except (RepxError, OSError, TypeError):
+            continue
         labels = job_labels(lab, [j for j in job_ids if j in lab.jobs])
-    except (RepxError, OSError):
-        labels = {}
+        break
     return RichReporter(total, layout.repx_dir, labels)
 
 

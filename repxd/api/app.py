@@ -18,7 +18,6 @@ from ..engine.scheduler import wakeups
 from ..errors import RepxError
 from ..exec.layout import FAIL, SUCCESS, OutputLayout, open_job_file
 from ..observe.metrics import ApiMetrics, exposition
-from ..service.lab_access import require_readable_by
 from ..service.settings import Settings
 from ..service.submit import plan_submission
 from ..store import queries as q
@@ -161,10 +160,9 @@ async def submit(request: web.Request) -> web.Response:
                                       content_type="application/json", headers={"Retry-After": "5"})
     busy[who.name] = busy.get(who.name, 0) + 1
     try:
-        if who.via == "socket":
-            await asyncio.to_thread(require_readable_by, req.lab, who.uid, who.name)
         run, jobs = await asyncio.to_thread(plan_submission, settings, req.lab, req.selection, req.target,
-                                            req.options.model_dump(), who.uid, who.name)
+                                            req.options.model_dump(), who.uid, who.name,
+                                            read_as_submitter=who.via == "socket")
     finally:
         busy[who.name] -= 1
     await db(request).run(q.create_run, db(request).db, run, jobs)

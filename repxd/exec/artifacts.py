@@ -11,7 +11,7 @@ from ..errors import LabError
 from ..lab.model import Lab
 from .layout import OutputLayout
 
-# Content-addressed trees: an existing path holds the same bytes, so it is never rewritten.
+# Content-addressed trees: an existing path that holds the same bytes is never rewritten.
 _IMMUTABLE_TOPS = {"jobs", "images", "host-tools", "store"}
 
 
@@ -23,20 +23,45 @@ def sync_artifacts(lab: Lab, layout: OutputLayout) -> int:
         return 0
     placed = 0
     root = lab.root
+    digests = {entry.path: entry.sha256 for entry in lab.manifest.files}
     for dirpath, _dirnames, filenames in os.walk(root):
         rel_dir = Path(dirpath).relative_to(root)
         top = rel_dir.parts[0] if rel_dir.parts else ""
         dest_dir = layout.artifacts / rel_dir
         dest_dir.mkdir(parents=True, exist_ok=True)
         for name in filenames:
-            dest = dest_dir / name
-            if top in _IMMUTABLE_TOPS and dest.exists():
+            src, dest = Path(dirpath) / name, dest_dir / name
+            if top in _IMMUTABLE_TOPS and _holds(dest, src, digests.get(str(rel_dir / name))):
                 continue
-            _place(Path(dirpath) / name, dest)
+            _place(src, dest)
             placed += 1
     stamp.parent.mkdir(parents=True, exist_ok=True)
     stamp.touch()
     return placed
+
+
+def _holds(dest: Path, src: Path, digest: str | None) -> bool:
+    """Whether `dest` already holds this Lab's file. A name is no proof: another Lab (another
+    user's, through a shared daemon) may have placed different bytes under it, and jobs read
+    these files as inputs. The same inode, or the manifest's digest, is."""
+    try:
+        found = dest.stat()
+    except FileNotFoundError:
+        return False
+    mine = src.stat()
+    if (found.st_dev, found.st_ino) == (mine.st_dev, mine.st_ino):
+        return True
+    if digest is None or found.st_size != mine.st_size:
+        return False
+    return _sha256(dest) == digest
+
+
+def _sha256(path: Path) -> str:
+    hasher = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while chunk := fh.read(1 << 20):
+            hasher.update(chunk)
+    return hasher.hexdigest()
 
 
 def _place(src: Path, dest: Path) -> None:

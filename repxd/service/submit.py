@@ -11,11 +11,13 @@ from pathlib import Path
 
 from ..config import parse_memory
 from ..engine.embedded import base_path_for, inter_run_order, open_lab, plan_run, resolve_target
+from ..exec.layout import OutputLayout
 from ..hardware.request import gpu_request
 from ..lab.graph import Outcome, topological_order
 from ..lab.model import Lab
 from ..store.queries import PlannedJob
 from ..store.records import RunRecord
+from .lab_access import lab_as_submitter
 from .settings import Settings
 
 # Loaded (and verified) Labs by where they are and what their files are: loading and verifying
@@ -60,12 +62,16 @@ def open_lab_cached(lab_path: Path, base: Path, verify: bool) -> Lab:
 
 
 def plan_submission(settings: Settings, lab_path: str, selection: list[str], target: str | None,
-                    options: dict, uid: int, user: str) -> tuple[RunRecord, list[PlannedJob]]:
+                    options: dict, uid: int, user: str, *, read_as_submitter: bool = False) -> tuple[RunRecord, list[PlannedJob]]:
     """Load the Lab, resolve the selection and its closure against the target's base path.
-    Raises RepxError subclasses for anything the submitter must fix."""
+    `read_as_submitter`: the Lab is read as `uid` could read it (lab_access). Raises RepxError
+    subclasses for anything the submitter must fix."""
     config = settings.target_config()
     target_name, target_cfg = resolve_target(config, target)
     base = base_path_for(target_cfg, None) if target_cfg else settings.state_dir / "work"
+    if read_as_submitter:
+        options = {**options, "submitted_lab": os.path.abspath(lab_path)}
+        lab_path = lab_as_submitter(lab_path, uid, user, OutputLayout(base).cache)
     lab = open_lab_cached(Path(lab_path), base, verify=not options.get("no_verify", False))
     plan = plan_run(lab, base, selection, target_name, target_cfg)
     after = inter_run_order(lab, plan.closure)

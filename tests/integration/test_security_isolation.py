@@ -272,3 +272,70 @@ def test_a_user_submitting_too_much_at_once_gets_429(shared_dir, daemons):
         statuses = sorted(pool.map(lambda _: submit_once(), range(3)))
     assert statuses == [400, 400, 429], statuses
     assert d.socket.exists() and submit_once() == 400  # served again once the others are done
+
+
+def _owned_lab(where: Path, owner: User, d: Daemon, words: str) -> Path:
+    """A Lab whose job `probe` writes `words`, in a 0700 directory of `owner`."""
+    where.mkdir(mode=0o700)
+    lab = probe_lab(where, d, script=f'#!/bin/sh\nout=$1\necho "{words}" > "$out/report"\n')
+    subprocess.run(["chown", "-R", f"{owner.uid}:{owner.gid}", str(where)], check=True)
+    return lab
+
+
+def test_a_lab_swapped_for_a_link_mid_read_never_yields_another_users_lab(users, shared_dir, daemons):
+    """The check-then-load race: alice flips her Lab path between her own Lab and a link to bob's
+    private one while the daemon reads it. Everything the daemon loads was read as alice, so each
+    read gives her Lab or a refusal, never bob's."""
+    from repxd.errors import LabError
+    from repxd.lab.loader import load_lab
+    from repxd.service.lab_access import lab_as_submitter
+
+    alice, bob = users[ALICE], users[SERVICE]
+    d = subprocess_daemon(daemons)
+    mine = _owned_lab(shared_dir / "alice", alice, d, "alice's own")
+    theirs = _owned_lab(shared_dir / "bob", bob, d, "bob's secret")
+    flipping = shared_dir / "alice-link"
+    # A process of its own flips the link, so the flips interleave with every step of a read.
+    flipper = subprocess.Popen(["/bin/sh", "-c", 'while :; do for t in "$1" "$2"; do ln -sfn "$t" "$3.tmp"; mv -T "$3.tmp" "$3"; done; done',
+                                "sh", str(mine), str(theirs), str(flipping)])
+    loaded, refused = [], 0
+    try:
+        deadline = time.monotonic() + 8
+        while time.monotonic() < deadline:
+            try:
+                loaded.append(load_lab(lab_as_submitter(str(flipping), alice.uid, ALICE, d.base / "cache"), verify=True))
+            except LabError as exc:
+                assert "not found or not readable by repxi-alice" in str(exc)
+                refused += 1
+    finally:
+        flipper.kill()
+        flipper.wait()
+    own = load_lab(mine).lab_id  # the two Labs' job ids are equal; their contents are not
+    assert loaded and refused, (len(loaded), refused)  # both sides of the flip were met
+    assert [lab.lab_id for lab in loaded] == [own] * len(loaded)
+
+
+def test_a_lab_swapped_after_submission_runs_as_submitted(users, shared_dir, daemons):
+    """The daemon keeps what it read as the submitter: swapping the Lab's directory for a link to
+    another user's Lab before the agent starts the job changes nothing."""
+    alice, bob = users[ALICE], users[SERVICE]
+    d = subprocess_daemon(daemons, jobs_as_daemon=False)
+    home = shared_dir / "alice"
+    lab = _owned_lab(home, alice, d, "alice's own")
+    theirs = _owned_lab(shared_dir / "bob", bob, d, "bob's secret")
+    d.start("api")
+    submitted = alice.repxctl("run", "probe", "--lab", lab, "--detach", api=d.socket)
+    assert submitted.code == 0, submitted.stderr + d.logs()
+    lab.rename(home / "was-here")
+    lab.symlink_to(theirs)
+    d.start("scheduler")
+    d.start("agent")
+    deadline = time.monotonic() + 60
+    while (run := SELF.repxctl("runs", submitted.stdout.strip(), "--json", api=d.socket).json())["state"] == "active":
+        assert time.monotonic() < deadline, d.logs()
+        time.sleep(0.2)
+    assert run["state"] == "succeeded", d.logs()
+    assert run["options"]["submitted_lab"] == str(lab)
+    assert not run["lab_path"].startswith(str(shared_dir))
+    reports = [p.read_text() for p in (d.base / "outputs").glob("*/out/report")]
+    assert reports == ["alice's own\n"]
