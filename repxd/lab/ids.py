@@ -42,7 +42,7 @@ def job_hash(identities: list[str], params: dict[str, Any], deps: list[str], map
     parts = [
         *identities,
         compact_json(params),
-        json.dumps(deps, separators=(",", ":")),
+        json.dumps(deps, separators=(",", ":"), ensure_ascii=False),
         hashlib.sha256(":".join(deps).encode()).hexdigest(),
         json.dumps([ordered_mapping(m) for m in mappings], separators=(",", ":"), ensure_ascii=False),
     ]

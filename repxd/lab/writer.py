@@ -40,6 +40,7 @@ class JobOutput:
 @dataclass(frozen=True)
 class JobRef:
     id: str
+    pname: str
     outputs: tuple[str, ...]
 
     def output(self, name: str) -> JobOutput:
@@ -94,31 +95,52 @@ class RunWriter:
         self.image = image
         self.dependencies: dict[str, str] = {}
         self.jobs: dict[str, _JobEntry] = {}
+        # Every job as added, repeats included: upstream's expansion order, whose list of job
+        # directories a dependent run's first stages hash as their dependencies.
+        self.expansion: list[str] = []
 
     def depends_on(self, other: RunWriter, kind: str = "hard") -> None:
         """An inter-run dependency: this run's first stages get `metadata__<other>` and `store__base`.
-        Declare it before adding jobs, since those inputs are part of a job's identity."""
+        Declare it before adding this run's jobs and after adding all of `other`'s: those inputs,
+        and `other`'s job directories, are part of a first stage's identity (upstream expands
+        runs in dependency order)."""
         if self.jobs:
             raise ValueError(f"run {self.name!r}: call depends_on() before adding jobs")
         self.dependencies[other.name] = kind
 
-    def _inter_run_mappings(self, wants_inter_run: bool) -> list[dict[str, Any]]:
+    def _inter_run_mappings(self, wants_inter_run: bool) -> tuple[list[dict[str, Any]], list[str]]:
+        """A first stage's implicit inputs as upstream's process-dependencies.nix lists them (per
+        run, by name: `metadata__<run>`, then `store__base` once), and its hashed dependencies:
+        every job directory of each such run, in expansion order, repeats included (repx-expand)."""
+        mappings: list[dict[str, Any]] = []
+        deps: list[str] = []
         if not wants_inter_run:
-            return []
-        mappings = []
+            return mappings, deps
+        store_base = _mapping(type="global", source_value="store_base", target_input="store__base")
         for run_name, kind in sorted(self.dependencies.items()):
             mappings.append(_mapping(type="inter-run", source_run=run_name, dependency_type=kind, target_input=f"metadata__{run_name}"))
-        if self.dependencies:
-            mappings.append(_mapping(type="global", source_value="store_base", target_input="store__base"))
-        return mappings
+            if store_base not in mappings:
+                mappings.append(store_base)
+            deps += self._lab.runs[run_name].expansion
+        return mappings, deps
 
-    def _external_mappings(self, inputs: dict[str, Any]) -> tuple[list[dict[str, Any]], list[str]]:
+    def _stage_mappings(self, inputs: dict[str, Any]) -> tuple[list[dict[str, Any]], list[str]]:
+        """The stage's input mappings in the order declared, as upstream hashes them (the producer
+        named by `job_id_template`, its pname; `job_id` not yet set), and the hashed dependencies:
+        the producer's directory once per mapping, repeats included, as repx-expand lists them."""
         mappings, deps = [], []
-        for target, source in sorted(inputs.items()):
+        for target, source in inputs.items():
             if isinstance(source, JobOutput):
-                mappings.append(_mapping(type="intra-pipeline", job_id=source.job.id, source_output=source.output, target_input=target, dependency_type="hard"))
+                mappings.append(_mapping(type="intra-pipeline", job_id_template=source.job.pname,
+                                         source_output=source.output, target_input=target))
                 deps.append(source.job.id)
-        return mappings, sorted(set(deps))
+        inter_run, inter_run_deps = self._inter_run_mappings(not deps)
+        return mappings + inter_run, deps + inter_run_deps
+
+    @staticmethod
+    def _resolved(mappings: list[dict[str, Any]], inputs: dict[str, Any]) -> list[dict[str, Any]]:
+        """The mappings as the run metadata lists them: `job_id` filled in with the producer's directory."""
+        return [dict(m, job_id=inputs[m["target_input"]].job.id) if m["job_id_template"] else m for m in mappings]
 
     def job(self, pname: str, script: str, *, version: str = "1.0", params: dict[str, Any] | None = None,
             inputs: dict[str, JobOutput] | None = None, outputs: dict[str, str] | None = None,
@@ -127,17 +149,16 @@ class RunWriter:
         params = params or {}
         inputs = inputs or {}
         outputs = outputs or {}
-        mappings, deps = self._external_mappings(inputs)
-        mappings += self._inter_run_mappings(not deps)
+        mappings, deps = self._stage_mappings(inputs)
         short = job_hash([f"{pname}-{version}"], params, deps, mappings)
         dir_name = f"{short}-{pname}-{version}"
-        exe = {"inputs": mappings, "outputs": dict(sorted(outputs.items())), "path": f"jobs/{dir_name}/bin/{pname}"}
+        exe = {"inputs": self._resolved(mappings, inputs), "outputs": dict(sorted(outputs.items())), "path": f"jobs/{dir_name}/bin/{pname}"}
         meta = {"name": f"{pname}-{version}", "stage_type": "simple", "params": params, "executables": {"main": exe}}
         if resources:
             meta["resource_hints"] = resources
         files = {f"bin/{pname}": (script.encode(), 0o755)}
         self._add(dir_name, meta, files, deps, params)
-        return JobRef(dir_name, tuple(outputs))
+        return JobRef(dir_name, pname, tuple(outputs))
 
     def scatter_gather(self, pname: str, *, scatter: str, steps: dict[str, Step], gather: str,
                        version: str = "1.0", params: dict[str, Any] | None = None,
@@ -153,8 +174,8 @@ class RunWriter:
         params = params or {}
         inputs = inputs or {}
         outputs = outputs or {}
-        ext_mappings, deps = self._external_mappings(inputs)
-        ext_mappings += self._inter_run_mappings(not deps)
+        stage_mappings, deps = self._stage_mappings(inputs)
+        ext_mappings = self._resolved(stage_mappings, inputs)
         scatter_outputs = {"work__items": "$out/work_items.json", "worker__arg": {} if worker_arg is None else worker_arg}
         executables: dict[str, Any] = {
             "scatter": {"inputs": ext_mappings, "outputs": scatter_outputs, "path": "",
@@ -169,11 +190,12 @@ class RunWriter:
                     step_mappings.append(_mapping(source="scatter:work_item", target_input=target))
                 elif isinstance(source, StepOutput):
                     step_mappings.append(_mapping(source=f"step:{source.step}", source_output=source.output, target_input=target))
-                elif isinstance(source, JobOutput):
-                    step_mappings.append(_mapping(type="intra-pipeline", job_id=source.job.id, source_output=source.output, target_input=target, dependency_type="hard"))
-                    deps = sorted(set(deps) | {source.job.id})
+                elif isinstance(source, JobOutput) and inputs.get(target) == source:
+                    # upstream hands a step the stage's own mapping for that input name
+                    step_mappings.extend(m for m in ext_mappings if m["target_input"] == target)
                 else:
-                    raise ValueError(f"step {step_name!r} input {target!r}: use WORK_ITEM, StepOutput or JobOutput")
+                    raise ValueError(f"step {step_name!r} input {target!r}: use WORK_ITEM, StepOutput, "
+                                     "or the JobOutput the stage takes under the same input name")
             entry: dict[str, Any] = {"inputs": step_mappings, "outputs": dict(sorted(step.outputs.items())), "path": "",
                                      "resource_hints": step.resources}
             if step.deps:
@@ -191,8 +213,7 @@ class RunWriter:
             "path": "",
             "resource_hints": gather_resources,
         }
-        all_mappings = [m for exe in executables.values() for m in exe["inputs"]]
-        short = job_hash(identities, params, deps, all_mappings)
+        short = job_hash(identities, params, deps, stage_mappings)
         dir_name = f"{short}-{pname}-{version}"
         files = {f"bin/{pname}-scatter": (scatter.encode(), 0o755), f"bin/{pname}-gather": (gather.encode(), 0o755)}
         executables["scatter"]["path"] = f"jobs/{dir_name}/bin/{pname}-scatter"
@@ -205,12 +226,13 @@ class RunWriter:
         if resources:
             meta["resource_hints"] = resources
         self._add(dir_name, meta, files, deps, params)
-        return JobRef(dir_name, tuple(outputs))
+        return JobRef(dir_name, pname, tuple(outputs))
 
     def _add(self, dir_name: str, meta: dict[str, Any], files: dict[str, tuple[bytes, int]], deps: list[str], params: dict[str, Any]) -> None:
         files[f"{meta['name'].rsplit('-', 1)[0]}-parameters.json"] = (compact_json(params).encode(), 0o644)
-        files["nix-input-dependencies.json"] = (json.dumps(deps).encode(), 0o644)
+        files["nix-input-dependencies.json"] = (json.dumps(deps, separators=(",", ":")).encode(), 0o644)
         self.jobs[dir_name] = _JobEntry(dir_name, meta, files, deps)
+        self.expansion.append(dir_name)
 
 
 @dataclass(frozen=True)

@@ -108,7 +108,9 @@ def build() -> LabWriter:
     sim = lab.run("simulation-run")
     analysis = lab.run("analysis-run")
     analysis.depends_on(sim, "soft")
-    for offset, mode, config in itertools.product(OFFSETS, MODES, CONFIGS):
+    # Pipelines in upstream's expansion order (the run's axes by name, mode then offset, then the
+    # zip group): the analysis stage hashes the simulation run's job directories in that order.
+    for mode, offset, config in itertools.product(MODES, OFFSETS, CONFIGS):
         _pipeline(sim, offset, mode, config)
     analysis.job("stage-analysis", ANALYSIS, outputs={"analysis.plot": "$out/plot.png"})
     lab.group("all", [sim, analysis])
