@@ -30,6 +30,12 @@ def default_target() -> str | None:
     return ctx.find_root().params.get("global_target") if ctx else None
 
 
+def default_resources() -> Path | None:
+    """The global `--resources FILE` given before the command, as upstream's."""
+    ctx = click.get_current_context(silent=True)
+    return ctx.find_root().params.get("global_resources") if ctx else None
+
+
 def lab_options(func):
     options = [
         click.option("-l", "--lab", "lab_path", type=click.Path(path_type=Path), default=default_lab,

@@ -18,7 +18,7 @@ from repxd.exec.layout import FAIL, SUCCESS
 from repxd.lab.graph import JobStatus, matching_jobs, statuses
 from repxd.lab.model import Lab
 
-from .common import Session, lab_options, open_session
+from .common import Session, default_resources, lab_options, open_session
 from .daemon import API_OPTION, connect
 from .table import print_table
 
@@ -50,7 +50,7 @@ def show() -> None:
 @click.option("--resources", "show_resources", is_flag=True,
               help="Only the merged resources, and which default, Lab hint or rule set each.")
 @click.option("--resources-file", type=click.Path(path_type=Path, dir_okay=False, exists=True),
-              help="A resources.toml merged last, as `run --resources FILE`.")
+              default=default_resources, help="A resources.toml merged last, as `run --resources FILE`.")
 def show_job(job, as_json, show_resources, resources_file, **kw) -> None:
     """Everything about one job: status, parameters, inputs, outputs, resources and paths."""
     session = open_session(**kw)

@@ -13,7 +13,7 @@ from repxd.config import LoggingSettings, load_config
 from repxd.errors import RepxError
 from repxd.observe.session_log import start_session_log
 
-from . import daemon, gc, hardware, init, inspect, listing, run, top, viz
+from . import daemon, debug_run, gc, hardware, init, inspect, listing, run, top, viz
 
 
 class RepxctlGroup(click.Group):
@@ -30,8 +30,10 @@ class RepxctlGroup(click.Group):
 # Global as in upstream `repx -l LAB -v …`; a command's own --lab still wins (see common.default_lab).
 @click.option("-l", "--lab", "global_lab", type=click.Path(path_type=Path), help="Lab for every command (default: $REPX_LAB, else ./result).")
 @click.option("--target", "global_target", help="Target from config.toml for every command (a command's own --target wins).")
+@click.option("--resources", "global_resources", type=click.Path(path_type=Path, dir_okay=False, exists=True),
+              help="resources.toml for run, show job and debug-run (a command's own option wins).")
 @click.option("-v", "--verbose", count=True, help="More logging: -v debug.")
-def cli(global_lab, global_target, verbose) -> None:
+def cli(global_lab, global_target, global_resources, verbose) -> None:
     """Run and inspect RepX Labs: reproducible experiments built by Nix."""
     start_session_log(logging_settings())
     if verbose:
@@ -58,6 +60,8 @@ cli.add_command(hardware.hardware)
 cli.add_command(init.init)
 cli.add_command(init.completions)
 cli.add_command(top.top)
+cli.add_command(top.top, "tui")  # upstream's name for its dashboard
+cli.add_command(debug_run.debug_run)
 for command in (daemon.status, daemon.runs, daemon.jobs, daemon.cancel, daemon.retry, daemon.agents):
     cli.add_command(command)
 

@@ -17,7 +17,7 @@ from repxd.exec.gcroots import register_root
 from repxd.exec.runtimes import RUNTIMES
 
 from . import daemon
-from .common import lab_options, open_session
+from .common import default_resources, lab_options, open_session
 from .follow import follow_run, summary_message
 from .render import PlainReporter
 
@@ -26,7 +26,7 @@ from .render import PlainReporter
 @click.argument("specs", nargs=-1, required=True)
 @lab_options
 @click.option("--resources", "resources_path", type=click.Path(path_type=Path, dir_okay=False, exists=True),
-              help="resources.toml merged over the user's and ./resources.toml.")
+              default=default_resources, help="resources.toml merged over the user's and ./resources.toml.")
 @click.option("-j", "--jobs", "concurrency", type=click.IntRange(min=1), help="Jobs at once (default: the target's local_concurrency, else the CPU count).")
 @click.option("--mem", help="Memory to admit jobs against, e.g. 8G (default: the machine's RAM).")
 @click.option("--continue-on-failure", is_flag=True, help="Keep launching independent jobs after a failure.")
