@@ -86,6 +86,14 @@ class _JobEntry:
     metadata: dict[str, Any]
     files: dict[str, tuple[bytes, int]]  # path inside jobs/<dir>/ -> (content, mode)
     deps: list[str]
+    # What the id was hashed from, kept to hash it again for a per-run Lab.
+    identities: list[str]
+    params: dict[str, Any]
+    mappings: list[dict[str, Any]]
+
+    def producers(self) -> list[str]:
+        """The hashed dependencies that come from intra-pipeline mappings (the rest are other runs' jobs)."""
+        return self.deps[:sum(m["type"] == "intra-pipeline" for m in self.mappings)]
 
 
 class RunWriter:
@@ -157,7 +165,7 @@ class RunWriter:
         if resources:
             meta["resource_hints"] = resources
         files = {f"bin/{pname}": (script.encode(), 0o755)}
-        self._add(dir_name, meta, files, deps, params)
+        self._add(dir_name, meta, files, deps, params, [f"{pname}-{version}"], mappings)
         return JobRef(dir_name, pname, tuple(outputs))
 
     def scatter_gather(self, pname: str, *, scatter: str, steps: dict[str, Step], gather: str,
@@ -225,14 +233,30 @@ class RunWriter:
         meta = {"name": f"{pname}-{version}", "stage_type": "scatter-gather", "params": params, "executables": executables}
         if resources:
             meta["resource_hints"] = resources
-        self._add(dir_name, meta, files, deps, params)
+        self._add(dir_name, meta, files, deps, params, identities, stage_mappings)
         return JobRef(dir_name, pname, tuple(outputs))
 
-    def _add(self, dir_name: str, meta: dict[str, Any], files: dict[str, tuple[bytes, int]], deps: list[str], params: dict[str, Any]) -> None:
+    def _add(self, dir_name: str, meta: dict[str, Any], files: dict[str, tuple[bytes, int]], deps: list[str],
+             params: dict[str, Any], identities: list[str], mappings: list[dict[str, Any]]) -> None:
         files[f"{meta['name'].rsplit('-', 1)[0]}-parameters.json"] = (compact_json(params).encode(), 0o644)
-        files["nix-input-dependencies.json"] = (json.dumps(deps, separators=(",", ":")).encode(), 0o644)
-        self.jobs[dir_name] = _JobEntry(dir_name, meta, files, deps)
+        self.jobs[dir_name] = _JobEntry(dir_name, meta, files, deps, identities, params, mappings)
         self.expansion.append(dir_name)
+
+    def entries_alone(self) -> list[_JobEntry]:
+        """This run's jobs as upstream's per-run Lab (`runs.<name>`) has them: expanded alone, a
+        first stage hashes no other run's jobs, so its id, and each id after it, can differ from
+        the full Lab's. Job directory names are replaced throughout the metadata."""
+        renamed: dict[str, str] = {}
+        entries = []
+        for old, entry in self.jobs.items():
+            deps = [renamed[d] for d in entry.producers()]
+            renamed[old] = f"{job_hash(entry.identities, entry.params, deps, entry.mappings)}-{old.split('-', 1)[1]}"
+            text = json.dumps(entry.metadata)
+            for before, after in renamed.items():
+                text = text.replace(before, after)
+            entries.append(_JobEntry(renamed[old], json.loads(text), entry.files, deps, entry.identities,
+                                     entry.params, entry.mappings))
+        return entries
 
 
 @dataclass(frozen=True)
@@ -284,8 +308,12 @@ class LabWriter:
             image = None if container_mode == "none" else shared if container_mode == "unified" and run.image else run.image
             name = "repx-shared-image" if container_mode == "unified" else None
             image_rel = _write_image(dest, image, name) if image else None
-            for entry in run.jobs.values():
+            entries = run.entries_alone() if only_run else list(run.jobs.values())
+            for entry in entries:
                 job_dir = dest / "jobs" / entry.dir_name
+                job_dir.mkdir(parents=True, exist_ok=True)
+                # the very list that was hashed, as upstream's io.rs writes it
+                (job_dir / "nix-input-dependencies.json").write_text(json.dumps(entry.deps, separators=(",", ":")))
                 for rel, (content, mode) in entry.files.items():
                     path = job_dir / rel
                     path.parent.mkdir(parents=True, exist_ok=True)
@@ -298,7 +326,7 @@ class LabWriter:
                                                          if d in present}}
             if image_rel:
                 run_meta["image"] = image_rel
-            run_meta["jobs"] = {e.dir_name: e.metadata for e in run.jobs.values()}
+            run_meta["jobs"] = {e.dir_name: e.metadata for e in entries}
             run_paths[run.name] = f"revision/metadata-{run.name}.json"
             (dest / run_paths[run.name]).write_text(json.dumps(run_meta, indent=2))
         top = {"repx_version": self.repx_version, "type": "root", "gitHash": self.git_hash, "runs": list(run_paths.values())}

@@ -36,6 +36,8 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import reference_lab  # noqa: E402
 
+from repxd.lab.writer import LabWriter  # noqa: E402
+
 NIX32 = "0123456789abcdfghijklmnpqrsvwxyz"
 MAPPING_FIELDS = ("type", "job_id_template", "source_output", "target_input", "source_run",
                   "dependency_type", "source_value", "source", "source_key", "job_id")  # blueprint.rs InputMapping
@@ -125,8 +127,8 @@ def expand(stages: list[Stage], combos: list[dict], runs_expanded: dict[str, lis
             for m in mappings:
                 if m["type"] == "intra-pipeline":
                     deps.append(dirs_by_pname[m["job_id_template"]])
-                elif m["type"] == "inter-run":
-                    deps.extend(runs_expanded[m["source_run"]])
+                elif m["type"] == "inter-run":  # a run the blueprint does not hold adds nothing
+                    deps.extend(runs_expanded.get(m["source_run"], []))
             job_dir = f"{upstream_job_hash(stage.identities(pname), params, deps, mappings)}-{pname}-1.0"
             dirs_by_pname[pname] = job_dir
             jobs.append((job_dir, deps))
@@ -177,3 +179,39 @@ def test_metadata_names_producers_as_upstream_fills_them_in(lab_dir: Path, expec
         intra_pipeline = [m for m in exe["inputs"] if m["type"] == "intra-pipeline"]
         assert [m["job_id"] for m in intra_pipeline] == deps
         assert all(m["job_id"].split("-", 1)[1] == f"{m['job_id_template']}-1.0" for m in intra_pipeline)
+
+
+def test_per_run_labs_have_upstreams_ids(tmp_path: Path, expected) -> None:
+    """mkLab's `runs.<name>` expands one run alone (lab.nix blueprint2Lab with one run): the
+    analysis stage's inter-run mapping then finds no expanded jobs to hash."""
+    alone = expand(ANALYSIS, [{}], {})
+    ((job_dir, deps),) = alone
+    assert job_dir != expected["analysis-run"][0][0]
+    lab = reference_lab.build().write(tmp_path / "analysis", only_run="analysis-run")
+    assert list(json.loads((lab / "revision" / "metadata-analysis-run.json").read_text())["jobs"]) == [job_dir]
+    assert (lab / "jobs" / job_dir / "nix-input-dependencies.json").read_text() == "[]" and deps == []
+
+    lab = reference_lab.build().write(tmp_path / "simulation", only_run="simulation-run")
+    written = json.loads((lab / "revision" / "metadata-simulation-run.json").read_text())["jobs"]
+    assert sorted(written) == sorted({d for d, _ in expected["simulation-run"]})
+
+
+def test_a_per_run_lab_renames_every_job_after_a_first_stage(tmp_path: Path) -> None:
+    writer = LabWriter()
+    upstream = writer.run("a")
+    upstream.job("p", "#!/bin/sh\n", outputs={"x": "$out/x"})
+    dependent = writer.run("b")
+    dependent.depends_on(upstream)
+    first = dependent.job("first", "#!/bin/sh\n", outputs={"y": "$out/y"})
+    dependent.job("second", "#!/bin/sh\n", inputs={"y": first.output("y")})
+    lab = writer.write(tmp_path / "b", only_run="b")
+
+    first_mappings = [{"type": "inter-run", "source_run": "a", "dependency_type": "hard", "target_input": "metadata__a"},
+                      {"type": "global", "source_value": "store_base", "target_input": "store__base"}]
+    first_dir = f"{upstream_job_hash(['first-1.0'], {}, [], first_mappings)}-first-1.0"  # no run `a` to hash
+    second_dir = f"{upstream_job_hash(['second-1.0'], {}, [first_dir], [intra('first', 'y', 'y')])}-second-1.0"
+    jobs = json.loads((lab / "revision" / "metadata-b.json").read_text())["jobs"]
+    assert sorted(jobs) == sorted([first_dir, second_dir])
+    assert first_dir != first.id
+    assert jobs[second_dir]["executables"]["main"]["inputs"][0]["job_id"] == first_dir
+    assert jobs[second_dir]["executables"]["main"]["path"] == f"jobs/{second_dir}/bin/second"
