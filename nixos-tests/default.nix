@@ -24,4 +24,5 @@ in
   vm-single-node = import ./single-node.nix args;
   vm-cluster = import ./cluster.nix args;
   vm-slurm = import ./slurm.nix args;
+  vm-ssh = import ./ssh.nix args;
 }

@@ -21,7 +21,7 @@ def test_output_attribute_names(outputs):
     assert outputs["overlays"] == ["default"]
     assert outputs["devShells"] == {s: ["default"] for s in SYSTEMS}
     assert outputs["formatter"] == SYSTEMS
-    assert outputs["checks"] == {s: ["module-eval", "package", "vm-cluster", "vm-single-node", "vm-slurm"] for s in SYSTEMS}
+    assert outputs["checks"] == {s: ["module-eval", "package", "vm-cluster", "vm-single-node", "vm-slurm", "vm-ssh"] for s in SYSTEMS}
     assert outputs["nixpkgsUrl"].startswith("github:NixOS/nixpkgs/") and outputs["description"]
 
 

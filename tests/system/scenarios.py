@@ -194,3 +194,21 @@ def slurm_target_runs(machine, user: str, lab: str, selection: str, target: str,
         f"test $(sacct --noheader --parsable2 --allocations --starttime=now-1hour --user={user} --format=JobName,State"
         f" | grep -c '^repx\\.{run_id}\\..*|COMPLETED$') -ge {len(jobs)}", timeout=60)
     return run_id
+
+
+def ssh_target_runs(machine, remote, user: str, lab: str, selection: str, target: str, remote_base: str,
+                    as_user: str | None = None) -> str:
+    """A researcher's run on an SSH target: it succeeds, and every job ran on the remote host,
+    whose base path holds each job's SUCCESS marker and outputs in the upstream layout. `remote`
+    is the remote host (a machine, or anything with `succeed`); `as_user` as in slurm_target_runs."""
+    prefix = as_user or f"runuser -u {user} --"
+    run_id = machine.succeed(f"{prefix} repxctl run {shlex.quote(selection)} --lab {shlex.quote(lab)} "
+                             f"--target {shlex.quote(target)} --detach").strip().splitlines()[-1]
+    wait_for_run(machine, run_id)
+    jobs = run_jobs(machine, run_id)
+    assert jobs, f"run {run_id} has no jobs"
+    for job in jobs:
+        assert job["state"] == "succeeded", job
+        remote.succeed(f"test -e {remote_base}/outputs/{job['job_id']}/repx/SUCCESS")
+        remote.succeed(f"test -d {remote_base}/outputs/{job['job_id']}/out")
+    return run_id
