@@ -5,7 +5,6 @@
   pkgs,
   common,
   scenarios,
-  helpers,
   ...
 }:
 pkgs.testers.runNixOSTest {
@@ -17,14 +16,10 @@ pkgs.testers.runNixOSTest {
     agent2 = common.agent;
   };
 
-  skipTypeCheck = true;
+  extraPythonPackages = p: [ (scenarios p) ];
 
   testScript = ''
-    import sys
-    sys.path.insert(0, "${scenarios}")
-    sys.path.insert(0, "${helpers}")
-    import scenarios
-    import cluster
+    from repx_scenarios import cluster, scenarios
 
     naps = "/etc/repx-test/labs/naps"
 

@@ -1,7 +1,8 @@
 # NixOS VM tests (pkgs.testers.runNixOSTest). Each scenario file takes the shared pieces below;
 # the Python scenarios are tests/system/scenarios.py, the same code the systemd-nspawn tier runs,
-# and cluster-only helpers live in lib/. A new scenario (SLURM, an SSH target) is one more file
-# here and one more line in this set.
+# and cluster-only helpers live in lib/; the scripts import both as the package `repx_scenarios`
+# (lib/scenarios-package.nix), type-checked by the driver (no skipTypeCheck). A new scenario
+# (SLURM, an SSH target) is one more file here and one more line in this set.
 {
   pkgs,
   module,
@@ -16,8 +17,7 @@ let
   };
   args = {
     inherit pkgs common labs repx;
-    scenarios = ../tests/system;
-    helpers = ./lib;
+    scenarios = import ./lib/scenarios-package.nix;
   };
 in
 {

@@ -7,7 +7,6 @@
   common,
   labs,
   scenarios,
-  helpers,
   ...
 }:
 pkgs.testers.runNixOSTest {
@@ -24,15 +23,10 @@ pkgs.testers.runNixOSTest {
       };
     };
 
-  # The scenarios are imported from a store path, which mypy cannot follow.
-  skipTypeCheck = true;
+  extraPythonPackages = p: [ (scenarios p) ];
 
   testScript = ''
-    import sys
-    sys.path.insert(0, "${scenarios}")
-    sys.path.insert(0, "${helpers}")
-    import scenarios
-    import prometheus
+    from repx_scenarios import prometheus, scenarios
 
     simple = "/etc/repx-test/labs/simple"
     naps = "/etc/repx-test/labs/naps"

@@ -69,12 +69,10 @@ pkgs.testers.runNixOSTest {
       environment.systemPackages = [ config.services.slurm.package ];
     };
 
-  skipTypeCheck = true;
+  extraPythonPackages = p: [ (scenarios p) ];
 
   testScript = ''
-    import sys
-    sys.path.insert(0, "${scenarios}")
-    import scenarios
+    from repx_scenarios import scenarios
 
     sweep = "/etc/repx-test/labs/sweep-scatter"
 
@@ -84,7 +82,7 @@ pkgs.testers.runNixOSTest {
     hpc.wait_for_unit("slurmdbd.service")
     hpc.wait_for_unit("slurmctld.service")
     hpc.wait_for_unit("slurmd.service")
-    hpc.wait_until_succeeds("sacctmgr --noheader list cluster | grep -q .", timeout=120)
+    hpc.wait_until_succeeds('test -n "$(sacctmgr --noheader list cluster)"', timeout=120)
     hpc.succeed("sacctmgr --immediate add account research Cluster=default || true")
     hpc.succeed("sacctmgr --immediate add user alice Account=research")
 

@@ -1,20 +1,27 @@
 """Operator scenarios against a machine running repx under systemd.
 
-Each function takes a machine with the NixOS test driver's interface (succeed, fail, execute,
-wait_for_unit, wait_until_succeeds, wait_for_open_port, wait_for_file), so the same code drives
-the systemd-nspawn container of tests/system and the VMs of nixos-tests/. Only shell commands an
-operator would type are used: systemctl, journalctl, repxctl. Standard library only."""
+Each function takes a machine with the NixOS test driver's interface, so the same code drives
+the systemd-nspawn container of tests/system and the VMs of nixos-tests/. The parameters are typed
+with the driver's own classes: the driver's mypy run and tests/typecheck (against a stub of the
+driver) check every call. Commands run as the driver runs them, under `set -euo pipefail`: a
+pipeline fails if any part does, so no command ends in `| grep -q` (its early exit kills the
+writer with SIGPIPE). Only shell commands an operator would type are used: systemctl,
+journalctl, repxctl. Standard library only at run time."""
 
 from __future__ import annotations
 
 import json
 import shlex
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from test_driver.machine import BaseMachine, QemuMachine
 
 ROLE_UNITS = ("repx-api.service", "repx-scheduler.service", "repx-agent.service")
 BASE = "/var/lib/repx/work"
 
 
-def units_become_ready(machine) -> None:
+def units_become_ready(machine: BaseMachine) -> None:
     """Every role is Type=notify: `active` only after READY=1, with its STATUS= text shown."""
     machine.wait_for_unit("repx.target")
     for unit in ROLE_UNITS:
@@ -26,17 +33,17 @@ def units_become_ready(machine) -> None:
     machine.succeed("repxctl status")
 
 
-def submit(machine, lab: str, selection: str) -> str:
+def submit(machine: BaseMachine, lab: str, selection: str) -> str:
     """`repxctl run --detach`; returns the run id."""
     return machine.succeed(f"repxctl run {shlex.quote(selection)} --lab {shlex.quote(lab)} --detach").strip().splitlines()[-1]
 
 
-def run_details(machine, run_id: str) -> dict:
+def run_details(machine: BaseMachine, run_id: str) -> dict[str, Any]:
     return json.loads(machine.succeed(f"repxctl runs {run_id} --json"))
 
 
-def wait_for_run(machine, run_id: str, timeout: float = 300, state: str = "succeeded") -> dict:
-    machine.wait_until_succeeds(f"repxctl runs {run_id} --json | grep -Eq '\"state\": \"(succeeded|failed|cancelled)\"'",
+def wait_for_run(machine: BaseMachine, run_id: str, timeout: int = 300, state: str = "succeeded") -> dict[str, Any]:
+    machine.wait_until_succeeds(f"repxctl runs {run_id} --json | grep -E '\"state\": \"(succeeded|failed|cancelled)\"' >/dev/null",
                                 timeout=timeout)
     details = run_details(machine, run_id)
     if details["state"] != state:
@@ -45,11 +52,11 @@ def wait_for_run(machine, run_id: str, timeout: float = 300, state: str = "succe
     return details
 
 
-def run_jobs(machine, run_id: str) -> list[dict]:
+def run_jobs(machine: BaseMachine, run_id: str) -> list[dict[str, Any]]:
     return json.loads(machine.succeed(f"repxctl jobs --run {run_id} --json"))
 
 
-def example_lab_runs(machine, lab: str, selection: str = "@all") -> str:
+def example_lab_runs(machine: BaseMachine, lab: str, selection: str = "@all") -> str:
     """An example Lab runs to success through the daemon; outputs land in the upstream layout."""
     run_id = submit(machine, lab, selection)
     wait_for_run(machine, run_id)
@@ -63,7 +70,7 @@ def example_lab_runs(machine, lab: str, selection: str = "@all") -> str:
     return run_id
 
 
-def jobs_run_as_their_submitter(machine, user: str, lab: str, selection: str) -> None:
+def jobs_run_as_their_submitter(machine: BaseMachine, user: str, lab: str, selection: str) -> None:
     """With agent.run_as_submitter, a researcher's jobs run as that researcher: the files in
     `out/` are theirs, the bookkeeping in `repx/` stays the service's."""
     run_id = machine.succeed(f"runuser -u {user} -- repxctl run {shlex.quote(selection)} --lab {shlex.quote(lab)} "
@@ -77,13 +84,13 @@ def jobs_run_as_their_submitter(machine, user: str, lab: str, selection: str) ->
         assert machine.succeed(f"stat -c %U {root}/repx/SUCCESS").strip() != user
 
 
-def _running_unit(machine, pattern: str = "repx-job-*") -> str:
-    machine.wait_until_succeeds(f"systemctl list-units --no-legend --plain --state=active '{pattern}' | grep -q .",
+def _running_unit(machine: BaseMachine, pattern: str = "repx-job-*") -> str:
+    machine.wait_until_succeeds(f"test -n \"$(systemctl list-units --no-legend --plain --state=active '{pattern}')\"",
                                 timeout=120)
     return machine.succeed(f"systemctl list-units --no-legend --plain --state=active '{pattern}'").split()[0]
 
 
-def jobs_run_as_transient_units(machine, lab: str, run: str, memory_max: int) -> str:
+def jobs_run_as_transient_units(machine: BaseMachine, lab: str, run: str, memory_max: int) -> str:
     """While a job runs it is a transient unit in repx-jobs.slice with the requested limits;
     the unit is collected once it has ended. Returns the job id."""
     run_id = submit(machine, lab, run)
@@ -97,11 +104,11 @@ def jobs_run_as_transient_units(machine, lab: str, run: str, memory_max: int) ->
     (job,) = run_jobs(machine, run_id)
     assert unit.startswith(f"repx-job-{job['job_id']}-"), (unit, job)
     wait_for_run(machine, run_id)
-    machine.wait_until_fails(f"systemctl list-units --no-legend --all '{unit}' | grep -q .", timeout=30)
+    machine.wait_until_fails(f"test -n \"$(systemctl list-units --no-legend --all '{unit}')\"", timeout=30)
     return job["job_id"]
 
 
-def journal_has_job_fields(machine, job_id: str) -> None:
+def journal_has_job_fields(machine: BaseMachine, job_id: str) -> None:
     """`journalctl REPX_JOB_ID=<id>` returns that job's lines (the agent's record of it)."""
     lines = machine.succeed(f"journalctl --no-pager -o cat REPX_JOB_ID={job_id}")
     assert f"running {job_id}" in lines, f"no start line for {job_id} in the journal:\n{lines}"
@@ -112,7 +119,7 @@ def journal_has_job_fields(machine, job_id: str) -> None:
     assert all(entry.get("REPX_RUN_ID") for entry in entries), "a job line without its run id"
 
 
-def time_limit_is_enforced(machine, lab: str, run: str) -> None:
+def time_limit_is_enforced(machine: BaseMachine, lab: str, run: str) -> None:
     """A job past its `time` limit is stopped by systemd (RuntimeMaxSec) and fails saying why."""
     run_id = submit(machine, lab, run)
     wait_for_run(machine, run_id, timeout=120, state="failed")
@@ -121,7 +128,7 @@ def time_limit_is_enforced(machine, lab: str, run: str) -> None:
     machine.fail(f"test -e {BASE}/outputs/{job['job_id']}/out/rested.txt")
 
 
-def agent_restart_keeps_job(machine, lab: str, run: str) -> None:
+def agent_restart_keeps_job(machine: BaseMachine, lab: str, run: str) -> None:
     """Restarting the agent under a running job leaves the job's unit running (same process);
     the new agent re-attaches and the result is recorded exactly once."""
     run_id = submit(machine, lab, run)
@@ -139,13 +146,13 @@ def agent_restart_keeps_job(machine, lab: str, run: str) -> None:
     machine.succeed(f"grep -q rested {BASE}/outputs/{job['job_id']}/out/rested.txt")
 
 
-def cancel_stops_the_unit(machine, lab: str, run: str) -> None:
+def cancel_stops_the_unit(machine: BaseMachine, lab: str, run: str) -> None:
     """`repxctl cancel` stops a running job's unit; the run ends cancelled and the job leaves no
     result behind (it runs again when asked for again)."""
     run_id = submit(machine, lab, run)
     unit = _running_unit(machine)
     machine.succeed(f"repxctl cancel {run_id}")
-    machine.wait_until_fails(f"systemctl list-units --no-legend --all '{unit}' | grep -q .", timeout=60)
+    machine.wait_until_fails(f"test -n \"$(systemctl list-units --no-legend --all '{unit}')\"", timeout=60)
     wait_for_run(machine, run_id, timeout=60, state="cancelled")
     (job,) = run_jobs(machine, run_id)
     assert job["state"] == "cancelled", job
@@ -153,7 +160,7 @@ def cancel_stops_the_unit(machine, lab: str, run: str) -> None:
     machine.fail(f"test -e {BASE}/outputs/{job['job_id']}/repx/FAIL")
 
 
-def watchdog_restarts_frozen_scheduler(machine) -> None:
+def watchdog_restarts_frozen_scheduler(machine: BaseMachine) -> None:
     """A scheduler frozen with SIGSTOP stops pinging the watchdog; systemd kills and restarts it."""
     unit = "repx-scheduler.service"
     before = int(machine.succeed(f"systemctl show -p NRestarts --value {unit}"))
@@ -166,7 +173,7 @@ def watchdog_restarts_frozen_scheduler(machine) -> None:
     assert "Watchdog timeout" in log or "watchdog" in log.lower(), log
 
 
-def reboot_mid_run_completes(machine, lab: str, run: str) -> None:
+def reboot_mid_run_completes(machine: QemuMachine, lab: str, run: str) -> None:
     """The machine reboots while a job runs: repx comes back with the machine and the run completes."""
     run_id = submit(machine, lab, run)
     _running_unit(machine)
@@ -177,7 +184,7 @@ def reboot_mid_run_completes(machine, lab: str, run: str) -> None:
     assert details["state"] == "succeeded"
 
 
-def slurm_target_runs(machine, user: str, lab: str, selection: str, target: str, base: str,
+def slurm_target_runs(machine: BaseMachine, user: str, lab: str, selection: str, target: str, base: str,
                       as_user: str | None = None) -> str:
     """A researcher's run on a SLURM target: it succeeds, and every job went through SLURM as a
     batch job of that researcher (sacct lists them under their name, COMPLETED). `as_user` is the
