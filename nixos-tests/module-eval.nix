@@ -43,6 +43,19 @@ let
       credentials.agent-token = "/run/secrets/agent-token";
     };
   };
+  stableIds = evalNixos {
+    services.repx = {
+      uid = 3850;
+      gid = 3850;
+    };
+  };
+  # 307 is slurm's uid and gid in nixpkgs' ids.nix.
+  reservedIds = evalNixos (
+    { config, ... }:
+    {
+      services.repx.uid = config.ids.uids.slurm;
+    }
+  );
   cudaWithoutDriver = evalNixos { services.repx.gpu.backend = "cuda"; };
   portOutOfRange = evalNixos { services.repx.metrics.port = 70000; };
 
@@ -59,6 +72,11 @@ let
     "api+scheduler: no failed assertion" = failed apiScheduler == [ ];
     "api+scheduler: agent masked" = masked apiScheduler "repx-agent.service";
     "api+scheduler: port 8420 open" = lib.elem 8420 apiScheduler.networking.firewall.allowedTCPPorts;
+    "uid/gid 3850: no failed assertion" = failed stableIds == [ ];
+    "uid/gid 3850: set on the service user and group" =
+      stableIds.users.users.repx.uid == 3850 && stableIds.users.groups.repx.gid == 3850;
+    "a uid nixpkgs reserves is refused" =
+      lib.any (lib.hasInfix "config.ids.uids.slurm") (failed reservedIds);
     "cuda without the NVIDIA driver is refused" =
       lib.any (lib.hasInfix "services.repx.gpu.backend") (failed cudaWithoutDriver);
     "metrics.port 70000 is a type error" =

@@ -37,6 +37,29 @@ let
   hasTokens = cfg.settings.api.agent_token_file != null || cfg.settings.api.admin_token_file != null;
   credentialPath = role: name: "/run/credentials/${unitOf role}.service/${name}";
 
+  # nixpkgs' static ids (nixos/modules/misc/ids.nix) that `id` would collide with, as
+  # "ids.uids.<name>"; none where that table is not evaluated.
+  staticIdsOf =
+    kind: id:
+    if id == null then
+      [ ]
+    else
+      map (name: "config.ids.${kind}.${name}") (
+        lib.attrNames (lib.filterAttrs (_: v: v == id) (config.ids.${kind} or { }))
+      );
+  idCollision =
+    option: kind: id:
+    let
+      taken = staticIdsOf kind id;
+    in
+    {
+      assertion = taken == [ ];
+      message = ''
+        services.repx.${option} = ${toString id} is already nixpkgs' static id ${lib.concatStringsSep ", " taken}:
+        pick a number no NixOS module reserves and no host of the cluster uses yet (dynamic
+        system ids come from 400-999), and set the same one on every host.'';
+    };
+
   rawConfig = settingsFormat.generate "repxd.toml" (repxLib.dropNulls cfg.settings);
   # `repxd check-config` at build time: a key repxd does not know fails the build, not the boot.
   # It runs the host's repxd on the build machine: skipped when that cannot execute it (cross).
@@ -164,6 +187,27 @@ in
       type = types.str;
       default = "repx";
       description = "The group the roles run as; created when left at `repx`.";
+    };
+    uid = mkOption {
+      type = types.nullOr types.ints.u32;
+      default = null;
+      example = 3850;
+      description = ''
+        The uid of services.repx.user; `null` lets NixOS pick one, which can differ from host to
+        host. Set the same number on every host of a cluster sharing outputs (a base path on NFS),
+        so that files one host's agent writes belong to the service user on all of them. nixpkgs'
+        own table of static ids cannot be extended from outside; an assertion refuses a number
+        that table already holds.
+      '';
+    };
+    gid = mkOption {
+      type = types.nullOr types.ints.u32;
+      default = null;
+      example = 3850;
+      description = ''
+        The gid of services.repx.group; `null` lets NixOS pick one. Set the same number on every
+        host of a cluster sharing outputs (see services.repx.uid).
+      '';
     };
 
     stateDir = mkOption {
@@ -318,6 +362,8 @@ in
           refuses agents without a token over TCP: set services.repx.credentials.agent-token =
           "/run/secrets/repx-agent-token" (a file outside the store).'';
       }
+      (idCollision "uid" "uids" cfg.uid)
+      (idCollision "gid" "gids" cfg.gid)
     ];
 
     warnings =
@@ -358,15 +404,21 @@ in
       REPX_API = cfg.settings.api.socket;
     };
 
-    users.users = mkIf (cfg.user == "repx") {
-      repx = {
-        isSystemUser = true;
-        group = cfg.group;
-        home = cfg.stateDir;
-        description = "repx service";
-      };
-    };
-    users.groups = mkIf (cfg.group == "repx") { repx = { }; };
+    users.users = lib.mkMerge [
+      (mkIf (cfg.user == "repx") {
+        repx = {
+          isSystemUser = true;
+          group = cfg.group;
+          home = cfg.stateDir;
+          description = "repx service";
+        };
+      })
+      (mkIf (cfg.uid != null) { ${cfg.user}.uid = cfg.uid; })
+    ];
+    users.groups = lib.mkMerge [
+      (mkIf (cfg.group == "repx") { repx = { }; })
+      (mkIf (cfg.gid != null) { ${cfg.group}.gid = cfg.gid; })
+    ];
 
     systemd.packages = [ cfg.package ];
     systemd.targets.repx.wantedBy = [ "multi-user.target" ];

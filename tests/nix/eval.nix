@@ -51,6 +51,7 @@ in
     systemPackages = map (p: p.name) config.environment.systemPackages;
     users = lib.mapAttrs (_: u: removeAttrs u [ "_module" ]) config.users.users;
     groups = lib.attrNames config.users.groups;
+    groupIds = lib.mapAttrs (_: g: g.gid or null) config.users.groups;
     firewallPorts = config.networking.firewall.allowedTCPPorts;
     tmpfiles = config.systemd.tmpfiles.rules;
     inherit (config.environment) variables;

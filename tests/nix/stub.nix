@@ -117,6 +117,13 @@ let
         tmpfiles.rules = strList;
       };
 
+      # NixOS's table of static ids (nixos/modules/misc/ids.nix, internal, attrsOf int); a test
+      # sets the entries it needs, as that file sets them all.
+      ids = {
+        uids = option (types.attrsOf types.int) { };
+        gids = option (types.attrsOf types.int) { };
+      };
+
       users = {
         users = option (types.attrsOf (types.submodule { freeformType = types.attrsOf types.unspecified; })) { };
         groups = option (types.attrsOf (types.attrsOf types.unspecified)) { };

@@ -309,3 +309,29 @@ def test_check_config_is_skipped_where_the_build_machine_cannot_run_the_hosts_pa
     assert native["configFile"]["name"] == CHECKED
     cross = evaluate(HERE / "eval.nix", "report", configuration=repx(""), cross="true")
     assert cross["configFile"]["name"] == "repxd.toml" and cross["configFile"]["checkScript"] is None
+
+
+def test_a_stable_uid_and_gid_for_hosts_sharing_outputs():
+    """Outputs on a shared base path need the service user to be the same number on every host:
+    services.repx.uid/gid set it on the user and group the roles run as; unset, NixOS picks."""
+    dynamic = module_report(repx(""))
+    assert "uid" not in dynamic["users"]["repx"] and dynamic["groupIds"]["repx"] is None
+    stable = module_report(repx("uid = 3850; gid = 3851;"))
+    assert stable["users"]["repx"]["uid"] == 3850 and stable["groupIds"]["repx"] == 3851
+    assert stable["users"]["repx"]["isSystemUser"] is True and stable["failedAssertions"] == []
+    custom = module_report('{ services.repx = { enable = true; user = "lab"; group = "lab"; uid = 3850; gid = 3851; };'
+                           ' users.users.lab = { isSystemUser = true; group = "lab"; }; users.groups.lab = { }; }')
+    assert custom["users"]["lab"]["uid"] == 3850 and custom["groupIds"]["lab"] == 3851
+    assert "repx" not in custom["users"]
+
+
+def test_a_uid_or_gid_nixpkgs_already_reserves_is_refused():
+    """nixpkgs' static ids (config.ids, which no module outside nixpkgs may extend) are checked."""
+    nixos_ids = " ids.uids = { slurm = 307; nobody = 65534; }; ids.gids = { slurm = 307; wheel = 1; };"
+    failed = module_report(f"{{ services.repx = {{ enable = true; uid = 307; gid = 1; }};{nixos_ids} }}",
+                           attr="failedAssertions")
+    assert any("services.repx.uid = 307 is already nixpkgs' static id config.ids.uids.slurm" in m for m in failed), failed
+    assert any("services.repx.gid = 1 is already nixpkgs' static id config.ids.gids.wheel" in m for m in failed), failed
+    free = module_report(f"{{ services.repx = {{ enable = true; uid = 3850; gid = 3850; }};{nixos_ids} }}",
+                         attr="failedAssertions")
+    assert free == []
