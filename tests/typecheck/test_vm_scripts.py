@@ -45,8 +45,11 @@ def install_package(site: Path, modules: dict[str, Path]) -> Path:
 
 
 def nix_indented_string(text: str) -> str:
-    """The value of a Nix '' string body: common indentation removed, '' escapes undone."""
-    return textwrap.dedent(text).replace("''${", "${").replace("'''", "''")
+    """The value of a Nix '' string body: common indentation removed, each interpolation a
+    store path (what it is in these scripts), '' escapes undone."""
+    body = re.sub(r"(?<!'')\$\{[^{}]*\}", "/nix/store/00000000000000000000000000000000-interpolated",
+                  textwrap.dedent(text))
+    return body.replace("''${", "${").replace("'''", "''")
 
 
 def script_of(nix_file: Path) -> str:
