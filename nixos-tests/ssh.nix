@@ -48,10 +48,10 @@ pkgs.testers.runNixOSTest {
       };
     };
 
+  extraPythonPackages = p: [ (scenarios p) ];
+
   testScript = ''
-    import sys
-    sys.path.insert(0, "${scenarios}")
-    import scenarios
+    from repx_scenarios import scenarios
 
     sweep = "/etc/repx-test/labs/sweep-scatter"
 

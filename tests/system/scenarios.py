@@ -203,7 +203,7 @@ def slurm_target_runs(machine: BaseMachine, user: str, lab: str, selection: str,
     return run_id
 
 
-def ssh_target_runs(machine, remote, user: str, lab: str, selection: str, target: str, remote_base: str,
+def ssh_target_runs(machine: BaseMachine, remote: BaseMachine, user: str, lab: str, selection: str, target: str, remote_base: str,
                     as_user: str | None = None) -> str:
     """A researcher's run on an SSH target: it succeeds, and every job ran on the remote host,
     whose base path holds each job's SUCCESS marker and outputs in the upstream layout. `remote`

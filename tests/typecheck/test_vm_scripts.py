@@ -98,7 +98,7 @@ def scripts(tmp_path: Path) -> list[Path]:
 
 
 def test_every_vm_test_is_type_checked():
-    assert {p.name for p in VM_TESTS} == {"single-node.nix", "cluster.nix", "slurm.nix"}
+    assert {p.name for p in VM_TESTS} == {"single-node.nix", "cluster.nix", "slurm.nix", "ssh.nix"}
     for nix_file in VM_TESTS:
         assert "skipTypeCheck" not in nix_file.read_text(), f"{nix_file.name} skips the driver's type check"
 
