@@ -45,6 +45,20 @@ class SlurmSettings(SchedulerSettings):
     max_lost: int = Field(default=2, ge=0)  # submissions again after NODE_FAIL, PREEMPTED, ...
 
 
+class SshSettings(_Strict):
+    """`[targets.X.ssh]`: how repx reaches a target with an `address` (upstream has no such table:
+    it defers to the system ssh; these name what the system ssh would read from ~/.ssh)."""
+
+    config_file: Path | None = None  # ssh_config for aliases; default ~/.ssh/config
+    known_hosts: Path | None = None  # default ~/.ssh/known_hosts
+    trust_on_first_use: bool = False  # record an unknown host key instead of refusing it
+    identity_file: Path | None = None  # else the agent and the default keys
+    credential: str | None = None  # a key in $CREDENTIALS_DIRECTORY (systemd LoadCredential=)
+    keepalive_interval: float = Field(default=15.0, gt=0)
+    keepalive_count_max: int = Field(default=3, ge=1)
+    connect_timeout: float = Field(default=10.0, gt=0)
+
+
 class LoggingSettings(_Strict):
     max_files: int = 50
     max_age_days: int = 7  # upstream's default (repx-core config.rs)
@@ -61,12 +75,14 @@ class TargetConfig(_Strict):
     mount_paths: list[str] = []
     local: SchedulerSettings | None = None
     slurm: SlurmSettings | None = None
+    ssh: SshSettings | None = None
 
     @model_validator(mode="after")
     def _local_base_path_is_absolute(self) -> TargetConfig:
         """As upstream's load_config: `~` is expanded; a target without `address` needs an absolute
         base_path (a relative one would depend on the directory repx was started in)."""
-        self.base_path = self.base_path.expanduser()
+        if self.address is None:  # a remote `~` is the remote account's home, not ours
+            self.base_path = self.base_path.expanduser()
         if self.node_local_path is not None:
             self.node_local_path = self.node_local_path.expanduser()
         if self.address is None and not self.base_path.is_absolute():
