@@ -200,8 +200,7 @@ class SshConnection:
             raise SshAuthFailed(f"target {name!r}: {self.address} refused our key ({exc.reason}); add the public key to "
                                 f"the remote ~/.ssh/authorized_keys, or set ssh.identity_file") from exc
         except (TimeoutError, OSError, asyncssh.Error) as exc:
-            raise SshUnreachable(f"target {name!r}: cannot reach {self.address}: {_reason(exc)}; "
-                                 "jobs wait until the host is reachable") from exc
+            raise self.unreachable(_reason(exc)) from exc
 
     def _known_key_for_host(self) -> bool:
         if not self.known_hosts.exists():
@@ -232,7 +231,11 @@ class SshConnection:
         if self._connection is not None:
             self._connection.abort()
             self._connection = None
-        return SshUnreachable(f"target {self.target_name!r}: connection to {self.address} lost: {_reason(exc)}; "
+        return self.unreachable(f"connection lost: {_reason(exc)}")
+
+    def unreachable(self, reason: str) -> SshUnreachable:
+        """The error for a connection problem seen elsewhere (the system ssh under rsync, say)."""
+        return SshUnreachable(f"target {self.target_name!r}: cannot reach {self.address}: {reason}; "
                               "jobs wait until the host is reachable")
 
     async def close(self) -> None:
