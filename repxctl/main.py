@@ -13,7 +13,7 @@ from repxd.config import LoggingSettings, load_config
 from repxd.errors import RepxError
 from repxd.observe.session_log import start_session_log
 
-from . import daemon, debug_run, gc, hardware, init, inspect, listing, run, top, viz
+from . import daemon, debug_run, gc, hardware, init, inspect, listing, pull, run, top, viz
 
 
 class RepxctlGroup(click.Group):
@@ -62,6 +62,7 @@ cli.add_command(init.completions)
 cli.add_command(top.top)
 cli.add_command(top.top, "tui")  # upstream's name for its dashboard
 cli.add_command(debug_run.debug_run)
+cli.add_command(pull.pull)
 for command in (daemon.status, daemon.runs, daemon.jobs, daemon.cancel, daemon.retry, daemon.agents):
     cli.add_command(command)
 
