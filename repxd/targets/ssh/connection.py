@@ -24,6 +24,9 @@ from ..commands import CommandMissing, CommandResult
 
 DEFAULT_KNOWN_HOSTS = Path("~/.ssh/known_hosts")
 DEFAULT_SSH_CONFIG = Path("~/.ssh/config")
+# sshd's MaxSessions defaults to 10 channels per connection; beyond it a command's channel is
+# refused, which would look like a dropped link. Commands past this many wait their turn.
+MAX_SESSIONS = 8
 
 
 class SshError(Exception):
@@ -95,6 +98,7 @@ class SshConnection:
     _connection: asyncssh.SSHClientConnection | None = field(default=None, repr=False)
     _loop: asyncio.AbstractEventLoop | None = field(default=None, repr=False)
     _lock: asyncio.Lock | None = field(default=None, repr=False)
+    _sessions: asyncio.Semaphore | None = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
         self.destination = Destination.parse(self.address)
@@ -222,6 +226,7 @@ class SshConnection:
         loop = asyncio.get_running_loop()
         if self._loop is not loop:  # a new event loop (embedded runs use one each): start afresh
             self._connection, self._loop, self._lock = None, loop, asyncio.Lock()
+            self._sessions = asyncio.Semaphore(MAX_SESSIONS)
         async with self._lock:
             if self._connection is None or self._connection.is_closed():
                 self._connection = await self._open()
@@ -250,8 +255,9 @@ class SshConnection:
                     binary: bool = False) -> asyncssh.SSHCompletedProcess | None:
         connection = await self.connection()
         try:
-            return await connection.run(command, input=stdin, timeout=timeout, check=False,
-                                        encoding=None if binary else "utf-8", errors="replace")
+            async with self._sessions:
+                return await connection.run(command, input=stdin, timeout=timeout, check=False,
+                                            encoding=None if binary else "utf-8", errors="replace")
         except asyncssh.TimeoutError:
             return None
         except (OSError, asyncssh.Error) as exc:
@@ -264,7 +270,7 @@ class SshConnection:
         done = await self._exec(shlex.join(argv), stdin, timeout)
         if done is None:
             return CommandResult(tuple(argv), 124, "", f"timed out after {timeout:.0f}s")
-        if done.exit_status == 127:
+        if done.exit_status == 127 and "not found" in (done.stderr or "") and argv[0] in done.stderr:
             raise SshToolMissing(f"target {self.target_name!r}: {argv[0]} is not installed on {self.host} "
                                  "(or not on the PATH of a non-interactive ssh session)")
         return CommandResult(tuple(argv), _status(done), done.stdout or "", done.stderr or "")
@@ -285,14 +291,14 @@ class SshConnection:
                   f'chmod {mode:o} "$t"; mv -f "$t" {target}')
         done = await self._exec(f"sh -c {shlex.quote(script)}", content, timeout, binary=True)
         if done is None or done.exit_status != 0:
-            said = "timed out" if done is None else done.stderr.decode(errors="replace").strip().splitlines()[-1:]
-            raise SshError(f"target {self.target_name!r}: writing {path} failed: {''.join(said) or 'exit status'}")
+            said = "timed out" if done is None else _last_line(done.stderr) or f"exit status {done.exit_status}"
+            raise SshError(f"target {self.target_name!r}: writing {path} failed: {said}")
 
     async def get(self, path: str, timeout: float = 120.0) -> bytes:
         self.calls["get"] += 1
         done = await self._exec(f"cat {shlex.quote(remote_path(path))}", None, timeout, binary=True)
         if done is None or done.exit_status != 0:
-            said = "timed out" if done is None else done.stderr.decode(errors="replace").strip()
+            said = "timed out" if done is None else _last_line(done.stderr) or f"exit status {done.exit_status}"
             raise SshError(f"target {self.target_name!r}: reading {path} failed: {said}")
         return done.stdout
 
@@ -301,6 +307,11 @@ def _status(done: asyncssh.SSHCompletedProcess) -> int:
     if done.exit_status is not None and done.exit_status >= 0:
         return done.exit_status
     return 128 + 9 if done.exit_signal else 255  # killed by a signal, or the channel closed without a status
+
+
+def _last_line(output: bytes) -> str:
+    lines = output.decode(errors="replace").strip().splitlines()
+    return lines[-1] if lines else ""
 
 
 def _reason(exc: BaseException) -> str:

@@ -144,3 +144,22 @@ def test_cut_link_is_a_connection_problem_and_the_connection_comes_back(ssh_host
     assert all(str(p).startswith("target 'remote': ") and "\n" not in str(p) for p in problems)
     assert "jobs wait until the host is reachable" in str(problems[1])
     assert back.stdout == "back\n"
+
+
+def test_many_commands_at_once_share_the_connection(ssh_host):
+    """More at once than sshd's MaxSessions (10): they queue instead of failing."""
+    connection = by_alias(ssh_host)
+
+    async def scenario():
+        results = await asyncio.gather(*(connection.run(["sh", "-c", f"sleep 0.3; echo {i}"]) for i in range(30)))
+        return [r.stdout for r in results]
+    assert asyncio.run(scenario()) == [f"{i}\n" for i in range(30)]
+    assert connection.calls["sh"] == 30
+
+
+def test_reading_a_missing_file_is_one_line(ssh_host):
+    with pytest.raises(Exception) as raised:
+        asyncio.run(by_alias(ssh_host).get("no/such/file"))
+    assert str(raised.value) == ("target 'remote': reading no/such/file failed: "
+                                 "cat: no/such/file: No such file or directory")
+    assert not is_connection_problem(raised.value)
