@@ -27,6 +27,7 @@ DEFAULT_SSH_CONFIG = Path("~/.ssh/config")
 # sshd's MaxSessions defaults to 10 channels per connection; beyond it a command's channel is
 # refused, which would look like a dropped link. Commands past this many wait their turn.
 MAX_SESSIONS = 8
+CHANNEL_RETRIES = 20  # ~10 s in all
 
 
 class SshError(Exception):
@@ -254,14 +255,23 @@ class SshConnection:
     async def _exec(self, command: str, stdin: str | bytes | None, timeout: float,
                     binary: bool = False) -> asyncssh.SSHCompletedProcess | None:
         connection = await self.connection()
-        try:
-            async with self._sessions:
-                return await connection.run(command, input=stdin, timeout=timeout, check=False,
-                                            encoding=None if binary else "utf-8", errors="replace")
-        except asyncssh.TimeoutError:
-            return None
-        except (OSError, asyncssh.Error) as exc:
-            raise self._dropped(exc) from exc
+        attempt = 0
+        while True:
+            try:
+                async with self._sessions:
+                    return await connection.run(command, input=stdin, timeout=timeout, check=False,
+                                                encoding=None if binary else "utf-8", errors="replace")
+            except asyncssh.TimeoutError:
+                return None
+            except asyncssh.ChannelOpenError as exc:
+                # sshd counts a channel until its close completes, so a busy connection can be
+                # refused one for a moment; the connection itself is fine while it is open.
+                if connection.is_closed() or attempt == CHANNEL_RETRIES:
+                    raise self._dropped(exc) from exc
+                attempt += 1
+                await asyncio.sleep(0.05 * attempt)
+            except (OSError, asyncssh.Error) as exc:
+                raise self._dropped(exc) from exc
 
     async def run(self, argv: list[str], stdin: str | None = None, timeout: float = 120.0,
                   identity=None) -> CommandResult:
