@@ -4,18 +4,11 @@ jobs a launcher follows, parsed into states repx acts on."""
 from __future__ import annotations
 
 from dataclasses import dataclass
-from enum import Enum
+
+from ..cluster import Phase
 
 SACCT_FORMAT = "JobID,State,ExitCode,NodeList,Reason"
 SQUEUE_FORMAT = "%i|%T|%r|%N"
-
-
-class Phase(Enum):
-    WAITING = "waiting"  # pending, running, requeued: ask again later
-    ENDED = "ended"  # the batch script ran to its end (its exit code says how the job did)
-    KILLED = "killed"  # stopped by a limit: memory, time
-    LOST = "lost"  # not the job's fault: node failure, preemption, boot failure; run it again
-    CANCELLED = "cancelled"  # someone cancelled it in SLURM
 
 
 # SLURM's job states (sacct/squeue long names) and what they mean for a repx job.

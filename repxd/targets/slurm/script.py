@@ -9,11 +9,10 @@ from __future__ import annotations
 
 import shlex
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 from ...config import parse_memory
-from ...exec.runtimes import Invocation
+from ..cluster import Process
 
 # sbatch refuses scripts beyond SchedulerParameters=max_script_size (4 MB by default).
 MAX_SCRIPT_BYTES = 3 << 20
@@ -70,16 +69,6 @@ def _slurm_memory(value: str) -> str:
         return value
 
 
-@dataclass(frozen=True)
-class Process:
-    """One process to run under the job contract: what the local launcher would fork."""
-
-    invocation: Invocation
-    stdout: Path
-    stderr: Path
-    exit_file: Path
-
-
 _COMMON = """\
 #!/bin/sh
 # Written by repx: runs one process of a repx job per array index.
@@ -91,7 +80,7 @@ arm() {
   echo "$status" > "$exit_file"
   exit "$status"
 }
-case "${SLURM_ARRAY_TASK_ID:-0}" in
+case "${%(index)s:-0}" in
 """
 
 
@@ -103,5 +92,7 @@ def arm(index: int, process: Process) -> str:
             f" env -i {env} {argv} >>{shlex.quote(str(process.stdout))} 2>>{shlex.quote(str(process.stderr))} ;;\n")
 
 
-def batch_script(arms: list[str]) -> str:
-    return _COMMON + "".join(arms) + '*) echo "repx: no process for array index ${SLURM_ARRAY_TASK_ID}" >&2; exit 201 ;;\nesac\n'
+def batch_script(arms: list[str], index: str = "SLURM_ARRAY_TASK_ID") -> str:
+    """The script for `arms`, choosing one by the array index in the environment variable `index`."""
+    return (_COMMON % {"index": index} + "".join(arms)
+            + f'*) echo "repx: no process for array index ${{{index}}}" >&2; exit 201 ;;\nesac\n')
