@@ -15,6 +15,7 @@ from repxd.engine.embedded import EmbeddedRun, ExecutionOptions, plan_run
 from repxd.errors import RepxError
 from repxd.exec.gcroots import register_root
 from repxd.exec.runtimes import RUNTIMES
+from repxd.targets.schedulers import DISPLAY_NAMES
 
 from . import daemon
 from .common import default_resources, lab_options, open_session
@@ -85,7 +86,7 @@ def run(specs, lab_path, base_path, target, config_path, no_verify, resources_pa
         reporter = PlainReporter(len(plan.to_run), log_dir)
     if reporter is not None:
         embedded.reporter = reporter
-        where = ("through SLURM" if embedded.scheduler == "slurm" and not concurrency
+        where = (f"through {DISPLAY_NAMES[embedded.scheduler]}" if embedded.scheduler in DISPLAY_NAMES and not concurrency
                  else f"{embedded.admission.slots} at once")
         click.echo(f"Running {len(plan.to_run)} of {len(plan.closure)} jobs ({done_before} already succeeded) "
                    f"on target {plan.target_name} at {plan.layout.base}, {where}.", err=True)

@@ -23,7 +23,7 @@ from pydantic import (
 from .errors import ConfigError
 
 ExecutionType = Literal["native", "bwrap", "docker", "podman"]
-SchedulerType = Literal["local", "slurm"]
+SchedulerType = Literal["local", "slurm", "sge"]
 
 
 class _Strict(BaseModel):
@@ -59,6 +59,17 @@ class SshSettings(_Strict):
     connect_timeout: float = Field(default=10.0, gt=0)
 
 
+class SgeSettings(SchedulerSettings):
+    """`[targets.X.sge]`: as `[targets.X.slurm]`, for Grid Engine (SGE/UGE)."""
+
+    poll_interval: float = Field(default=5.0, gt=0)  # one qstat per interval, for all jobs
+    submit_window: float = Field(default=0.5, ge=0)  # ready processes gathered into one qsub
+    array_throttle: int | None = Field(default=None, ge=1)  # `-tc N`
+    max_array_size: int | None = Field(default=None, ge=1)  # default: the cluster's max_aj_tasks
+    max_lost: int = Field(default=2, ge=0)  # submissions again after a job failed outside its script
+    parallel_environment: str | None = None  # `-pe NAME N` for cpus-per-task; unset: cpus are not asked for
+
+
 class LoggingSettings(_Strict):
     max_files: int = 50
     max_age_days: int = 7  # upstream's default (repx-core config.rs)
@@ -76,6 +87,7 @@ class TargetConfig(_Strict):
     local: SchedulerSettings | None = None
     slurm: SlurmSettings | None = None
     ssh: SshSettings | None = None
+    sge: SgeSettings | None = None
 
     @model_validator(mode="after")
     def _local_base_path_is_absolute(self) -> TargetConfig:
@@ -90,7 +102,7 @@ class TargetConfig(_Strict):
         return self
 
     def execution_types(self, scheduler: str) -> list[str]:
-        settings = self.slurm if scheduler == "slurm" else self.local
+        settings = getattr(self, scheduler)  # the scheduler's own section: local, slurm, sge
         return list(settings.execution_types) if settings else []
 
 
@@ -141,6 +153,7 @@ class ResourceRule(_Strict):
     mem: str | None = None
     time: str | None = None
     sbatch_opts: list[str] | None = None
+    qsub_opts: list[str] | None = None  # Grid Engine's counterpart of sbatch_opts
     gpus: int | None = Field(default=None, ge=0)
     gpu: Literal["optional", "required"] | None = None  # optional: run on a CPU when no GPU is free
     worker_resources: ResourceRule | None = None

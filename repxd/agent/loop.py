@@ -30,8 +30,9 @@ from ..lab.loader import load_lab
 from ..observe import notify
 from ..observe.metrics import AgentMetrics
 from ..service.settings import Settings
+from ..targets.cluster import ClusterLauncher
 from ..targets.commands import LocalCommands
-from ..targets.slurm.launcher import SlurmLauncher, launcher_for
+from ..targets.schedulers import CLUSTER_SCHEDULERS, cluster_launcher
 from .identity import job_uid
 
 log = logging.getLogger("repx.agent")
@@ -52,7 +53,7 @@ def cluster_targets(settings: Settings) -> list[str]:
     """The daemon's targets whose jobs this agent hands to a cluster scheduler (SLURM): their jobs
     take none of this machine's slots, cpus or memory."""
     config = settings.target_config()
-    return sorted(name for name, target in config.targets.items() if config.scheduler_of(target) == "slurm")
+    return sorted(name for name, target in config.targets.items() if config.scheduler_of(target) in CLUSTER_SCHEDULERS)
 
 
 class Agent:
@@ -71,7 +72,7 @@ class Agent:
         self._runtimes: dict[tuple, object] = {}
         self._context_lock = threading.Lock()
         self.launcher = SubprocessLauncher()
-        self._cluster_launchers: dict[str, SlurmLauncher] = {}
+        self._cluster_launchers: dict[str, ClusterLauncher] = {}
         self._cluster_admission = Admission(1 << 30, 1 << 30, 1 << 62)  # the cluster admits its jobs
         self._new_handles: dict[int, str] = {}  # sent with the next heartbeat
         # The scheduler admits work; this only bounds processes of scatter-gather fan-out.
@@ -202,8 +203,9 @@ class Agent:
             runtime = make_runtime(kind, lab, layout, image, target)
             runtime.prepare()
             self._runtimes[rkey] = runtime
-        if scheduler_of(target) == "slurm" and name not in self._cluster_launchers:
-            self._cluster_launchers[name] = launcher_for(LocalCommands(), target.slurm, self.id, layout.cache / "slurm")
+        if scheduler_of(target) in CLUSTER_SCHEDULERS and name not in self._cluster_launchers:
+            self._cluster_launchers[name] = cluster_launcher(scheduler_of(target), LocalCommands(), target, self.id,
+                                                             layout.cache)
         return lab, layout, self._runtimes[rkey], target
 
     def _launcher(self, target_name: str | None):

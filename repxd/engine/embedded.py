@@ -19,7 +19,7 @@ from ..lab.graph import Outcome, closure, select, topological_order
 from ..lab.loader import load_lab
 from ..lab.model import Lab
 from ..targets.commands import LocalCommands
-from ..targets.slurm.launcher import launcher_for
+from ..targets.schedulers import CLUSTER_SCHEDULERS, cluster_launcher
 from .admission import Admission
 from .gpu_pool import GpuPool, GpuUnavailable
 from .local import Chain, LocalEngine, Reporter, RunSummary
@@ -133,10 +133,10 @@ class EmbeddedRun:
         mem = parse_memory(options.mem) if options.mem else machine_memory()
         self.scheduler = scheduler_of(plan.target)
         self.launcher = SubprocessLauncher()
-        if self.scheduler == "slurm":
-            # SLURM admits jobs to its nodes; here only -j bounds how many are submitted at once.
-            self.launcher = launcher_for(LocalCommands(), plan.target.slurm, secrets.token_hex(4),
-                                         plan.layout.cache / "slurm")
+        if self.scheduler in CLUSTER_SCHEDULERS:
+            # The cluster admits jobs to its nodes; here only -j bounds how many are submitted at once.
+            self.launcher = cluster_launcher(self.scheduler, LocalCommands(), plan.target, secrets.token_hex(4),
+                                             plan.layout.cache)
             self.admission = Admission(options.concurrency or SLURM_IN_FLIGHT, SLURM_IN_FLIGHT, 1 << 62)
         else:
             self.admission = Admission(slots, total_cpus, mem)
@@ -171,7 +171,8 @@ class EmbeddedRun:
                 ctx = JobContext(lab, self.plan.layout, runtime, self.admission, resources, worker, on_first_launch,
                                  launcher=self.launcher, device_allow=hardware.device_allow(grant) if grant.gpus else [],
                                  after=chain.after if chain else [],
-                                 on_spawn=(lambda handle: on_handle(handle.removeprefix("slurm:"))) if on_handle else None)
+                                 on_spawn=(lambda handle: on_handle(handle.removeprefix(f"{self.scheduler}:")))
+                                 if on_handle else None)
                 return await execute_job(ctx, job)
         except GpuUnavailable as exc:
             return JobResult(job_id, False, str(exc))

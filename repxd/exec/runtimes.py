@@ -372,7 +372,7 @@ def choose_execution_type(target: TargetConfig | None, requested: str | None, ha
     nothing to sandbox it in."""
     if not has_image:
         return "native"
-    local = (target.slurm if scheduler == "slurm" else target.local) if target else None
+    local = getattr(target, scheduler) if target else None  # [targets.X.local], .slurm or .sge
     if requested:
         chosen = requested
     elif local is None:

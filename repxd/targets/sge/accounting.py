@@ -6,7 +6,7 @@ from __future__ import annotations
 import xml.etree.ElementTree as ElementTree
 from dataclasses import dataclass
 
-from repxd.targets.slurm.accounting import Phase
+from ..cluster import Phase
 
 # qacct's `failed` code when qmaster killed a job for its h_rt/h_cpu/h_vmem limit.
 FAILED_LIMIT = 37
