@@ -1,1 +1,1 @@
-"""Grid Engine (SGE/UGE) targets: parsing what qsub, qstat and qacct say (the launcher is not built yet)."""
+"""Grid Engine (SGE/UGE) targets: the cluster launcher with qsub, qstat, qacct and qdel."""

@@ -15,7 +15,7 @@ FAILED_LIMIT = 37
 @dataclass(frozen=True)
 class SgeJobState:
     sge_id: str  # "5" for a job, "3.2" for task 2 of array job 3
-    state: str  # qstat's letters (qw, r, t, Eqw, ...) or, once ended, "ended"/"limit"/"failed"
+    state: str  # qstat's letters (qw, r, t, Eqw, ...); once ended "ended"/"limit"/"failed"; "gone": nobody knows it
     exit_code: int | None = None
     failed: int = 0
     detail: str = ""  # qacct's text after the failed code, or the queue instance it runs on
@@ -26,7 +26,7 @@ class SgeJobState:
             return Phase.ENDED
         if self.state == "limit":
             return Phase.KILLED
-        if self.state == "failed" or "E" in self.state:  # E: Grid Engine will not start it by itself
+        if self.state in ("failed", "gone") or "E" in self.state:  # E: Grid Engine will not start it by itself
             return Phase.LOST
         return Phase.WAITING
 
@@ -90,6 +90,8 @@ def describe(state: SgeJobState) -> str:
     """The reason a user reads in `show job`."""
     if state.phase is Phase.KILLED:
         return f"was stopped for exceeding its time limit (Grid Engine job {state.sge_id}: {state.detail})"
+    if state.state == "gone":
+        return f"Grid Engine job {state.sge_id} vanished without an exit status (neither qstat nor qacct knows it)"
     if state.phase is Phase.LOST and state.state == "failed":
         return f"Grid Engine job {state.sge_id} failed before or after its script (failed {state.failed}: {state.detail})"
     if state.phase is Phase.LOST:

@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 from cli import repxctl
 from definitions import HEADER, simple, sweep_scatter
+from service import Daemon
 from slurm.test_slurm_target import fan_out_lab, out_files, sleeper_lab, wait_for
 
 from repxd.lab.writer import LabWriter
@@ -152,3 +153,38 @@ def test_repx_killed_mid_run_follows_its_grid_engine_job_instead_of_submitting_a
     assert len(counted.calls("qsub")) == 1, counted.calls("qsub")
     (done,) = (tmp_path / "grid" / "outputs").glob("*/out/done")
     assert done.read_text() == "rested\n"
+
+
+def test_a_job_over_its_time_limit_is_reported_with_that_reason(sge_cluster, counted, tmp_path):
+    writer = LabWriter()
+    writer.run("slow").job("overrun", "#!/bin/sh\nsleep 600\n", outputs={})
+    lab = writer.write(tmp_path / "slow-lab")
+    (tmp_path / "resources.toml").write_text('[[rules]]\njob_id_glob = "*-overrun-*"\ntime = "00:00:03"\n')
+    config = sge_config(tmp_path, tmp_path / "grid")
+    result = repxctl("run", "slow", "--lab", lab, "--config", config, "--target", "grid", "--resources",
+                     tmp_path / "resources.toml", "--json", env=counted.env, timeout=180)
+    assert result.code == 1, result.stderr
+    (reason,) = result.json()["failed"].values()
+    assert "time limit" in reason and "Grid Engine job" in reason, reason
+    assert any("-l h_rt=3" in line for line in counted.calls("qsub")), counted.calls("qsub")
+
+
+def test_the_daemon_runs_an_example_on_grid_engine(sge_cluster, counted, tmp_path):
+    daemon = Daemon.create(extra=f'[targets.grid]\nbase_path = "{tmp_path / "grid"}"\ndefault_scheduler = "sge"\n'
+                                 f'[targets.grid.sge]\npoll_interval = {POLL}\nsubmit_window = 0.3\n')
+    daemon.env = {**counted.env}
+    daemon.start("all")
+    try:
+        env = {**counted.env, "REPX_API": str(daemon.socket)}
+        lab = simple().write(tmp_path / "lab")
+        result = repxctl("run", "@all", "--lab", lab, "--target", "grid", "--json", env=env, timeout=180)
+        assert result.code == 0, result.stderr + daemon.logs()
+        run = result.json()
+        assert run["state"] == "succeeded" and run["counts"] == {"succeeded": 4}, run
+        local = repxctl("run", "@all", "--lab", lab, "--base-path", tmp_path / "local", "--json",
+                        env={k: v for k, v in env.items() if k != "REPX_API"})
+        assert local.code == 0, local.stderr
+        assert counted.calls("qsub")
+        assert out_files(tmp_path / "grid") == out_files(tmp_path / "local")
+    finally:
+        daemon.stop()
