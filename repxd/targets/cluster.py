@@ -32,6 +32,7 @@ from ..exec.launcher import (
     user_identity,
 )
 from ..exec.runtimes import Invocation
+from .batch import Process
 from .commands import CommandRunner
 
 log = logging.getLogger("repx.cluster")
@@ -58,16 +59,6 @@ class ClusterOptions:
     array_throttle: int | None = None
     max_lost: int = 2  # submissions again after a node failure or preemption, per process
     max_array_size: int | None = None  # default: the cluster's own limit
-
-
-@dataclass(frozen=True)
-class Process:
-    """One process to run under the job contract: what the local launcher would fork."""
-
-    invocation: Invocation
-    stdout: Path
-    stderr: Path
-    exit_file: Path
 
 
 @dataclass

@@ -8,7 +8,8 @@ import subprocess
 from pathlib import Path
 
 from repxd.exec.runtimes import Invocation
-from repxd.targets.slurm.script import Directives, Process, arm, batch_script
+from repxd.targets.batch import Process, arm, batch_script
+from repxd.targets.slurm.script import Directives
 
 
 def _process(tmp: Path, name: str, argv: list[str], env: dict[str, str] | None = None) -> Process:

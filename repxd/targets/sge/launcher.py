@@ -17,9 +17,9 @@ from typing import Any, ClassVar
 
 from ...config import parse_memory, parse_time
 from ...exec.launcher import ExitStatus, LaunchRequest, adoptable_status
+from ..batch import arm, batch_script
 from ..cluster import UNSEEN_POLLS, ClusterError, ClusterLauncher, Pending, Phase, options_from
 from ..commands import CommandRunner
-from ..slurm.script import arm, batch_script
 from .accounting import SgeJobState, describe, master_id, parse_qacct, parse_qstat_xml
 
 log = logging.getLogger("repx.sge")

@@ -17,7 +17,8 @@ from typing import Any, ClassVar
 from ...errors import DependencyCancelled
 from ...exec.launcher import ExitStatus, Identity, LaunchRequest, adoptable_status
 from ...exec.layout import UnreadableJobFile, read_job_file
-from ..cluster import ClusterError, ClusterLauncher, Pending, Phase, Process, options_from
+from ..batch import Process, arm, batch_script
+from ..cluster import ClusterError, ClusterLauncher, Pending, Phase, options_from
 from ..commands import CommandRunner
 from .accounting import (
     SACCT_FORMAT,
@@ -28,7 +29,7 @@ from .accounting import (
     parse_sacct,
     parse_squeue,
 )
-from .script import MAX_SCRIPT_BYTES, Directives, arm, batch_script
+from .script import MAX_SCRIPT_BYTES, Directives
 
 log = logging.getLogger("repx.slurm")
 

@@ -1,18 +1,11 @@
-"""The batch script and `sbatch` options for processes that SLURM starts.
-
-One script serves a single job or an array: each array index has its own arm (working directory,
-environment, command line, log files, exit-status file), so one `sbatch` call submits a whole
-stage. The arm writes the exit status beside the launcher's guard, as the local wrapper does, so
-a restarted repx reads the outcome even after SLURM has forgotten the job."""
+"""The `sbatch` options for processes that SLURM starts (the script itself: `targets.batch`)."""
 
 from __future__ import annotations
 
-import shlex
 from dataclasses import dataclass
 from typing import Any
 
 from ...config import parse_memory
-from ..cluster import Process
 
 # sbatch refuses scripts beyond SchedulerParameters=max_script_size (4 MB by default).
 MAX_SCRIPT_BYTES = 3 << 20
@@ -67,32 +60,3 @@ def _slurm_memory(value: str) -> str:
         return f"{-(-parse_memory(value) // (1 << 20))}M"
     except ValueError:
         return value
-
-
-_COMMON = """\
-#!/bin/sh
-# Written by repx: runs one process of a repx job per array index.
-arm() {
-  cd "$1" || { echo "repx: cannot enter $1" >&2; exit 200; }
-  exit_file=$2; shift 2
-  "$@"
-  status=$?
-  echo "$status" > "$exit_file"
-  exit "$status"
-}
-case "${%(index)s:-0}" in
-"""
-
-
-def arm(index: int, process: Process) -> str:
-    inv = process.invocation
-    env = " ".join(shlex.quote(f"{k}={v}") for k, v in inv.env.items())
-    argv = " ".join(shlex.quote(a) for a in inv.argv)
-    return (f"{index}) arm {shlex.quote(str(inv.cwd))} {shlex.quote(str(process.exit_file))}"
-            f" env -i {env} {argv} >>{shlex.quote(str(process.stdout))} 2>>{shlex.quote(str(process.stderr))} ;;\n")
-
-
-def batch_script(arms: list[str], index: str = "SLURM_ARRAY_TASK_ID") -> str:
-    """The script for `arms`, choosing one by the array index in the environment variable `index`."""
-    return (_COMMON % {"index": index} + "".join(arms)
-            + f'*) echo "repx: no process for array index ${{{index}}}" >&2; exit 201 ;;\nesac\n')

@@ -122,6 +122,9 @@ def test_a_failing_job_fails_with_its_exit_status(sge_cluster, counted, tmp_path
     (stderr_log,) = (tmp_path / "grid" / "outputs").glob("*/repx/stderr.log")
     assert "about to fail" in stderr_log.read_text()
     assert len(counted.calls("qsub")) == 1  # a job's own failure is not resubmitted
+    # Grid Engine's own output for the task went to the batch log directory, named JOB.TASK.out
+    (number,) = [master_id(line.split()[1]) for line in counted.calls("submitted")]
+    assert (tmp_path / "grid" / "cache" / "sge" / f"{number}.1.out").is_file()
 
 
 def test_ctrl_c_deletes_the_grid_engine_job_the_run_submitted(sge_cluster, counted, tmp_path):
