@@ -9,8 +9,11 @@ import os
 import shutil
 import subprocess
 import sys
+import tempfile
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
-from typing import NoReturn
+from typing import NoReturn, TypeVar
 
 import pytest
 
@@ -19,6 +22,7 @@ sys.path.insert(0, str(ROOT / "examples" / "labs"))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 REQUIRE_SYSTEM = os.environ.get("REPX_REQUIRE_SYSTEM_TESTS") == "1"
+T = TypeVar("T")
 
 
 def missing(message: str) -> NoReturn:
@@ -33,6 +37,31 @@ def require_program(name: str) -> str:
     if path is None:
         missing(f"{name} is not installed (apt install it; .ci/run does)")
     return path
+
+
+def require_system(lacking: list[str], install: str, root_because: str | None = None) -> None:
+    """For a fixture that starts real system services: the programs it lacks (with the apt line
+    that installs them) and, when it needs root, why."""
+    if lacking:
+        missing(f"{', '.join(lacking)} not installed ({install}; .ci/run does)")
+    if root_because is not None and os.geteuid() != 0:
+        missing(root_because)
+
+
+@contextmanager
+def started_in_workdir(start: Callable[[Path], T], prefix: str, under: str | None = None) -> Iterator[T]:
+    """`start(workdir)` in a fresh directory readable by every user (pytest's tmp_path is 0700,
+    and a cluster's users read its configuration), then `.stop()` and the directory removed."""
+    workdir = Path(tempfile.mkdtemp(prefix=prefix, dir=under))
+    workdir.chmod(0o755)
+    try:
+        started = start(workdir)
+        try:
+            yield started
+        finally:
+            started.stop()
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")

@@ -13,6 +13,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from service import free_port
+
 PROGRAMS = ["sge_qmaster", "sge_execd", "qsub", "qstat", "qacct", "qconf", "qdel"]
 SHARE = Path("/usr/share/gridengine")
 LIBEXEC = Path("/usr/lib/gridengine")
@@ -25,12 +27,6 @@ class SgeClusterError(RuntimeError):
 def missing_programs() -> list[str]:
     found = [p for p in PROGRAMS if shutil.which(p) or Path("/usr/sbin", p).exists()]
     return [p for p in PROGRAMS if p not in found] + ([] if os.geteuid() == 0 else ["root"])
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 @dataclass
@@ -89,7 +85,7 @@ def start_cluster(root: Path, slots: int = 8) -> SgeCluster:
                               else line for line in configuration.splitlines()) + "\n"
     (root / "configuration").write_text(configuration)
     env = {**os.environ, "SGE_ROOT": str(root), "SGE_CELL": "default",
-           "SGE_QMASTER_PORT": str(_free_port()), "SGE_EXECD_PORT": str(_free_port())}
+           "SGE_QMASTER_PORT": str(free_port()), "SGE_EXECD_PORT": str(free_port())}
     cluster = SgeCluster(root, env)
     cluster.run(str(LIBEXEC / "spoolinit"), "berkeleydb", "libspoolb", f"{root}/spooldb", "init")
     cluster.run(str(LIBEXEC / "spooldefaults"), "configuration", str(root / "configuration"))
