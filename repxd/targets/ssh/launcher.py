@@ -246,7 +246,7 @@ class SshLauncher:
             elif words[:1] == ["P"] and len(words) >= 3:
                 index, state = int(words[1]), words[2]
                 if state == "exit" and len(words) >= 4:
-                    outcomes[index] = _status(words[3], words[4] if len(words) > 4 else "")
+                    outcomes[index] = self._status(words[3], words[4] if len(words) > 4 else "")
                 elif state == "gone":
                     outcomes[index] = ExitStatus.with_cause(
                         -9, None, "ended on the remote host without an exit status (killed, or the host restarted)")
@@ -256,6 +256,15 @@ class SshLauncher:
             exit_file(f.guard).write_text(f"{int(status)} {DISK_FULL}\n" if status.cause == DISK_FULL else f"{int(status)}\n")
             if not f.future.done():
                 f.future.set_result(status)
+
+    def _status(self, number: str, free: str) -> ExitStatus:
+        """A failure on a (nearly) full remote filesystem names it: the local mirror has room."""
+        status = int(number)
+        if status != 0 and free.isdigit() and int(free) < DISK_FULL_BELOW:
+            where = self.mirror.path(self.mirror.local / "outputs")
+            return ExitStatus.with_cause(status, DISK_FULL, f"exited with status {status}: the remote disk is full (no space"
+                                         f" left under {where}); free space there and retry the run")
+        return ExitStatus(status)
 
     def _receive(self, remote: str, encoded: str) -> None:
         path = self.mirror.local_path(remote)
@@ -289,8 +298,3 @@ def _read_record(guard: Path) -> list[str]:
         return []
 
 
-def _status(number: str, free: str) -> ExitStatus:
-    status = int(number)
-    if status != 0 and free.isdigit() and int(free) < DISK_FULL_BELOW:
-        return ExitStatus.with_cause(status, DISK_FULL)
-    return ExitStatus(status)

@@ -41,6 +41,8 @@ start() {  # TOKEN GUARD CWD REPX LIMIT PATH_PREFIX ARGV...
     rm -f "$guard.exit" "$guard.pid"
     rm -rf "$cwd"
     mkdir -p "$cwd" "$repx" "$(dirname "$guard")" || exit 3
+    # A block held for the status, so that it can be written even after the job filled the disk.
+    echo - > "$guard.exit.tmp" || exit 3
     [ -n "$prefix" ] && PATH="$prefix:$PATH" && export PATH
     cd "$cwd" || exit 3
     setsid nohup sh "$0" child "$token" "$guard" "$limit" "$@" < /dev/null > "$repx/stdout.log" 2> "$repx/stderr.log" &
@@ -59,7 +61,7 @@ child() {  # TOKEN GUARD LIMIT ARGV...: the detached process itself
     else
         "$@"
     fi
-    put "$guard.exit" "$?"
+    echo "$?" > "$guard.exit.tmp" && mv -f "$guard.exit.tmp" "$guard.exit"
 }
 
 avail() {  # free bytes on the filesystem of a path

@@ -1,0 +1,52 @@
+"""An SSH target for one run: connect, bring the remote up to date (bootstrap, the Lab's
+artifacts, repx's helper), then hand out the launcher that runs the jobs there."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from ...config import TargetConfig
+from ...errors import ConfigError
+from ...exec.artifacts import verified_executable
+from ...exec.layout import OutputLayout
+from ...lab.model import Lab
+from .connection import SshConnection
+from .launcher import HELPER, Mirror, SshLauncher
+from .sync import RemoteSync
+
+DEFAULT_POLL_SECONDS = 1.0
+
+
+@dataclass
+class SshTarget:
+    name: str
+    config: TargetConfig
+    layout: OutputLayout  # the local mirror
+    connection: SshConnection | None = field(default=None, init=False)
+
+    def refuse_runtime(self, kind: str) -> None:
+        if kind != "native":
+            raise ConfigError(f"target {self.name!r} (ssh) runs jobs natively only in this version, not with {kind};"
+                              " drop --runtime, or use a local target for Labs with images")
+
+    def prepare_executables(self, lab: Lab, job_ids: list[str]) -> None:
+        """The verified copies jobs run (artifacts/.repx-content/), made before the artifacts are
+        sent: locally they are made as jobs start, but the remote has only what was synced."""
+        for job_id in job_ids:
+            for exe in lab.jobs[job_id].executables.values():
+                verified_executable(lab, self.layout, exe.path)
+
+    async def open(self) -> SshLauncher:
+        self.connection = SshConnection.for_target(self.name, self.config)
+        sync = RemoteSync(self.connection, self.name, self.config, self.layout)
+        await sync.bootstrap()
+        await sync.push_artifacts()
+        helper = await sync.deploy_helper(HELPER.name, HELPER.read_text())
+        local = self.config.local
+        poll = local.poll_interval if local and local.poll_interval else DEFAULT_POLL_SECONDS
+        return SshLauncher(self.connection, Mirror(self.layout.base, sync.remote_base), helper, poll_interval=poll,
+                           transient=self.connection.connection_errors)
+
+    async def close(self) -> None:
+        if self.connection is not None:
+            await self.connection.close()

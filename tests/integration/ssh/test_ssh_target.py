@@ -1,0 +1,168 @@
+"""Labs run on the SSH test host through `repxctl run --target`: the same outputs as a local run,
+and runs that survive a cut link and a killed repx without running any job twice."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import signal
+import subprocess
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+from cli import repxctl
+from conftest import require_program
+from definitions import HEADER, build
+from ssh_host import ALIAS, SshHost
+
+from repxd.lab.writer import LabWriter
+
+SELECTION = {"simple": "@all", "sweep-scatter": "sweep"}
+
+# Each execution appends its job's directory to one remote file, outside every job's out/ (which
+# a new attempt empties): the count of lines per job is how often it ran.
+SLOW = HEADER + """echo "$out" >> "$out/../../executions.log"
+sleep "$(get seconds "$params")"
+echo done > "$out/done.txt"
+"""
+
+FILL = HEADER + """head -c 4000000 /dev/zero > "$out/big.bin"
+echo done > "$out/done.txt"
+"""
+
+
+@dataclass
+class Remote:
+    host: SshHost
+    base: str  # the target's base_path on the remote
+    config: Path
+    env: dict[str, str]
+    mirror: Path
+
+    def run(self, *args, **kwargs):
+        return repxctl("run", *args, "--target", "remote", "--config", self.config, env=self.env, **kwargs)
+
+    def popen(self, *args) -> subprocess.Popen:
+        return subprocess.Popen([shutil.which("repxctl"), "run", *map(str, args), "--target", "remote",
+                                 "--config", str(self.config)], env=self.env, stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, text=True)
+
+    def out_files(self) -> dict[str, str]:
+        """sha256 of every file under an out/ directory of the remote base's outputs."""
+        listing = self.host.ssh(f"cd {self.base}/outputs && find . -path '*/out/*' -type f -exec sha256sum {{}} +").stdout
+        return {path.removeprefix("./"): digest for digest, path in (line.split() for line in listing.splitlines())}
+
+    def executions(self) -> list[str]:
+        text = self.host.ssh(f"cat {self.base}/outputs/executions.log", check=False).stdout
+        return [line.split("/outputs/")[1].split("/")[0] for line in text.splitlines()]
+
+
+def target_config(path: Path, address: str, base: str, poll: float = 0.3) -> Path:
+    path.write_text(f'[targets.remote]\naddress = "{address}"\nbase_path = "{base}"\ndefault_scheduler = "local"\n'
+                    f"[targets.remote.local]\npoll_interval = {poll}\n")
+    return path
+
+
+@pytest.fixture
+def remote(ssh_host, tmp_path) -> Remote:
+    require_program("rsync")
+    home = tmp_path / "home"
+    (home / ".ssh").mkdir(parents=True)
+    shutil.copy(ssh_host.ssh_config, home / ".ssh" / "config")
+    base = f"/home/{ssh_host.user}/{tmp_path.name}"
+    env = {**os.environ, "HOME": str(home), "XDG_STATE_HOME": str(tmp_path / "state"),
+           "XDG_CONFIG_HOME": str(tmp_path / "config")}
+    config = target_config(tmp_path / "config.toml", ALIAS, base)
+    return Remote(ssh_host, base, config, env, tmp_path / "state" / "repx" / "ssh" / f"{ALIAS}{base}".replace("/", "%"))
+
+
+def local_out_files(outputs: Path) -> dict[str, str]:
+    return {p.relative_to(outputs).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in outputs.rglob("*") if p.is_file() and "out" in p.relative_to(outputs).parts[:-1]}
+
+
+@pytest.mark.parametrize("name", ["simple", "sweep-scatter"])
+def test_example_lab_runs_on_the_remote_like_locally(remote, tmp_path, name):
+    lab = build(name, tmp_path / "lab")
+    result = remote.run(SELECTION[name], "--lab", lab, "--json")
+    assert result.code == 0, result.stderr + result.stdout
+    summary = result.json()
+    assert summary["ok"] and summary["executed"] == summary["selected"] > 0
+
+    local = repxctl("run", SELECTION[name], "--lab", lab, "--base-path", tmp_path / "local", "--json")
+    assert local.code == 0, local.stderr
+    expected = local_out_files(tmp_path / "local" / "outputs")
+    assert expected and remote.out_files() == expected
+    # What repx tracks stays here: markers and the completion log are in the local mirror.
+    assert len((remote.mirror / "outputs" / "completions.jsonl").read_text().splitlines()) == summary["selected"]
+    listed = repxctl("list", "jobs", "--lab", lab, "--target", "remote", "--config", remote.config, "--json",
+                     env=remote.env).json()
+    assert {row["status"] for row in listed} == {"Succeeded"}
+
+    again = remote.run(SELECTION[name], "--lab", lab, "--json")
+    assert again.code == 0 and again.json()["executed"] == 0
+
+
+def slow_lab(dest: Path, seconds: int) -> Path:
+    """Two parallel jobs of `seconds`, then one that needs both."""
+    lab = LabWriter(git_hash="51075105" * 5)
+    run = lab.run("slow")
+    first = [run.job(f"first{i}", SLOW, params={"seconds": seconds, "i": i}, outputs={"done": "$out/done.txt"})
+             for i in (1, 2)]
+    run.job("second", SLOW, params={"seconds": 1}, outputs={"done": "$out/done.txt"},
+            inputs={f"a{i}": job.output("done") for i, job in enumerate(first)})
+    return lab.write(dest)
+
+
+def wait_for(predicate, timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.2)
+
+
+def test_run_survives_a_cut_link_and_runs_each_job_once(remote, tmp_path):
+    lab = slow_lab(tmp_path / "lab", seconds=4)
+    proc = remote.popen("slow", "--lab", lab, "--json")
+    wait_for(lambda: len(remote.executions()) == 2, 60, "the first jobs to start")
+    remote.host.cut_link()
+    try:
+        time.sleep(8)  # the first jobs end while the link is down
+        assert proc.poll() is None, proc.communicate()  # repx waits for the host, fails nothing
+    finally:
+        remote.host.restore_link()
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 0, err
+    executions = remote.executions()
+    assert sorted(executions) == sorted(set(executions)) and len(executions) == 3
+
+
+def test_killed_repx_reattaches_instead_of_running_again(remote, tmp_path):
+    lab = slow_lab(tmp_path / "lab", seconds=4)
+    proc = remote.popen("slow", "--lab", lab, "--json")
+    wait_for(lambda: len(remote.executions()) == 2, 60, "the first jobs to start")
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    result = remote.run("slow", "--lab", lab, "--json")
+    assert result.code == 0, result.stderr
+    assert result.json()["ok"]
+    executions = remote.executions()
+    assert sorted(executions) == sorted(set(executions)) and len(executions) == 3
+
+
+def test_a_full_remote_disk_fails_the_job_saying_so(remote, tmp_path):
+    small = remote.host.small_disk("1m")
+    config = target_config(tmp_path / "small.toml", ALIAS, f"{small}/base")
+    writer = LabWriter(git_hash="f111f111" * 5)
+    run = writer.run("fill")
+    big = run.job("fill", FILL, outputs={"done": "$out/done.txt"})
+    run.job("after", SLOW, params={"seconds": 0}, inputs={"done": big.output("done")}, outputs={"done": "$out/done.txt"})
+    lab = writer.write(tmp_path / "lab")
+    result = repxctl("run", "fill", "--lab", lab, "--target", "remote", "--config", config, env=remote.env)
+    assert result.code == 1, result.stderr
+    assert f"the remote disk is full (no space left under {small}/base/outputs)" in result.stdout
+    # The dependent job was not run on the half-written output.
+    assert remote.host.ssh(f"ls {small}/base/outputs", check=False).stdout.count("-after-") == 0
