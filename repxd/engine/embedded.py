@@ -59,7 +59,7 @@ def base_path_for(target: TargetConfig | None, override: Path | None) -> Path:
     if override is not None:
         return override.resolve()
     if target is not None and target.address:
-        return state_home() / "ssh" / f"{target.address}{target.base_path}".replace("/", "%")
+        return state_home() / "ssh" / f"{target.address}:{target.base_path}".replace("/", "%")
     if target is not None:
         return target.base_path.expanduser().resolve()
     return state_home() / "local"
@@ -158,7 +158,9 @@ class EmbeddedRun:
         if image not in self.runtimes:
             kind = choose_execution_type(self.plan.target, self.options.runtime, image is not None, self.scheduler)
             if self.remote is not None:
-                self.remote.refuse_runtime(kind)
+                from ..targets.ssh.target import native_only
+
+                native_only(self.plan.target_name, kind)
             runtime = make_runtime(kind, self.plan.lab, self.plan.layout, image, self.plan.target)
             runtime.prepare()
             self.runtimes[image] = runtime
@@ -169,8 +171,6 @@ class EmbeddedRun:
         sync_artifacts(self.plan.lab, self.plan.layout)
         for image in {self.plan.lab.image_of(j) for j in self.plan.to_run}:
             self._runtime(image)
-        if self.remote is not None:
-            self.remote.prepare_executables(self.plan.lab, self.plan.to_run)
 
     async def _execute(self, job_id: str, on_first_launch, chain: Chain | None = None, on_handle=None) -> object:
         lab = self.plan.lab
@@ -196,6 +196,7 @@ class EmbeddedRun:
             return await self._run()
         try:
             self.launcher = await self.remote.open()  # the remote brought up to date first
+            await self.remote.push_lab(self.plan.lab, self.plan.to_run)
             return await self._run()
         finally:
             await self.remote.close()

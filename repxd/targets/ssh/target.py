@@ -3,6 +3,7 @@ artifacts, repx's helper), then hand out the launcher that runs the jobs there."
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import dataclass, field
 
 from ...config import TargetConfig
@@ -17,17 +18,19 @@ from .sync import RemoteSync
 DEFAULT_POLL_SECONDS = 1.0
 
 
+def native_only(target_name: str, kind: str) -> None:
+    if kind != "native":
+        raise ConfigError(f"target {target_name!r} (ssh) runs jobs natively only in this version, not with {kind};"
+                          " drop --runtime, or use a local target for Labs with images")
+
+
 @dataclass
 class SshTarget:
     name: str
     config: TargetConfig
     layout: OutputLayout  # the local mirror
     connection: SshConnection | None = field(default=None, init=False)
-
-    def refuse_runtime(self, kind: str) -> None:
-        if kind != "native":
-            raise ConfigError(f"target {self.name!r} (ssh) runs jobs natively only in this version, not with {kind};"
-                              " drop --runtime, or use a local target for Labs with images")
+    sync: RemoteSync | None = field(default=None, init=False)
 
     def prepare_executables(self, lab: Lab, job_ids: list[str]) -> None:
         """The verified copies jobs run (artifacts/.repx-content/), made before the artifacts are
@@ -37,15 +40,20 @@ class SshTarget:
                 verified_executable(lab, self.layout, exe.path)
 
     async def open(self) -> SshLauncher:
+        """Connect and bootstrap the remote, deploy repx's helper: the launcher for its jobs."""
         self.connection = SshConnection.for_target(self.name, self.config)
-        sync = RemoteSync(self.connection, self.name, self.config, self.layout)
-        await sync.bootstrap()
-        await sync.push_artifacts()
-        helper = await sync.deploy_helper(HELPER.name, HELPER.read_text())
+        self.sync = RemoteSync(self.connection, self.name, self.config, self.layout)
+        await self.sync.bootstrap()
+        helper = await self.sync.deploy_helper(HELPER.name, HELPER.read_text())
         local = self.config.local
         poll = local.poll_interval if local and local.poll_interval else DEFAULT_POLL_SECONDS
-        return SshLauncher(self.connection, Mirror(self.layout.base, sync.remote_base), helper, poll_interval=poll,
-                           transient=self.connection.connection_errors)
+        return SshLauncher(self.connection, Mirror(self.layout.base, self.sync.remote_base), helper,
+                           poll_interval=poll, transient=self.connection.connection_errors)
+
+    async def push_lab(self, lab: Lab, job_ids: list[str]) -> None:
+        """The Lab's artifacts (and the verified copies these jobs run) to the remote."""
+        await asyncio.to_thread(self.prepare_executables, lab, job_ids)
+        await self.sync.push_artifacts()
 
     async def close(self) -> None:
         if self.connection is not None:

@@ -16,6 +16,7 @@ import pytest
 from cli import repxctl
 from conftest import require_program
 from definitions import HEADER, build
+from service import Daemon
 from ssh_host import ALIAS, SshHost
 
 from repxd.lab.writer import LabWriter
@@ -76,7 +77,7 @@ def remote(ssh_host, tmp_path) -> Remote:
     env = {**os.environ, "HOME": str(home), "XDG_STATE_HOME": str(tmp_path / "state"),
            "XDG_CONFIG_HOME": str(tmp_path / "config")}
     config = target_config(tmp_path / "config.toml", ALIAS, base)
-    return Remote(ssh_host, base, config, env, tmp_path / "state" / "repx" / "ssh" / f"{ALIAS}{base}".replace("/", "%"))
+    return Remote(ssh_host, base, config, env, tmp_path / "state" / "repx" / "ssh" / f"{ALIAS}:{base}".replace("/", "%"))
 
 
 def local_out_files(outputs: Path) -> dict[str, str]:
@@ -166,3 +167,23 @@ def test_a_full_remote_disk_fails_the_job_saying_so(remote, tmp_path):
     assert f"the remote disk is full (no space left under {small}/base/outputs)" in result.stdout
     # The dependent job was not run on the half-written output.
     assert remote.host.ssh(f"ls {small}/base/outputs", check=False).stdout.count("-after-") == 0
+
+
+def test_the_daemon_runs_the_examples_on_the_remote(remote, tmp_path):
+    daemon = Daemon.create(extra=target_config(tmp_path / "unused.toml", ALIAS, remote.base).read_text())
+    daemon.env = remote.env
+    daemon.start("all")
+    try:
+        env = {**remote.env, "REPX_API": str(daemon.socket)}
+        expected = {}
+        for name in ("simple", "sweep-scatter"):
+            lab = build(name, tmp_path / name)
+            result = repxctl("run", SELECTION[name], "--lab", lab, "--target", "remote", "--json", env=env, timeout=120)
+            assert result.code == 0, result.stderr + daemon.logs()
+            assert result.json()["state"] == "succeeded", result.stdout
+            local = repxctl("run", SELECTION[name], "--lab", lab, "--base-path", tmp_path / f"local-{name}", "--json")
+            assert local.code == 0, local.stderr
+            expected.update(local_out_files(tmp_path / f"local-{name}" / "outputs"))
+        assert remote.out_files() == expected
+    finally:
+        daemon.stop()
