@@ -37,7 +37,7 @@ RECORD_SUFFIX = "ssh"
 HELPER = Path(__file__).with_name("remote.sh")
 # ssh's own failures (no route, connection reset) exit 255; anything the helper says is below that.
 SSH_FAILURE = 255
-START_FAILED = 3  # the helper could not write the job's files or directories
+TIMED_OUT = 124  # coreutils' timeout, when the job's time limit ran out
 
 
 class RemoteError(RepxError):
@@ -90,6 +90,7 @@ class _Followed:
     repx: Path
     out: Path
     future: asyncio.Future
+    time_limited: bool  # started under `timeout`: its status 124 means the limit ran out
 
 
 class ConnectionProblem(Exception):
@@ -121,7 +122,8 @@ class SshLauncher:
                 words = await self._started_earlier(path, words[1])
             if len(words) == 2:
                 log.info("following remote process %s started earlier for %s", words[0], request.job_id)
-                guard.leftover_status = await self._follow(Handle(*words), path, self._repx_of(path), None)
+                guard.leftover_status = await self._follow(Handle(*words), path, self._repx_of(path), None,
+                                                           bool(request.time_seconds))
             try:
                 yield guard
             finally:
@@ -137,7 +139,7 @@ class SshLauncher:
         if on_spawn is not None:
             on_spawn(f"ssh:{handle.pid}")
         try:
-            return await self._follow(handle, guard.path, repx, invocation.cwd)
+            return await self._follow(handle, guard.path, repx, invocation.cwd, bool(request.time_seconds))
         except asyncio.CancelledError:
             await asyncio.shield(self._stop([handle]))
             raise
@@ -197,11 +199,12 @@ class SshLauncher:
 
     # ---- following --------------------------------------------------------------------------
 
-    async def _follow(self, handle: Handle, guard: Path, repx: Path, out: Path | None) -> ExitStatus:
+    async def _follow(self, handle: Handle, guard: Path, repx: Path, out: Path | None,
+                      time_limited: bool) -> ExitStatus:
         if out is None:  # re-attached: the process's out/ is its repx's sibling
             out = repx.parent / "out"
         future = asyncio.get_running_loop().create_future()
-        self._followed[str(guard)] = _Followed(handle, guard, repx, out, future)
+        self._followed[str(guard)] = _Followed(handle, guard, repx, out, future, time_limited)
         if self._poll_task is None or self._poll_task.done():
             self._poll_task = asyncio.create_task(self._poll())
         try:
@@ -252,6 +255,8 @@ class SshLauncher:
                         -9, None, "ended on the remote host without an exit status (killed, or the host restarted)")
         for index, status in outcomes.items():
             f = followed[index]
+            if f.time_limited and status == TIMED_OUT:
+                status = ExitStatus.with_cause(status, "timeout")
             # Kept beside the guard until the outcome is recorded: a repx restarted in between adopts it.
             exit_file(f.guard).write_text(f"{int(status)} {DISK_FULL}\n" if status.cause == DISK_FULL else f"{int(status)}\n")
             if not f.future.done():

@@ -97,7 +97,7 @@ status() {  # (GUARD PID STARTTIME REPX OUT)...: one line per process, files of 
 
 stop() {  # PID STARTTIME...: TERM to each process's group, if it is still that process
     while [ "$#" -ge 2 ]; do
-        [ "$(starttime "$1")" = "$2" ] && kill -TERM -- "-$1" 2>/dev/null
+        [ "$(starttime "$1")" = "$2" ] && kill -TERM "-$1" 2>/dev/null
         shift 2
     done
     return 0

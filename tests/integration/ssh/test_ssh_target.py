@@ -187,3 +187,24 @@ def test_the_daemon_runs_the_examples_on_the_remote(remote, tmp_path):
         assert remote.out_files() == expected
     finally:
         daemon.stop()
+
+
+def test_ctrl_c_stops_the_remote_processes(remote, tmp_path):
+    lab = slow_lab(tmp_path / "lab", seconds=5)
+    proc = remote.popen("slow", "--lab", lab)
+    wait_for(lambda: len(remote.executions()) == 2, 60, "the first jobs to start")
+    proc.send_signal(signal.SIGINT)
+    proc.communicate(timeout=60)
+    assert proc.returncode == 128 + signal.SIGINT
+    time.sleep(6)  # longer than the jobs would have taken
+    finished = remote.host.ssh(f"ls {remote.base}/outputs/*/out/", check=False).stdout
+    assert "done.txt" not in finished and len(remote.executions()) == 2
+
+
+def test_a_time_limit_stops_the_remote_job_saying_so(remote, tmp_path):
+    writer = LabWriter(git_hash="7171e717" * 5)
+    writer.run("slow").job("overtime", SLOW, params={"seconds": 60}, outputs={"done": "$out/done.txt"},
+                           resources={"time": "00:00:02"})
+    result = remote.run("slow", "--lab", writer.write(tmp_path / "lab"), timeout=60)
+    assert result.code == 1
+    assert "was stopped for exceeding its time limit" in result.stdout
