@@ -4,6 +4,7 @@ and runs that survive a cut link and a killed repx without running any job twice
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import shutil
 import signal
@@ -118,6 +119,10 @@ def slow_lab(dest: Path, seconds: int) -> Path:
     return lab.write(dest)
 
 
+def run_state(env: dict, run_id: str) -> str:
+    return json.loads(repxctl("runs", run_id, "--json", env=env).stdout)["state"]
+
+
 def wait_for(predicate, timeout: float, what: str) -> None:
     deadline = time.monotonic() + timeout
     while not predicate():
@@ -208,3 +213,22 @@ def test_a_time_limit_stops_the_remote_job_saying_so(remote, tmp_path):
     result = remote.run("slow", "--lab", writer.write(tmp_path / "lab"), timeout=60)
     assert result.code == 1
     assert "was stopped for exceeding its time limit" in result.stdout
+
+
+def test_a_daemon_killed_mid_run_reattaches_to_the_remote_processes(remote, tmp_path):
+    daemon = Daemon.create(extra=target_config(tmp_path / "unused.toml", ALIAS, remote.base).read_text())
+    daemon.env = remote.env
+    daemon.start("all")
+    try:
+        env = {**remote.env, "REPX_API": str(daemon.socket)}
+        lab = slow_lab(tmp_path / "lab", seconds=4)
+        run_id = repxctl("run", "slow", "--lab", lab, "--target", "remote", "--detach", env=env).stdout.strip()
+        wait_for(lambda: len(remote.executions()) == 2, 60, "the first jobs to start")
+        daemon.kill("all")
+        daemon.start("all")
+        wait_for(lambda: run_state(env, run_id) not in ("active", "cancelling"), 120, "the run to end")
+        assert run_state(env, run_id) == "succeeded", daemon.logs()
+        executions = remote.executions()
+        assert sorted(executions) == sorted(set(executions)) and len(executions) == 3, daemon.logs()
+    finally:
+        daemon.stop()
