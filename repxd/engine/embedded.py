@@ -143,6 +143,9 @@ class EmbeddedRun:
             self.launcher = cluster_launcher(self.scheduler, LocalCommands(), plan.target, secrets.token_hex(4),
                                              plan.layout.cache)
             self.admission = Admission(options.concurrency or SLURM_IN_FLIGHT, SLURM_IN_FLIGHT, 1 << 62)
+        elif plan.target is not None and plan.target.address:
+            # Processes on another host: this machine's cpus and memory do not bound them.
+            self.admission = Admission(slots, 1 << 30, 1 << 62)
         else:
             self.admission = Admission(slots, total_cpus, mem)
         self.remote = None

@@ -3,6 +3,7 @@ and runs that survive a cut link and a killed repx without running any job twice
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
 import os
@@ -20,6 +21,15 @@ from definitions import HEADER, build
 from service import Daemon
 from ssh_host import ALIAS, SshHost
 
+from repxd.config import load_config
+from repxd.engine.embedded import (
+    EmbeddedRun,
+    ExecutionOptions,
+    base_path_for,
+    open_lab,
+    plan_run,
+    resolve_target,
+)
 from repxd.lab.writer import LabWriter
 
 SELECTION = {"simple": "@all", "sweep-scatter": "sweep"}
@@ -232,3 +242,49 @@ def test_a_daemon_killed_mid_run_reattaches_to_the_remote_processes(remote, tmp_
         assert sorted(executions) == sorted(set(executions)) and len(executions) == 3, daemon.logs()
     finally:
         daemon.stop()
+
+
+@dataclass
+class Recording:
+    """Forwards to the real connection, noting each remote command's helper subcommand."""
+
+    inner: object
+    commands: list[list[str]]
+
+    @property
+    def calls(self):
+        return self.inner.calls
+
+    async def run(self, argv, stdin=None, timeout=120.0, identity=None):
+        self.commands.append(list(argv))
+        return await self.inner.run(argv, stdin=stdin, timeout=timeout, identity=identity)
+
+
+def test_status_is_one_remote_command_per_poll_for_all_running_processes(remote, tmp_path, monkeypatch):
+    for key in ("HOME", "XDG_STATE_HOME"):
+        monkeypatch.setenv(key, remote.env[key])
+
+    name, target = resolve_target(load_config(remote.config), "remote")
+    base = base_path_for(target, None)
+    lab = open_lab(build("sweep-scatter", tmp_path / "lab"), base)
+    run = EmbeddedRun(plan_run(lab, base, ["sweep"], name, target), ExecutionOptions(concurrency=16))
+    run.prepare()
+    commands: list[list[str]] = []
+    opened = run.remote.open
+
+    async def recorded_open():
+        launcher = await opened()
+        launcher.commands = Recording(launcher.commands, commands)
+        return launcher
+
+    run.remote.open = recorded_open
+    started = time.monotonic()
+    summary = asyncio.run(run.run())
+    seconds = time.monotonic() - started
+    assert summary.ok
+    processes = list((base / "outputs").rglob("stdout.log"))
+    starts = [c for c in commands if c[2] == "start"]
+    polls = [c for c in commands if c[2] == "status"]
+    assert len(starts) == len(processes) > len(lab.jobs)  # one start per process, branch steps included
+    assert len(polls) <= seconds / target.local.poll_interval + 1
+    assert max((len(c) - 3) // 5 for c in polls) >= 4  # a stage's branches followed by one command
