@@ -102,7 +102,7 @@ class SshLauncher:
     commands: CommandRunner
     mirror: Mirror
     helper: str  # the deployed remote.sh
-    poll_interval: float = 2.0
+    poll_interval: float = 1.0
     retry_interval: float = 2.0  # between attempts to start a process while the host does not answer
     transient: tuple[type[BaseException], ...] = (OSError, TimeoutError)
 
@@ -134,7 +134,11 @@ class SshLauncher:
         token = secrets.token_hex(8)
         record = record_file(guard.path)
         record.write_text(f"starting {token}\n")  # before the remote can start anything
-        handle = await self._start(token, invocation, repx, guard.path, request)
+        try:
+            handle = await self._start(token, invocation, repx, guard.path, request)
+        except asyncio.CancelledError:  # the process may have started all the same
+            await asyncio.shield(self._stop_started(guard.path, token))
+            raise
         record.write_text(f"{handle}\n")
         if on_spawn is not None:
             on_spawn(f"ssh:{handle.pid}")
@@ -277,6 +281,15 @@ class SshLauncher:
         tmp = path.with_name(f".{path.name}.repx-tmp")
         tmp.write_bytes(base64.b64decode(encoded))
         tmp.replace(path)
+
+    async def _stop_started(self, guard: Path, token: str) -> None:
+        try:
+            words = await asyncio.wait_for(self._started_earlier(guard, token), self.retry_interval * 5)
+        except TimeoutError:
+            log.warning("could not learn whether %s started on the remote; it is left running", guard.name)
+            return
+        if words:
+            await self._stop([Handle(*words)])
 
     async def _stop(self, handles: list[Handle]) -> None:
         try:

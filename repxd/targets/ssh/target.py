@@ -15,8 +15,6 @@ from .connection import SshConnection
 from .launcher import HELPER, Mirror, SshLauncher
 from .sync import RemoteSync
 
-DEFAULT_POLL_SECONDS = 1.0
-
 
 def native_only(target_name: str, kind: str) -> None:
     if kind != "native":
@@ -45,10 +43,11 @@ class SshTarget:
         self.sync = RemoteSync(self.connection, self.name, self.config, self.layout)
         await self.sync.bootstrap()
         helper = await self.sync.deploy_helper(HELPER.name, HELPER.read_text())
-        local = self.config.local
-        poll = local.poll_interval if local and local.poll_interval else DEFAULT_POLL_SECONDS
-        return SshLauncher(self.connection, Mirror(self.layout.base, self.sync.remote_base), helper,
-                           poll_interval=poll, transient=self.connection.connection_errors)
+        launcher = SshLauncher(self.connection, Mirror(self.layout.base, self.sync.remote_base), helper,
+                               transient=self.connection.connection_errors)
+        if self.config.local and self.config.local.poll_interval:
+            launcher.poll_interval = self.config.local.poll_interval
+        return launcher
 
     async def push_lab(self, lab: Lab, job_ids: list[str]) -> None:
         """The Lab's artifacts (and the verified copies these jobs run) to the remote."""
