@@ -33,7 +33,6 @@ from ..service.settings import Settings
 from ..targets.cluster import ClusterLauncher
 from ..targets.commands import LocalCommands
 from ..targets.schedulers import CLUSTER_SCHEDULERS, cluster_launcher
-from ..targets.ssh.target import SshTarget, native_only
 from .identity import job_uid
 
 log = logging.getLogger("repx.agent")
@@ -214,6 +213,8 @@ class Agent:
         name, target = resolve_target(self.settings.target_config(), item["target"])
         kind = choose_execution_type(target, item["options"].get("runtime"), image is not None, scheduler_of(target))
         if target is not None and target.address:
+            from ..targets.ssh.target import native_only  # asyncssh only for an SSH target
+
             native_only(name, kind)
         rkey = (kind, item["lab_path"], item["base_path"], image)
         if rkey not in self._runtimes:
@@ -228,6 +229,8 @@ class Agent:
     async def _ssh_ready(self, name: str, target, layout: OutputLayout, lab, lab_path: str) -> None:
         """The SSH target connected and bootstrapped once, each Lab's artifacts sent once; while
         the host does not answer, the job waits (it stays running in the store)."""
+        from ..targets.ssh.target import SshTarget
+
         async with self._ssh_lock:
             delay = RETRY_SECONDS
             while name not in self._ssh_targets or (name, lab_path) not in self._ssh_labs:
