@@ -222,12 +222,11 @@ class SshLauncher:
             followed = [f for f in self._followed.values() if not f.future.done()]
             if not followed:
                 continue
-            argv = ["sh", self.helper, "status"]
-            for f in followed:
-                argv += [self._remote_guard(f.guard), f.handle.pid, f.handle.started,
-                         self.mirror.path(f.repx), self.mirror.path(f.out)]
+            listing = "".join("\t".join([self._remote_guard(f.guard), f.handle.pid, f.handle.started,
+                                          self.mirror.path(f.repx), self.mirror.path(f.out)]) + "\n"
+                              for f in followed)
             try:
-                result = await self._command(argv)
+                result = await self._command(["sh", self.helper, "status"], stdin=listing)
             except ConnectionProblem as exc:
                 log.warning("remote status of %d process(es): %s; asking again", len(followed), exc)
                 continue

@@ -75,11 +75,11 @@ send() {  # a file back to repx: "F PATH" and its content in base64 (the last 16
     echo
 }
 
-status() {  # (GUARD PID STARTTIME REPX OUT)...: one line per process, files of ended ones
+status() {  # stdin: a line "GUARD<tab>PID<tab>STARTTIME<tab>REPX<tab>OUT" per process (any number:
+    # a command line would be bounded). Prints a line per process, and the files of ended ones.
     i=0
-    while [ "$#" -ge 5 ]; do
-        guard=$1 pid=$2 started=$3 repx=$4 out=$5
-        shift 5
+    tab=$(printf '\t')
+    while IFS=$tab read -r guard pid started repx out; do
         if [ ! -f "$guard.exit" ] && [ "$started" != 0 ] && [ "$(starttime "$pid")" = "$started" ]; then
             echo "P $i running"
         elif [ -f "$guard.exit" ]; then
