@@ -229,7 +229,7 @@ class Agent:
     async def _ssh_ready(self, name: str, target, layout: OutputLayout, lab, lab_path: str) -> None:
         """The SSH target connected and bootstrapped once, each Lab's artifacts sent once; while
         the host does not answer, the job waits (it stays running in the store)."""
-        from ..targets.ssh.target import SshTarget
+        from ..targets.ssh.target import SshTarget, TargetUnavailable
 
         async with self._ssh_lock:
             delay = RETRY_SECONDS
@@ -241,8 +241,10 @@ class Agent:
                         self._ssh_targets[name] = remote
                     await self._ssh_targets[name].push_lab(lab, list(lab.jobs))
                     self._ssh_labs.add((name, lab_path))
-                except OSError as exc:
-                    log.warning("target %s: %s; trying again in %.0fs", name, exc, delay)
+                except TargetUnavailable as exc:
+                    if not exc.connection_problem:
+                        raise
+                    log.warning("%s; trying again in %.0fs", exc, delay)
                     await asyncio.sleep(delay)
                     delay = min(delay * 2, 30.0)
 

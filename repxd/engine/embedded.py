@@ -53,13 +53,14 @@ def scheduler_of(target: TargetConfig | None) -> str:
     return (target.default_scheduler or "local") if target is not None else "local"
 
 
-def base_path_for(target: TargetConfig | None, override: Path | None) -> Path:
-    """The base path repx prepares jobs in. An SSH target's base_path is on its host; here, by
-    default under the state directory, a mirror of it holds inputs, logs and markers."""
+def base_path_for(target: TargetConfig | None, override: Path | None, name: str = "") -> Path:
+    """The base path repx prepares jobs in. An SSH target's base_path is on its host; here a
+    mirror of it holds inputs, logs and markers: this machine's copy of the target, where
+    `repxctl pull` also puts outputs (targets.ssh.sync.local_base_for, not imported: asyncssh)."""
     if override is not None:
         return override.resolve()
     if target is not None and target.address:
-        return state_home() / "ssh" / f"{target.address}:{target.base_path}".replace("/", "%")
+        return state_home() / "targets" / name
     if target is not None:
         return target.base_path.expanduser().resolve()
     return state_home() / "local"

@@ -44,8 +44,9 @@ start() {  # TOKEN GUARD CWD REPX LIMIT PATH_PREFIX ARGV...
     # A block held for the status, so that it can be written even after the job filled the disk.
     echo - > "$guard.exit.tmp" || exit 3
     [ -n "$prefix" ] && PATH="$prefix:$PATH" && export PATH
+    helper=$(cd "$(dirname "$0")" && pwd)/$(basename "$0")  # still found after the cd below
     cd "$cwd" || exit 3
-    setsid nohup sh "$0" child "$token" "$guard" "$limit" "$@" < /dev/null > "$repx/stdout.log" 2> "$repx/stderr.log" &
+    setsid nohup sh "$helper" child "$token" "$guard" "$limit" "$@" < /dev/null > "$repx/stdout.log" 2> "$repx/stderr.log" &
     pid=$!
     record="$pid $(starttime "$pid")"
     [ -f "$guard.exit" ] || put "$guard.pid" "$token $record" || exit 3

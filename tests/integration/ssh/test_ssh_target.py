@@ -41,7 +41,7 @@ sleep "$(get seconds "$params")"
 echo done > "$out/done.txt"
 """
 
-FILL = HEADER + """head -c 4000000 /dev/zero > "$out/big.bin"
+FILL = HEADER + """head -c 100000000 /dev/zero > "$out/big.bin"
 echo done > "$out/done.txt"
 """
 
@@ -72,9 +72,10 @@ class Remote:
         return [line.split("/outputs/")[1].split("/")[0] for line in text.splitlines()]
 
 
-def target_config(path: Path, address: str, base: str, poll: float = 0.3) -> Path:
-    path.write_text(f'[targets.remote]\naddress = "{address}"\nbase_path = "{base}"\ndefault_scheduler = "local"\n'
-                    f"[targets.remote.local]\npoll_interval = {poll}\n")
+def target_config(path: Path, host: SshHost, base: str, poll: float = 0.3) -> Path:
+    path.write_text(f'[targets.remote]\naddress = "{ALIAS}"\nbase_path = "{base}"\ndefault_scheduler = "local"\n'
+                    f"[targets.remote.local]\npoll_interval = {poll}\n"
+                    f'[targets.remote.ssh]\nconfig_file = "{host.ssh_config}"\n')
     return path
 
 
@@ -84,11 +85,11 @@ def remote(ssh_host, tmp_path) -> Remote:
     home = tmp_path / "home"
     (home / ".ssh").mkdir(parents=True)
     shutil.copy(ssh_host.ssh_config, home / ".ssh" / "config")
-    base = f"/home/{ssh_host.user}/{tmp_path.name}"
+    base = f"~/{tmp_path.name}"  # the remote home: resolved there, not here
     env = {**os.environ, "HOME": str(home), "XDG_STATE_HOME": str(tmp_path / "state"),
            "XDG_CONFIG_HOME": str(tmp_path / "config")}
-    config = target_config(tmp_path / "config.toml", ALIAS, base)
-    return Remote(ssh_host, base, config, env, tmp_path / "state" / "repx" / "ssh" / f"{ALIAS}:{base}".replace("/", "%"))
+    config = target_config(tmp_path / "config.toml", ssh_host, base)
+    return Remote(ssh_host, base, config, env, tmp_path / "state" / "repx" / "targets" / "remote")
 
 
 def local_out_files(outputs: Path) -> dict[str, str]:
@@ -169,9 +170,20 @@ def test_killed_repx_reattaches_instead_of_running_again(remote, tmp_path):
     assert sorted(executions) == sorted(set(executions)) and len(executions) == 3
 
 
-def test_a_full_remote_disk_fails_the_job_saying_so(remote, tmp_path):
+def test_a_remote_disk_without_room_for_the_lab_is_refused_before_anything_runs(remote, tmp_path):
     small = remote.host.small_disk("1m")
-    config = target_config(tmp_path / "small.toml", ALIAS, f"{small}/base")
+    config = target_config(tmp_path / "small.toml", remote.host, f"{small}/base")
+    result = repxctl("run", "@all", "--lab", build("simple", tmp_path / "lab"), "--target", "remote",
+                     "--config", config, env=remote.env)
+    assert result.code == 1
+    (line,) = [line for line in result.stderr.splitlines() if line.startswith("repxctl: error:")]
+    assert "remote disk full" in line and f"{small}/base" in line
+    assert remote.host.ssh(f"ls -A {small}/base").stdout.split() == []  # no Lab, no outputs there
+
+
+def test_a_job_filling_the_remote_disk_fails_saying_so(remote, tmp_path):
+    small = remote.host.small_disk("80m")  # room for the bootstrap's 64 MiB, not for the job's 100 MB
+    config = target_config(tmp_path / "small.toml", remote.host, f"{small}/base")
     writer = LabWriter(git_hash="f111f111" * 5)
     run = writer.run("fill")
     big = run.job("fill", FILL, outputs={"done": "$out/done.txt"})
@@ -181,11 +193,11 @@ def test_a_full_remote_disk_fails_the_job_saying_so(remote, tmp_path):
     assert result.code == 1, result.stderr
     assert f"the remote disk is full (no space left under {small}/base/outputs)" in result.stdout
     # The dependent job was not run on the half-written output.
-    assert remote.host.ssh(f"ls {small}/base/outputs", check=False).stdout.count("-after-") == 0
+    assert "-after-" not in remote.host.ssh(f"ls {small}/base/outputs").stdout
 
 
 def test_the_daemon_runs_the_examples_on_the_remote(remote, tmp_path):
-    daemon = Daemon.create(extra=target_config(tmp_path / "unused.toml", ALIAS, remote.base).read_text())
+    daemon = Daemon.create(extra=target_config(tmp_path / "unused.toml", remote.host, remote.base).read_text())
     daemon.env = remote.env
     daemon.start("all")
     try:
@@ -226,7 +238,7 @@ def test_a_time_limit_stops_the_remote_job_saying_so(remote, tmp_path):
 
 
 def test_a_daemon_killed_mid_run_reattaches_to_the_remote_processes(remote, tmp_path):
-    daemon = Daemon.create(extra=target_config(tmp_path / "unused.toml", ALIAS, remote.base).read_text())
+    daemon = Daemon.create(extra=target_config(tmp_path / "unused.toml", remote.host, remote.base).read_text())
     daemon.env = remote.env
     daemon.start("all")
     try:
