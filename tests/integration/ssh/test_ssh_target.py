@@ -109,6 +109,10 @@ def test_example_lab_runs_on_the_remote_like_locally(remote, tmp_path, name):
     assert local.code == 0, local.stderr
     expected = local_out_files(tmp_path / "local" / "outputs")
     assert expected and remote.out_files() == expected
+    pulled = repxctl("pull", SELECTION[name], "--lab", lab, "--target", "remote", "--config", remote.config,
+                     env=remote.env)
+    assert pulled.code == 0, pulled.stderr
+    assert local_out_files(remote.mirror / "outputs") == expected  # beside the mirror's markers
     # What repx tracks stays here: markers and the completion log are in the local mirror.
     assert len((remote.mirror / "outputs" / "completions.jsonl").read_text().splitlines()) == summary["selected"]
     listed = repxctl("list", "jobs", "--lab", lab, "--target", "remote", "--config", remote.config, "--json",
