@@ -304,3 +304,16 @@ def test_status_is_one_remote_command_per_poll_for_all_running_processes(remote,
     assert len(starts) == len(processes) > len(lab.jobs)  # one start per process, branch steps included
     assert len(polls) <= seconds / target.local.poll_interval + 1
     assert max(len(followed) for followed in polls) >= 4  # a stage's branches followed by one command
+
+
+def test_an_unreachable_host_at_the_start_is_one_line_and_nothing_runs(remote, tmp_path):
+    lab = build("simple", tmp_path / "lab")
+    remote.host.cut_link()
+    try:
+        result = remote.run("@all", "--lab", lab)
+    finally:
+        remote.host.restore_link()
+    assert result.code == 1
+    (line,) = [line for line in result.stderr.splitlines() if line.startswith("repxctl: error:")]
+    assert "target 'remote'" in line and "cannot reach" in line and "try again when the host is back" in line
+    assert not (remote.mirror / "outputs" / "completions.jsonl").exists()
