@@ -66,7 +66,7 @@ def open_session(lab_path: Path | None, base_path: Path | None, target: str | No
         raise RepxError("no Lab given: pass --lab PATH (the directory `nix build` produced), or set REPX_LAB")
     config = load_config(config_path)
     target_name, target_cfg = resolve_target(config, target)
-    base = base_path_for(target_cfg, base_path)
+    base = base_path_for(target_cfg, base_path, target_name)
     lab = open_lab(lab_path, base, verify=not no_verify)
     for warning in lab.warnings:
         click.echo(f"repxctl: warning: {warning}", err=True)

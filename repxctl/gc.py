@@ -50,8 +50,8 @@ def open_layout(base_path: Path | None, target: str | None, config_path: Path | 
     group = ctx.parent.params if ctx.parent and ctx.parent.command is gc else {}
     base_path, target, config_path = (base_path or group.get("base_path"), target or group.get("target"),
                                       config_path or group.get("config_path"))
-    _name, target_cfg = resolve_target(load_config(config_path), target)
-    return OutputLayout(base_path_for(target_cfg, base_path))
+    name, target_cfg = resolve_target(load_config(config_path), target)
+    return OutputLayout(base_path_for(target_cfg, base_path, name))
 
 
 @click.group(invoke_without_command=True)

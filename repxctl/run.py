@@ -89,7 +89,7 @@ def run(specs, lab_path, base_path, target, config_path, no_verify, resources_pa
         where = (f"through {DISPLAY_NAMES[embedded.scheduler]}" if embedded.scheduler in DISPLAY_NAMES and not concurrency
                  else f"{embedded.admission.slots} at once")
         click.echo(f"Running {len(plan.to_run)} of {len(plan.closure)} jobs ({done_before} already succeeded) "
-                   f"on target {plan.target_name} at {plan.layout.base}, {where}.", err=True)
+                   f"on target {plan.target_name} at {_where(plan)}, {where}.", err=True)
     embedded.prepare()
     register_root(plan.layout, plan.lab, lab_path)
     signalled: list[int] = []
@@ -108,6 +108,13 @@ def run(specs, lab_path, base_path, target, config_path, no_verify, resources_pa
         sys.exit(128 + (signalled[0] if signalled else signal.SIGINT))
     if not summary.ok:
         sys.exit(1)
+
+
+def _where(plan) -> str:
+    """The base path jobs run in: an SSH target's is on its host (prepared in a local mirror)."""
+    if plan.target is not None and plan.target.address:
+        return f"{plan.target.address}:{plan.target.base_path} (mirrored in {plan.layout.base})"
+    return str(plan.layout.base)
 
 
 def _refuse_embedded_only_options(address: str, base_path, concurrency, mem, resources_path) -> None:

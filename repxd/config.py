@@ -33,6 +33,7 @@ class _Strict(BaseModel):
 class SchedulerSettings(_Strict):
     execution_types: list[ExecutionType] = []
     local_concurrency: int | None = Field(default=None, ge=1)
+    poll_interval: float | None = Field(default=None, gt=0)  # an SSH target's status command, once per interval
 
 
 class SlurmSettings(SchedulerSettings):

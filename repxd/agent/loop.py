@@ -46,14 +46,25 @@ def inventory(settings: Settings) -> dict:
     cpus = a.cpus or hw.cpu.cores
     mem = parse_memory(a.mem) if a.mem else hw.memory.usable
     return {"cpus": cpus, "mem": mem, "slots": a.slots or cpus, "hardware": hw.model_dump(mode="json"),
-            "clusters": {name: {"slots": a.cluster_slots} for name in cluster_targets(settings)}}
+            "clusters": {name: {"slots": cluster_slots(settings, name)} for name in cluster_targets(settings)}}
 
 
 def cluster_targets(settings: Settings) -> list[str]:
-    """The daemon's targets whose jobs this agent hands to a cluster scheduler (SLURM): their jobs
-    take none of this machine's slots, cpus or memory."""
+    """The daemon's targets whose jobs this agent hands to a cluster scheduler (SLURM) or to
+    another host (SSH): their jobs take none of this machine's slots, cpus or memory."""
     config = settings.target_config()
-    return sorted(name for name, target in config.targets.items() if config.scheduler_of(target) in CLUSTER_SCHEDULERS)
+    return sorted(name for name, target in config.targets.items()
+                  if config.scheduler_of(target) in CLUSTER_SCHEDULERS or target.address)
+
+
+def cluster_slots(settings: Settings, name: str) -> int:
+    """Jobs at once on a target: an SSH host runs its local_concurrency (default: as many as this
+    machine's CPUs, as an embedded run would); a cluster, agent.cluster_slots."""
+    target = settings.target_config().targets[name]
+    if target.address:
+        return (target.local.local_concurrency if target.local and target.local.local_concurrency
+                else os.cpu_count() or 1)
+    return settings.agent.cluster_slots
 
 
 class Agent:
@@ -74,6 +85,9 @@ class Agent:
         self.launcher = SubprocessLauncher()
         self._cluster_launchers: dict[str, ClusterLauncher] = {}
         self._cluster_admission = Admission(1 << 30, 1 << 30, 1 << 62)  # the cluster admits its jobs
+        self._ssh_targets: dict[str, object] = {}  # target name -> its SshTarget, connected
+        self._ssh_labs: set[tuple[str, str]] = set()  # (target, Lab) whose artifacts the host has
+        self._ssh_lock = asyncio.Lock()
         self._new_handles: dict[int, str] = {}  # sent with the next heartbeat
         # The scheduler admits work; this only bounds processes of scatter-gather fan-out.
         self.admission = Admission(max(1, self.inventory["slots"]), self.inventory["cpus"], self.inventory["mem"])
@@ -198,6 +212,10 @@ class Agent:
         image = lab.image_of(item["job"])
         name, target = resolve_target(self.settings.target_config(), item["target"])
         kind = choose_execution_type(target, item["options"].get("runtime"), image is not None, scheduler_of(target))
+        if target is not None and target.address:
+            from ..targets.ssh.target import native_only  # asyncssh only for an SSH target
+
+            native_only(name, kind)
         rkey = (kind, item["lab_path"], item["base_path"], image)
         if rkey not in self._runtimes:
             runtime = make_runtime(kind, lab, layout, image, target)
@@ -207,6 +225,28 @@ class Agent:
             self._cluster_launchers[name] = cluster_launcher(scheduler_of(target), LocalCommands(), target, self.id,
                                                              layout.cache)
         return lab, layout, self._runtimes[rkey], target
+
+    async def _ssh_ready(self, name: str, target, layout: OutputLayout, lab, lab_path: str) -> None:
+        """The SSH target connected and bootstrapped once, each Lab's artifacts sent once; while
+        the host does not answer, the job waits (it stays running in the store)."""
+        from ..targets.ssh.target import SshTarget, TargetUnavailable
+
+        async with self._ssh_lock:
+            delay = RETRY_SECONDS
+            while name not in self._ssh_targets or (name, lab_path) not in self._ssh_labs:
+                try:
+                    if name not in self._ssh_targets:
+                        remote = SshTarget(name, target, layout)
+                        self._cluster_launchers[name] = await remote.open()
+                        self._ssh_targets[name] = remote
+                    await self._ssh_targets[name].push_lab(lab, list(lab.jobs))
+                    self._ssh_labs.add((name, lab_path))
+                except TargetUnavailable as exc:
+                    if not exc.connection_problem:
+                        raise
+                    log.warning("%s; trying again in %.0fs", exc, delay)
+                    await asyncio.sleep(delay)
+                    delay = min(delay * 2, 30.0)
 
     def _launcher(self, target_name: str | None):
         """(launcher, admission) for a job of this target: SLURM's for a cluster target."""
@@ -232,6 +272,8 @@ class Agent:
             def spawned(handle: str) -> None:
                 self._new_handles[attempt] = handle
 
+            if _target is not None and _target.address:
+                await self._ssh_ready(item["target"], _target, layout, lab, item["lab_path"])
             launcher, admission = self._launcher(item["target"])
             ctx = JobContext(lab, layout, runtime, admission, resources, worker, on_spawn=spawned,
                              launcher=launcher, attempt=attempt, run_id=item["run"],

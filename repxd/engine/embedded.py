@@ -38,8 +38,9 @@ def resolve_target(config: Config, name: str | None) -> tuple[str, TargetConfig 
         raise ConfigError(f"unknown target {name!r} (targets: {known}); define [targets.{name}] in config.toml")
     if target is None:
         return name, None
-    if target.address:
-        raise ConfigError(f"target {name!r} has an address (ssh), which this version cannot run yet; use a local target")
+    if target.address and config.scheduler_of(target) != "local":
+        raise ConfigError(f"target {name!r} has an address (ssh) and uses {config.scheduler_of(target)}; this version runs"
+                          " jobs on an SSH host with its local scheduler only: set default_scheduler = \"local\"")
     if target.artifact_store == "node-local":
         raise ConfigError(f"target {name!r}: artifact_store = \"node-local\" concerns cluster nodes, which this version"
                           " cannot run yet; remove it or set \"shared\"")
@@ -52,9 +53,14 @@ def scheduler_of(target: TargetConfig | None) -> str:
     return (target.default_scheduler or "local") if target is not None else "local"
 
 
-def base_path_for(target: TargetConfig | None, override: Path | None) -> Path:
+def base_path_for(target: TargetConfig | None, override: Path | None, name: str = "") -> Path:
+    """The base path repx prepares jobs in. An SSH target's base_path is on its host; here a
+    mirror of it holds inputs, logs and markers: this machine's copy of the target, where
+    `repxctl pull` also puts outputs (targets.ssh.sync.local_base_for, not imported: asyncssh)."""
     if override is not None:
         return override.resolve()
+    if target is not None and target.address:
+        return state_home() / "targets" / name
     if target is not None:
         return target.base_path.expanduser().resolve()
     return state_home() / "local"
@@ -138,8 +144,16 @@ class EmbeddedRun:
             self.launcher = cluster_launcher(self.scheduler, LocalCommands(), plan.target, secrets.token_hex(4),
                                              plan.layout.cache)
             self.admission = Admission(options.concurrency or SLURM_IN_FLIGHT, SLURM_IN_FLIGHT, 1 << 62)
+        elif plan.target is not None and plan.target.address:
+            # Processes on another host: this machine's cpus and memory do not bound them.
+            self.admission = Admission(slots, 1 << 30, 1 << 62)
         else:
             self.admission = Admission(slots, total_cpus, mem)
+        self.remote = None
+        if plan.target is not None and plan.target.address:
+            from ..targets.ssh.target import SshTarget  # asyncssh only when a run needs it
+
+            self.remote = SshTarget(plan.target_name, plan.target, plan.layout)
         self.runtimes: dict[str | None, Runtime] = {}
         self.gpus = GpuPool(hardware.agent_inventory)
         self.engine: LocalEngine | None = None
@@ -147,6 +161,10 @@ class EmbeddedRun:
     def _runtime(self, image: str | None) -> Runtime:
         if image not in self.runtimes:
             kind = choose_execution_type(self.plan.target, self.options.runtime, image is not None, self.scheduler)
+            if self.remote is not None:
+                from ..targets.ssh.target import native_only
+
+                native_only(self.plan.target_name, kind)
             runtime = make_runtime(kind, self.plan.lab, self.plan.layout, image, self.plan.target)
             runtime.prepare()
             self.runtimes[image] = runtime
@@ -178,6 +196,16 @@ class EmbeddedRun:
             return JobResult(job_id, False, str(exc))
 
     async def run(self) -> RunSummary:
+        if self.remote is None:
+            return await self._run()
+        try:
+            self.launcher = await self.remote.open()  # the remote brought up to date first
+            await self.remote.push_lab(self.plan.lab, self.plan.to_run)
+            return await self._run()
+        finally:
+            await self.remote.close()
+
+    async def _run(self) -> RunSummary:
         # On SLURM a simple job can go in before its inputs exist, to start after its
         # predecessors' batch jobs succeed (afterok): no poll interval lost between stages.
         chainable = ({j for j in self.plan.to_run if not self.plan.lab.jobs[j].is_scatter_gather}

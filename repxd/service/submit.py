@@ -68,7 +68,9 @@ def plan_submission(settings: Settings, lab_path: str, selection: list[str], tar
     subclasses for anything the submitter must fix."""
     config = settings.target_config()
     target_name, target_cfg = resolve_target(config, target)
-    base = base_path_for(target_cfg, None) if target_cfg else settings.state_dir / "work"
+    base = base_path_for(target_cfg, None, target_name) if target_cfg else settings.state_dir / "work"
+    if target_cfg is not None and target_cfg.address:  # the daemon's copy of an SSH target, in its state
+        base = settings.state_dir / "targets" / target_name
     if read_as_submitter:
         options = {**options, "submitted_lab": os.path.abspath(lab_path)}
         lab_path = lab_as_submitter(lab_path, uid, user, OutputLayout(base).cache)

@@ -1,0 +1,317 @@
+"""SshLauncher: the launcher interface of `exec.launcher` (guarded/run) with processes started
+detached on an SSH target's host.
+
+The engine prepares each job on the local base path, which here is a *mirror* of the remote one:
+before a process starts, its `repx/` input files (inputs.json, parameters.json, and a
+scatter-gather job's step files) are sent to the same place under the remote base, with the
+local base rewritten to the remote one in their paths and in the command line. The process runs
+under `remote.sh`, deployed under `<remote base>/bin/`: setsid + nohup, a pid file, its exit
+status written to an exit file when it ends; nothing but sh and coreutils on the remote.
+
+One remote command per poll cycle follows every running process; it returns the logs (and a
+scatter's work_items.json) of those that ended, which are written into the mirror, where the
+engine reads them as it would locally. Each process's handle (pid and start time) is recorded
+beside its guard, so a restarted repx follows the process it started instead of starting it
+again. A lost connection is waited out: processes keep running on the remote, and their jobs
+stay running here until the host answers again."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import logging
+import secrets
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ...errors import RepxError
+from ...exec.job import DISK_FULL_BELOW
+from ...exec.launcher import DISK_FULL, ExitStatus, Guard, LaunchRequest, exit_file, guarded
+from ...exec.runtimes import Invocation
+from ..commands import CommandResult, CommandRunner
+
+log = logging.getLogger("repx.ssh")
+RECORD_SUFFIX = "ssh"
+HELPER = Path(__file__).with_name("remote.sh")
+# ssh's own failures (no route, connection reset) exit 255; anything the helper says is below that.
+SSH_FAILURE = 255
+TIMED_OUT = 124  # coreutils' timeout, when the job's time limit ran out
+
+
+class RemoteError(RepxError):
+    """The remote host refused something repx asked of it (not a connection problem)."""
+
+
+def record_file(guard: Path) -> Path:
+    return guard.with_name(f"{guard.name}.{RECORD_SUFFIX}")
+
+
+@dataclass(frozen=True)
+class Mirror:
+    """The local base path and the remote one it stands for."""
+
+    local: Path
+    remote: str
+
+    def path(self, local: Path | str) -> str:
+        text = str(local)
+        root = str(self.local)
+        if text == root or text.startswith(root + "/"):
+            return self.remote + text[len(root):]
+        return text
+
+    def json_text(self, data: bytes) -> bytes:
+        """JSON with every string that is a path under the local base made remote, the layout
+        kept byte for byte otherwise (a job may read the file as text)."""
+        local, remote = (json.dumps(str(p))[:-1].encode() for p in (self.local, self.remote))
+        return data.replace(local + b'"', remote + b'"').replace(local + b"/", remote + b"/")
+
+    def local_path(self, remote: str) -> Path:
+        if remote == self.remote or remote.startswith(self.remote + "/"):
+            return Path(str(self.local) + remote[len(self.remote):])
+        raise RemoteError(f"the remote sent back {remote!r}, which is not under {self.remote}")
+
+
+@dataclass(frozen=True)
+class Handle:
+    pid: str
+    started: str
+
+    def __str__(self) -> str:
+        return f"{self.pid} {self.started}"
+
+
+@dataclass
+class _Followed:
+    handle: Handle
+    guard: Path
+    repx: Path
+    out: Path
+    future: asyncio.Future
+    time_limited: bool  # started under `timeout`: its status 124 means the limit ran out
+
+
+class ConnectionProblem(Exception):
+    """The host did not answer (or the link dropped mid-command): try again later."""
+
+
+@dataclass
+class SshLauncher:
+    commands: CommandRunner
+    mirror: Mirror
+    helper: str  # the deployed remote.sh
+    poll_interval: float = 1.0
+    retry_interval: float = 2.0  # between attempts to start a process while the host does not answer
+    transient: tuple[type[BaseException], ...] = (OSError, TimeoutError)
+
+    name = "ssh"
+    _followed: dict[str, _Followed] = field(default_factory=dict, init=False)
+    _poll_task: asyncio.Task | None = field(default=None, init=False)
+
+    # ---- the launcher interface ------------------------------------------------------------
+
+    @asynccontextmanager
+    async def guarded(self, path: Path, request: LaunchRequest):
+        """The guard's lock; a process an earlier repx started on the remote for this directory is
+        followed to its end first, and its status becomes the guard's leftover status."""
+        async with guarded(path) as guard:
+            words = _read_record(path) if guard.leftover_status is None else []
+            if words and words[0] == "starting":  # it may have started before that repx died
+                words = await self._started_earlier(path, words[1])
+            if len(words) == 2:
+                log.info("following remote process %s started earlier for %s", words[0], request.job_id)
+                guard.leftover_status = await self._follow(Handle(*words), path, self._repx_of(path), None,
+                                                           bool(request.time_seconds))
+            try:
+                yield guard
+            finally:
+                record_file(path).unlink(missing_ok=True)
+
+    async def run(self, invocation: Invocation, repx: Path, guard: Guard, request: LaunchRequest,
+                  on_spawn=None) -> int:
+        token = secrets.token_hex(8)
+        record = record_file(guard.path)
+        record.write_text(f"starting {token}\n")  # before the remote can start anything
+        try:
+            handle = await self._start(token, invocation, repx, guard.path, request)
+        except asyncio.CancelledError:  # the process may have started all the same
+            await asyncio.shield(self._stop_started(guard.path, token))
+            raise
+        record.write_text(f"{handle}\n")
+        if on_spawn is not None:
+            on_spawn(f"ssh:{handle.pid}")
+        try:
+            return await self._follow(handle, guard.path, repx, invocation.cwd, bool(request.time_seconds))
+        except asyncio.CancelledError:
+            await asyncio.shield(self._stop([handle]))
+            raise
+
+    # ---- starting ---------------------------------------------------------------------------
+
+    def _remote_guard(self, guard: Path) -> str:
+        return self.mirror.path(guard)
+
+    def _repx_of(self, guard: Path) -> Path:
+        """The repx directory a guard stands for (the inverse of OutputLayout.guard)."""
+        return guard.parent.parent.parent / "outputs" / guard.name.replace("%", "/")
+
+    async def _start(self, token: str, invocation: Invocation, repx: Path, guard: Path,
+                     request: LaunchRequest) -> Handle:
+        files = "".join(f"{self.mirror.path(p)}\n{base64.b64encode(data).decode()}\n"
+                        for p, data in self._inputs(repx)) + ".\n"
+        prefix = ":".join(self.mirror.path(d) for d in invocation.env.get("PATH", "").split(":")
+                          if self.mirror.path(d) != d)
+        argv = ["sh", self.helper, "start", token, self._remote_guard(guard), self.mirror.path(invocation.cwd),
+                self.mirror.path(repx), str(request.time_seconds or 0), prefix,
+                *(self.mirror.path(a) for a in invocation.argv)]
+        while True:
+            try:
+                result = await self._command(argv, stdin=files)
+            except ConnectionProblem as exc:
+                log.warning("starting %s on the remote: %s; trying again", request.job_id, exc)
+                await asyncio.sleep(self.retry_interval)
+                continue
+            words = result.stdout.split()
+            if result.ok and len(words) == 2:
+                return Handle(*words)
+            raise RemoteError(f"the remote host could not start {request.job_id}: {result.failure()}")
+
+    def _inputs(self, repx: Path) -> list[tuple[Path, bytes]]:
+        """The JSON files the process reads from `repx/` directories: its own, its job's, and a
+        scatter-gather branch's (work_item.json), with local paths made remote."""
+        outputs = self.mirror.local / "outputs"
+        parts = repx.relative_to(outputs).parts[:-1]  # job, [branch, [step]] or [scatter]
+        dirs = {outputs.joinpath(*parts[:n], "repx") for n in range(1, len(parts) + 1)} | {repx}
+        found = []
+        for directory in sorted(dirs):
+            for path in sorted(directory.glob("*.json")):
+                found.append((path, self.mirror.json_text(path.read_bytes())))
+        return found
+
+    async def _started_earlier(self, guard: Path, token: str) -> list[str]:
+        """The handle a start with `token` left on the remote (its pid file), if it got that far."""
+        while True:
+            try:
+                result = await self._command(["cat", f"{self._remote_guard(guard)}.pid"])
+            except ConnectionProblem:
+                await asyncio.sleep(self.retry_interval)
+                continue
+            words = result.stdout.split()
+            return words[1:] if result.ok and len(words) == 3 and words[0] == token else []
+
+    # ---- following --------------------------------------------------------------------------
+
+    async def _follow(self, handle: Handle, guard: Path, repx: Path, out: Path | None,
+                      time_limited: bool) -> ExitStatus:
+        if out is None:  # re-attached: the process's out/ is its repx's sibling
+            out = repx.parent / "out"
+        future = asyncio.get_running_loop().create_future()
+        self._followed[str(guard)] = _Followed(handle, guard, repx, out, future, time_limited)
+        if self._poll_task is None or self._poll_task.done():
+            self._poll_task = asyncio.create_task(self._poll())
+        try:
+            return await asyncio.shield(future)
+        finally:
+            self._followed.pop(str(guard), None)
+
+    async def _poll(self) -> None:
+        while self._followed:
+            await asyncio.sleep(self.poll_interval)
+            followed = [f for f in self._followed.values() if not f.future.done()]
+            if not followed:
+                continue
+            listing = "".join("\t".join([self._remote_guard(f.guard), f.handle.pid, f.handle.started,
+                                          self.mirror.path(f.repx), self.mirror.path(f.out)]) + "\n"
+                              for f in followed)
+            try:
+                result = await self._command(["sh", self.helper, "status"], stdin=listing)
+            except ConnectionProblem as exc:
+                log.warning("remote status of %d process(es): %s; asking again", len(followed), exc)
+                continue
+            if not result.ok or not result.stdout.rstrip().endswith("E"):
+                log.warning("remote status: %s", result.failure())
+                continue
+            try:
+                self._settle(followed, result.stdout)
+            except (OSError, ValueError) as exc:
+                log.error("writing what the remote sent back: %s", exc)
+                for f in followed:
+                    if not f.future.done():
+                        f.future.set_exception(RemoteError(f"could not store the remote results: {exc}"))
+
+    def _settle(self, followed: list[_Followed], answer: str) -> None:
+        """Files first, then outcomes: a job's logs are in place when its status is known."""
+        outcomes: dict[int, ExitStatus] = {}
+        lines = iter(answer.splitlines())
+        for line in lines:
+            words = line.split()
+            if words[:1] == ["F"]:
+                self._receive(line[2:], next(lines, ""))
+            elif words[:1] == ["P"] and len(words) >= 3:
+                index, state = int(words[1]), words[2]
+                if state == "exit" and len(words) >= 4:
+                    outcomes[index] = self._status(words[3], words[4] if len(words) > 4 else "")
+                elif state == "gone":
+                    outcomes[index] = ExitStatus.with_cause(
+                        -9, None, "ended on the remote host without an exit status (killed, or the host restarted)")
+        for index, status in outcomes.items():
+            f = followed[index]
+            if f.time_limited and status == TIMED_OUT:
+                status = ExitStatus.with_cause(status, "timeout")
+            # Kept beside the guard until the outcome is recorded: a repx restarted in between adopts it.
+            exit_file(f.guard).write_text(f"{int(status)} {DISK_FULL}\n" if status.cause == DISK_FULL else f"{int(status)}\n")
+            if not f.future.done():
+                f.future.set_result(status)
+
+    def _status(self, number: str, free: str) -> ExitStatus:
+        """A failure on a (nearly) full remote filesystem names it: the local mirror has room."""
+        status = int(number)
+        if status != 0 and free.isdigit() and int(free) < DISK_FULL_BELOW:
+            where = self.mirror.path(self.mirror.local / "outputs")
+            return ExitStatus.with_cause(status, DISK_FULL, f"exited with status {status}: the remote disk is full (no space"
+                                         f" left under {where}); free space there and retry the run")
+        return ExitStatus(status)
+
+    def _receive(self, remote: str, encoded: str) -> None:
+        path = self.mirror.local_path(remote)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.repx-tmp")
+        tmp.write_bytes(base64.b64decode(encoded))
+        tmp.replace(path)
+
+    async def _stop_started(self, guard: Path, token: str) -> None:
+        try:
+            words = await asyncio.wait_for(self._started_earlier(guard, token), self.retry_interval * 5)
+        except TimeoutError:
+            log.warning("could not learn whether %s started on the remote; it is left running", guard.name)
+            return
+        if words:
+            await self._stop([Handle(*words)])
+
+    async def _stop(self, handles: list[Handle]) -> None:
+        try:
+            result = await self._command(["sh", self.helper, "stop", *(w for h in handles for w in (h.pid, h.started))])
+            if not result.ok:
+                log.warning("stopping remote processes: %s", result.failure())
+        except ConnectionProblem as exc:
+            log.warning("could not stop remote process(es) %s: %s", ", ".join(h.pid for h in handles), exc)
+
+    async def _command(self, argv: list[str], stdin: str | None = None) -> CommandResult:
+        try:
+            result = await self.commands.run(argv, stdin=stdin, timeout=60.0)
+        except self.transient as exc:
+            raise ConnectionProblem(str(exc) or type(exc).__name__) from exc
+        if result.returncode in (SSH_FAILURE, 124):  # ssh could not reach the host, or the call timed out
+            raise ConnectionProblem(result.failure())
+        return result
+
+
+def _read_record(guard: Path) -> list[str]:
+    try:
+        return record_file(guard).read_text().split()
+    except FileNotFoundError:
+        return []
+
+

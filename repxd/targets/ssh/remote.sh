@@ -1,0 +1,112 @@
+#!/bin/sh
+# repx's helper on an SSH target: starts job processes detached and reports on them.
+# POSIX sh and coreutils only (no repx, no Python remotely). Deployed content-addressed under
+# <remote base>/bin/ by the SSH target; repx calls it as `sh HELPER start|status|stop ...`.
+#
+# A process's files are `<guard>.pid` ("TOKEN PID STARTTIME") and `<guard>.exit` (its status),
+# written by renaming, so a reader never sees half a record.
+
+starttime() {  # field 22 of /proc/PID/stat (after the command name, which may hold spaces)
+    s=$(cat "/proc/$1/stat" 2>/dev/null) || { echo 0; return; }
+    s=${s##*) }
+    # shellcheck disable=SC2086
+    set -- $s
+    echo "${20}"
+}
+
+put() {  # write a file by renaming, so that it is whole or absent
+    printf '%s\n' "$2" > "$1.$$.tmp" && mv -f "$1.$$.tmp" "$1"
+}
+
+receive() {  # files from stdin: lines "PATH" and "BASE64", until a line "."
+    while IFS= read -r path; do
+        [ "$path" = "." ] && return 0
+        IFS= read -r data || return 1
+        mkdir -p "$(dirname "$path")" || return 1
+        printf '%s' "$data" | base64 -d > "$path.$$.tmp" && mv -f "$path.$$.tmp" "$path" || return 1
+    done
+    return 1
+}
+
+start() {  # TOKEN GUARD CWD REPX LIMIT PATH_PREFIX ARGV...
+    token=$1 guard=$2 cwd=$3 repx=$4 limit=$5 prefix=$6
+    shift 6
+    trap '' HUP  # a dropped connection must not stop a start half-way
+    if [ -f "$guard.pid" ] && [ "$(cut -d' ' -f1 "$guard.pid")" = "$token" ]; then
+        cut -d' ' -f2- "$guard.pid"  # started already: an earlier attempt's answer was lost
+        cat > /dev/null
+        return 0
+    fi
+    receive || { echo "repx: could not write the job's input files under $(dirname "$repx")" >&2; exit 3; }
+    rm -f "$guard.exit" "$guard.pid"
+    rm -rf "$cwd"
+    mkdir -p "$cwd" "$repx" "$(dirname "$guard")" || exit 3
+    # A block held for the status, so that it can be written even after the job filled the disk.
+    echo - > "$guard.exit.tmp" || exit 3
+    [ -n "$prefix" ] && PATH="$prefix:$PATH" && export PATH
+    helper=$(cd "$(dirname "$0")" && pwd)/$(basename "$0")  # still found after the cd below
+    cd "$cwd" || exit 3
+    setsid nohup sh "$helper" child "$token" "$guard" "$limit" "$@" < /dev/null > "$repx/stdout.log" 2> "$repx/stderr.log" &
+    pid=$!
+    record="$pid $(starttime "$pid")"
+    [ -f "$guard.exit" ] || put "$guard.pid" "$token $record" || exit 3
+    echo "$record"
+}
+
+child() {  # TOKEN GUARD LIMIT ARGV...: the detached process itself
+    token=$1 guard=$2 limit=$3
+    shift 3
+    put "$guard.pid" "$token $$ $(starttime $$)"
+    if [ "$limit" -gt 0 ]; then
+        timeout -k 10 "$limit" "$@"
+    else
+        "$@"
+    fi
+    echo "$?" > "$guard.exit.tmp" && mv -f "$guard.exit.tmp" "$guard.exit"
+}
+
+avail() {  # free bytes on the filesystem of a path
+    df -P -k "$1" 2>/dev/null | tail -n 1 | { read -r _ _ _ free _; echo "$((free * 1024))"; }
+}
+
+send() {  # a file back to repx: "F PATH" and its content in base64 (the last 16 MiB)
+    [ -f "$1" ] || return 0
+    echo "F $1"
+    tail -c 16777216 "$1" | base64 -w 0
+    echo
+}
+
+status() {  # stdin: a line "GUARD<tab>PID<tab>STARTTIME<tab>REPX<tab>OUT" per process (any number:
+    # a command line would be bounded). Prints a line per process, and the files of ended ones.
+    i=0
+    tab=$(printf '\t')
+    while IFS=$tab read -r guard pid started repx out; do
+        if [ ! -f "$guard.exit" ] && [ "$started" != 0 ] && [ "$(starttime "$pid")" = "$started" ]; then
+            echo "P $i running"
+        elif [ -f "$guard.exit" ]; then
+            echo "P $i exit $(cat "$guard.exit") $(avail "$repx")"
+            send "$repx/stdout.log"
+            send "$repx/stderr.log"
+            send "$out/work_items.json"
+        else
+            echo "P $i gone"
+        fi
+        i=$((i + 1))
+    done
+    echo "E"
+}
+
+stop() {  # PID STARTTIME...: TERM to each process's group, if it is still that process
+    while [ "$#" -ge 2 ]; do
+        [ "$(starttime "$1")" = "$2" ] && kill -TERM "-$1" 2>/dev/null
+        shift 2
+    done
+    return 0
+}
+
+command=$1
+shift
+case "$command" in
+    start|child|status|stop) "$command" "$@" ;;
+    *) echo "repx helper: unknown command $command" >&2; exit 2 ;;
+esac

@@ -1,0 +1,93 @@
+"""An SSH target for a run: connect, bring the remote up to date (bootstrap, repx's helper, the
+Lab's artifacts), then hand out the launcher that runs the jobs there."""
+
+from __future__ import annotations
+
+import asyncio
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+
+from ...config import TargetConfig
+from ...errors import ConfigError, RepxError
+from ...exec.artifacts import verified_executable
+from ...exec.layout import OutputLayout
+from ...lab.model import Lab
+from ..commands import CommandMissing
+from .connection import (
+    SshConnection,
+    SshError,
+    SshUnreachable,
+    connection_for,
+    is_connection_problem,
+)
+from .launcher import HELPER, Mirror, SshLauncher
+from .sync import RemoteBase
+
+
+class TargetUnavailable(RepxError):
+    """The SSH target could not be reached or prepared: not the user's input, so exit 1."""
+
+    exit_code = 1
+
+    def __init__(self, message: str, connection_problem: bool) -> None:
+        super().__init__(message)
+        self.connection_problem = connection_problem
+
+
+def native_only(target_name: str, kind: str) -> None:
+    if kind != "native":
+        raise ConfigError(f"target {target_name!r} (ssh) runs jobs natively only in this version, not with {kind};"
+                          " drop --runtime, or use a local target for Labs with images")
+
+
+@dataclass
+class SshTarget:
+    name: str
+    config: TargetConfig
+    layout: OutputLayout  # the local mirror
+    connection: SshConnection | None = field(default=None, init=False)
+    remote: RemoteBase | None = field(default=None, init=False)
+
+    def prepare_executables(self, lab: Lab, job_ids: list[str]) -> None:
+        """The verified copies jobs run (artifacts/.repx-content/), made before the artifacts are
+        sent: locally they are made as jobs start, but the remote has only what was synced."""
+        for job_id in job_ids:
+            for exe in lab.jobs[job_id].executables.values():
+                verified_executable(lab, self.layout, exe.path)
+
+    async def open(self) -> SshLauncher:
+        """Connect and bootstrap the remote, deploy repx's helper: the launcher for its jobs."""
+        with _unavailable():
+            self.connection = connection_for(self.name, self.config)
+            self.remote = RemoteBase(self.connection, self.config.base_path)
+            await self.remote.bootstrap()
+            helper = await self.remote.deploy_helper(HELPER.name, HELPER.read_bytes())
+            # Jobs change directory: every path they are given must be absolute.
+            found = await self.connection.run(["sh", "-c", 'cd "$1" && pwd', "sh", self.remote.base])
+            if not found.ok or not found.stdout.startswith("/"):
+                raise SshError(f"target {self.name!r}: cannot resolve base path {self.remote.base}: {found.failure()}")
+        launcher = SshLauncher(self.connection, Mirror(self.layout.base, found.stdout.strip()), helper,
+                               transient=(SshUnreachable,))
+        if self.config.local and self.config.local.poll_interval:
+            launcher.poll_interval = self.config.local.poll_interval
+        return launcher
+
+    async def push_lab(self, lab: Lab, job_ids: list[str]) -> None:
+        """The Lab's artifacts (and the verified copies these jobs run) to the remote."""
+        await asyncio.to_thread(self.prepare_executables, lab, job_ids)
+        with _unavailable():
+            await self.remote.push_artifacts(self.layout.artifacts)
+
+    async def close(self) -> None:
+        if self.connection is not None:
+            await self.connection.close()
+
+
+@contextmanager
+def _unavailable():
+    """SSH and sync failures as one line for the user; connection problems marked as such."""
+    try:
+        yield
+    except (SshError, CommandMissing) as exc:
+        hint = " (try again when the host is back)" if is_connection_problem(exc) else ""
+        raise TargetUnavailable(f"{exc}{hint}", is_connection_problem(exc)) from None
