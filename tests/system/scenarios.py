@@ -206,8 +206,8 @@ def slurm_target_runs(machine: BaseMachine, user: str, lab: str, selection: str,
 def ssh_target_runs(machine: BaseMachine, remote: BaseMachine, user: str, lab: str, selection: str, target: str, remote_base: str,
                     as_user: str | None = None) -> str:
     """A researcher's run on an SSH target: it succeeds, and every job ran on the remote host,
-    whose base path holds each job's SUCCESS marker and outputs in the upstream layout. `remote`
-    is the remote host (a machine, or anything with `succeed`); `as_user` as in slurm_target_runs."""
+    whose base path holds each job's outputs and logs in the upstream layout (the markers are kept
+    in repx's mirror of it). `remote` is the remote host; `as_user` as in slurm_target_runs."""
     prefix = as_user or f"runuser -u {user} --"
     run_id = machine.succeed(f"{prefix} repxctl run {shlex.quote(selection)} --lab {shlex.quote(lab)} "
                              f"--target {shlex.quote(target)} --detach").strip().splitlines()[-1]
@@ -216,6 +216,6 @@ def ssh_target_runs(machine: BaseMachine, remote: BaseMachine, user: str, lab: s
     assert jobs, f"run {run_id} has no jobs"
     for job in jobs:
         assert job["state"] == "succeeded", job
-        remote.succeed(f"test -e {remote_base}/outputs/{job['job_id']}/repx/SUCCESS")
-        remote.succeed(f"test -d {remote_base}/outputs/{job['job_id']}/out")
+        where = f"{remote_base}/outputs/{job['job_id']}"
+        remote.succeed(f"test -e {where}/repx/stdout.log && test -n \"$(ls -A {where}/out)\"")
     return run_id

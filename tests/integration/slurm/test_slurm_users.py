@@ -14,6 +14,7 @@ from service import Daemon
 from system import scenarios
 from test_auth import REPXCTL, SELF
 from test_security_isolation import ALICE, shared_dir, users  # noqa: F401 - fixtures
+from this_host import ThisHost
 
 from repxd.lab.writer import LabWriter
 
@@ -76,34 +77,6 @@ def run_and_wait_id(d: Daemon, run_id: str) -> str:
             return run["state"]
         assert time.monotonic() < deadline, f"run {run_id} did not end: {run}\n{d.logs()}"
         time.sleep(0.3)
-
-
-class ThisHost:
-    """The NixOS test driver's machine interface (succeed, wait_until_succeeds) on this host, as
-    the driver runs commands (`set -euo pipefail`, a time limit), so that the operator scenarios
-    shared with the VM tests (tests/system/scenarios.py) drive the real cluster here too."""
-
-    def __init__(self, env: dict[str, str]) -> None:
-        self.env = env
-
-    def execute(self, command: str, timeout: float = 900) -> tuple[int, str]:
-        done = subprocess.run(["timeout", str(int(timeout)), "bash", "-c", f"set -euo pipefail; {command}"],
-                              capture_output=True, text=True, env=self.env)
-        self.last_stderr = done.stderr
-        return done.returncode, done.stdout
-
-    def succeed(self, command: str, timeout: float = 900) -> str:
-        status, out = self.execute(command, timeout)
-        assert status == 0, f"command failed ({status}): {command}\n{out}{self.last_stderr}"
-        return out
-
-    def wait_until_succeeds(self, command: str, timeout: int = 900) -> str:
-        for _ in range(int(timeout)):
-            status, out = self.execute(command)
-            if status == 0:
-                return out
-            time.sleep(1)
-        raise AssertionError(f"timed out: {command}")
 
 
 def test_the_shared_slurm_scenario_runs_an_example_lab_as_its_researcher(slurm_cluster, users, shared_dir):  # noqa: F811
