@@ -8,7 +8,7 @@ from pathlib import Path
 
 import click
 
-from repxd.config import Config, TargetConfig, load_config
+from repxd.config import Config, TargetConfig, load_config, parse_memory
 from repxd.engine.embedded import base_path_for, open_lab, resolve_target
 from repxd.errors import RepxError
 from repxd.exec.layout import OutputLayout
@@ -71,3 +71,17 @@ def open_session(lab_path: Path | None, base_path: Path | None, target: str | No
     for warning in lab.warnings:
         click.echo(f"repxctl: warning: {warning}", err=True)
     return Session(lab, OutputLayout(base), config, target_name, target_cfg)
+
+
+class MemorySize(click.ParamType):
+    """A size such as 512M or 8G, checked when the command line is read: a bad one is a usage
+    error (one line, exit 2), not a failure deep inside the run. The text is kept as given."""
+
+    name = "size"
+
+    def convert(self, value, param, ctx):
+        try:
+            parse_memory(value)
+        except ValueError as exc:
+            self.fail(str(exc), param, ctx)
+        return value

@@ -12,6 +12,7 @@ import click
 from repxd.api.client import Api
 from repxd.errors import RepxError
 from repxd.service.settings import SYSTEM_SOCKET, personal_socket
+from repxd.store.queries import JOB_STATES
 
 from .table import print_table
 
@@ -101,7 +102,7 @@ def _selection(run: dict) -> str:
 
 @click.command()
 @click.option("--run", "run_id", help="Only this run's jobs.")
-@click.option("--state", help="Only jobs in this state (waiting, pending, queued, running, succeeded, failed, blocked, cancelled).")
+@click.option("--state", type=click.Choice(JOB_STATES), help="Only jobs in this state.")
 @API_OPTION
 @click.option("--json", "as_json", is_flag=True)
 def jobs(run_id, state, api_address, as_json) -> None:

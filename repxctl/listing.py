@@ -13,6 +13,7 @@ from repxd.lab.model import Lab
 from .common import lab_options, open_session
 from .inspect import all_statuses, effective_params, one_job
 from .table import print_table
+from .viz import runs_waited_for
 
 
 def runs_named(lab: Lab, name: str) -> list[str]:
@@ -163,16 +164,23 @@ def _param_text(value) -> str:
 @lab_options
 @click.option("--json", "as_json", is_flag=True)
 def list_deps(job, as_json, **kw) -> None:
-    """A job's direct dependencies and dependents (alias: deps)."""
+    """A job's direct dependencies and dependents, and the runs it starts after (alias: deps);
+    the same relations `viz` draws."""
     session = open_session(**kw)
     lab = session.lab
     job_id = one_job(lab, job)
     state = all_statuses(session)
     dependents = sorted(dependents_map(lab, lab.jobs)[job_id])
+    after_runs = runs_waited_for(lab, job_id)
     if as_json:
-        click.echo(json.dumps({"job": job_id, "dependencies": list(lab.jobs[job_id].deps), "dependents": dependents}, indent=2))
+        click.echo(json.dumps({"job": job_id, "dependencies": list(lab.jobs[job_id].deps), "dependents": dependents,
+                               "after_runs": after_runs}, indent=2))
         return
     rows = [["depends on", d, state[d].value] for d in lab.jobs[job_id].deps]
+    for run, kind in sorted(after_runs.items()):
+        members = lab.runs[run].job_ids
+        done = sum(1 for j in members if state[j] is JobStatus.SUCCEEDED)
+        rows.append([f"after run ({kind})", run, f"{done}/{len(members)} succeeded"])
     rows += [["needed by", d, state[d].value] for d in dependents]
     click.echo(job_id)
     print_table(["RELATION", "JOB", "STATUS"], rows)
