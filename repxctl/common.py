@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import click
@@ -12,6 +12,7 @@ from repxd.config import Config, TargetConfig, load_config, parse_memory
 from repxd.engine.embedded import base_path_for, open_lab, resolve_target
 from repxd.errors import RepxError
 from repxd.exec.layout import OutputLayout
+from repxd.lab.graph import JobStatus
 from repxd.lab.model import Lab
 
 
@@ -58,6 +59,8 @@ class Session:
     config: Config
     target_name: str
     target: TargetConfig | None
+    # A daemon run's queued and running jobs: the files under the base path cannot tell them from pending ones.
+    active: dict[str, JobStatus] = field(default_factory=dict)
 
 
 def open_session(lab_path: Path | None, base_path: Path | None, target: str | None,
@@ -71,6 +74,42 @@ def open_session(lab_path: Path | None, base_path: Path | None, target: str | No
     for warning in lab.warnings:
         click.echo(f"repxctl: warning: {warning}", err=True)
     return Session(lab, OutputLayout(base), config, target_name, target_cfg)
+
+
+DAEMON_ACTIVE = {"queued": JobStatus.QUEUED, "running": JobStatus.RUNNING}
+
+
+def open_view(lab_path: Path | None, base_path: Path | None, target: str | None,
+              config_path: Path | None, no_verify: bool) -> Session:
+    """The session of a command that looks at outputs (list, show, log, trace-params, viz). Without
+    --base-path, when a daemon answers and has run this Lab (without a Lab: the daemon's latest
+    run), its outputs are read where the daemon wrote them, with its queued and running jobs, so
+    that a daemon run and an embedded one show alike. Otherwise, the embedded base path."""
+    daemon_run = _daemon_run(lab_path) if base_path is None else None
+    if daemon_run is None:
+        return open_session(lab_path, base_path, target, config_path, no_verify)
+    run, api = daemon_run
+    click.echo(f"repxctl: showing daemon run {run['id']} of {run['lab_path']} (outputs under {run['base_path']}; "
+               f"--base-path for another)", err=True)
+    session = open_session(Path(run["lab_path"]), Path(run["base_path"]), target, config_path, no_verify)
+    for state, status in DAEMON_ACTIVE.items():
+        session.active |= {job["job_id"]: status for job in api.listing("/v1/jobs", {"run": run["id"], "state": state})}
+    return session
+
+
+def _daemon_run(lab_path: Path | None):
+    """(the daemon's newest run of this Lab, or its newest run at all without a Lab; its client),
+    or None when no daemon answers or it has no such run."""
+    from .daemon import connect  # lazily: the HTTP client is not needed where no daemon is asked
+
+    api = connect(os.environ.get("REPX_API"))
+    if not api.reachable():
+        return None
+    wanted = str(lab_path.resolve()) if lab_path is not None else None
+    for run in api.call("GET", "/v1/runs", params={"limit": 100}):
+        if wanted is None or run["lab_path"] == wanted:
+            return run, api
+    return None
 
 
 class MemorySize(click.ParamType):

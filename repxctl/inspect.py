@@ -18,7 +18,7 @@ from repxd.exec.layout import FAIL, SUCCESS
 from repxd.lab.graph import JobStatus, matching_jobs, statuses
 from repxd.lab.model import Lab
 
-from .common import Session, default_resources, lab_options, open_session
+from .common import Session, default_resources, lab_options, open_view
 from .daemon import API_OPTION, connect
 from .table import print_table
 
@@ -35,7 +35,7 @@ def one_job(lab: Lab, spec: str) -> str:
 
 def all_statuses(session: Session) -> dict[str, JobStatus]:
     lab = session.lab
-    return statuses(lab, lab.jobs, session.layout.outcomes(lab.jobs))
+    return statuses(lab, lab.jobs, session.layout.outcomes(lab.jobs), session.active)
 
 
 @click.group()
@@ -53,7 +53,7 @@ def show() -> None:
               default=default_resources, help="A resources.toml merged last, as `run --resources FILE`.")
 def show_job(job, as_json, show_resources, resources_file, **kw) -> None:
     """Everything about one job: status, parameters, inputs, outputs, resources and paths."""
-    session = open_session(**kw)
+    session = open_view(**kw)
     lab, layout = session.lab, session.layout
     job_id = one_job(lab, job)
     j = lab.jobs[job_id]
@@ -102,7 +102,7 @@ def show_output(job, key, cat, as_json, **kw) -> None:
     """Paths of a job's outputs (or the path of output KEY; --cat prints its content). A PATH that is
     not an output key is read relative to the job's out/ directory, as upstream: a file is printed,
     a directory listed."""
-    session = open_session(**kw)
+    session = open_view(**kw)
     lab, layout = session.lab, session.layout
     job_id = one_job(lab, job)
     outputs = {k: resolve_output(lab, layout, job_id, k) for k in lab.jobs[job_id].outputs}
@@ -190,7 +190,7 @@ def log(job, follow, use_stderr, lines, api_address, as_json, **kw) -> None:
     if kw["lab_path"] is None:
         _log_from_daemon(job, follow, use_stderr, lines, api_address, as_json)
         return
-    session = open_session(**kw)
+    session = open_view(**kw)
     job_id = one_job(session.lab, job)
     repx = session.layout.repx_dir(job_id)
     path = repx / ("stderr.log" if use_stderr else "stdout.log")
@@ -295,7 +295,7 @@ def effective_params(lab: Lab) -> dict[str, dict[str, tuple[object, str]]]:
 def trace_params(job, as_json, **kw) -> None:
     """Effective parameters of a job (without JOB: of every job, as upstream) and which job each
     comes from (own parameters win)."""
-    lab = open_session(**kw).lab
+    lab = open_view(**kw).lab
     job_ids = [one_job(lab, job)] if job is not None else sorted(lab.jobs)
     effective = effective_params(lab)
     if as_json:

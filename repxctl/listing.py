@@ -10,7 +10,7 @@ from repxd.errors import SelectionError
 from repxd.lab.graph import JobStatus, dependents_map
 from repxd.lab.model import Lab
 
-from .common import lab_options, open_session
+from .common import lab_options, open_view
 from .inspect import all_statuses, effective_params, one_job
 from .table import print_table
 from .viz import runs_waited_for
@@ -54,7 +54,7 @@ def list_runs(ctx, name=None, as_json=False, **kw) -> None:
     if name is not None:
         ctx.invoke(list_jobs, name=name, as_json=as_json, **kw)
         return
-    session = open_session(**kw)
+    session = open_view(**kw)
     status = all_statuses(session)
     rows = []
     for run in session.lab.runs.values():
@@ -74,7 +74,7 @@ def list_runs(ctx, name=None, as_json=False, **kw) -> None:
 @click.option("--json", "as_json", is_flag=True)
 def list_groups(name, as_json, **kw) -> None:
     """The Lab's groups (select one with @name); with NAME, only that group."""
-    lab = open_session(**kw).lab
+    lab = open_view(**kw).lab
     groups = lab.groups
     if name is not None:
         name = name.removeprefix("@")
@@ -105,7 +105,7 @@ STATUS_CHOICE = click.Choice([s.value for s in JobStatus], case_sensitive=False)
 def list_jobs(name=None, run_name=None, stage=None, wanted_status=(), params=(), group_by_stage=False,
               output_paths=False, as_json=False, **kw) -> None:
     """Jobs with their run, stage, status and parameters. NAME: a run, @group or run-name prefix."""
-    session = open_session(**kw)
+    session = open_view(**kw)
     lab = session.lab
     runs = runs_named(lab, name or run_name) if name or run_name else sorted(lab.runs)
     columns, wanted = [], {}
@@ -166,7 +166,7 @@ def _param_text(value) -> str:
 def list_deps(job, as_json, **kw) -> None:
     """A job's direct dependencies and dependents, and the runs it starts after (alias: deps);
     the same relations `viz` draws."""
-    session = open_session(**kw)
+    session = open_view(**kw)
     lab = session.lab
     job_id = one_job(lab, job)
     state = all_statuses(session)

@@ -13,7 +13,7 @@ import click
 from repxd.errors import RepxError
 from repxd.lab.graph import JobStatus, closure, select
 
-from .common import lab_options, open_session
+from .common import lab_options, open_view
 from .inspect import all_statuses
 
 COLOURS = {
@@ -84,7 +84,7 @@ def _dot_label(lines: list[str]) -> str:
 @click.option("--json", "as_json", is_flag=True, help="Print the graph as JSON nodes, job edges and run edges instead.")
 def viz(specs, output, fmt, as_json, **kw) -> None:
     """Draw the DAG of SPECS (default: the whole Lab) with Graphviz."""
-    session = open_session(**kw)
+    session = open_view(**kw)
     lab = session.lab
     job_ids = closure(lab, select(lab, specs)) if specs else set(lab.jobs)
     if as_json:
