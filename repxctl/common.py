@@ -89,9 +89,10 @@ def open_view(lab_path: Path | None, base_path: Path | None, target: str | None,
     if daemon_run is None:
         return open_session(lab_path, base_path, target, config_path, no_verify)
     run, api = daemon_run
-    click.echo(f"repxctl: showing daemon run {run['id']} of {run['lab_path']} (outputs under {run['base_path']}; "
+    lab = _submitted_lab(run)
+    click.echo(f"repxctl: showing daemon run {run['id']} of {lab} (outputs under {run['base_path']}; "
                f"--base-path for another)", err=True)
-    session = open_session(Path(run["lab_path"]), Path(run["base_path"]), target, config_path, no_verify)
+    session = open_session(Path(lab), Path(run["base_path"]), target, config_path, no_verify)
     for state, status in DAEMON_ACTIVE.items():
         session.active |= {job["job_id"]: status for job in api.listing("/v1/jobs", {"run": run["id"], "state": state})}
     return session
@@ -107,9 +108,14 @@ def _daemon_run(lab_path: Path | None):
         return None
     wanted = str(lab_path.resolve()) if lab_path is not None else None
     for run in api.call("GET", "/v1/runs", params={"limit": 100}):
-        if wanted is None or run["lab_path"] == wanted:
+        if wanted is None or _submitted_lab(run) == wanted:
             return run, api
     return None
+
+
+def _submitted_lab(run: dict) -> str:
+    """The Lab as the submitter named it: a root daemon runs a user's Lab from its own copy."""
+    return (run.get("options") or {}).get("submitted_lab") or run["lab_path"]
 
 
 class MemorySize(click.ParamType):
