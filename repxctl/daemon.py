@@ -90,7 +90,7 @@ def status(api_address, as_json) -> None:
 @click.command()
 @click.argument("run_id", required=False)
 @API_OPTION
-@click.option("--limit", default=20, show_default=True)
+@click.option("--limit", type=click.IntRange(1, 1000), default=20, show_default=True, help="How many runs (1 to 1000).")
 @click.option("--json", "as_json", is_flag=True)
 def runs(run_id, api_address, limit, as_json) -> None:
     """Recent runs, or one run in detail when RUN_ID (or a prefix) is given."""

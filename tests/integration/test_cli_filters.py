@@ -50,6 +50,7 @@ def test_daemon_jobs_state_filter_names_the_valid_states():
         env = daemon.env | {"REPX_API": str(daemon.socket)}
         assert_usage_error(repxctl("jobs", "--state", "bogus", env=env), "bogus", "running", "succeeded", "cancelled")
         assert repxctl("jobs", "--state", "running", env=env).code == 0
+        assert_usage_error(repxctl("runs", "--limit", "0", env=env), "--limit", "1<=x<=1000")
     finally:
         daemon.stop()
 
