@@ -103,8 +103,14 @@ def _daemon_run(lab_path: Path | None):
     or None when no daemon answers or it has no such run."""
     from .daemon import connect  # lazily: the HTTP client is not needed where no daemon is asked
 
-    api = connect(os.environ.get("REPX_API"))
+    given = os.environ.get("REPX_API")
+    api = connect(given)
     if not api.reachable():
+        if given and lab_path is None:
+            raise RepxError(f"no Lab given (pass --lab PATH or set REPX_LAB) and no repx daemon answers at {given} ($REPX_API)")
+        if given:  # an address was given: say that it was not used, rather than fall back silently
+            click.echo(f"repxctl: warning: no repx daemon answers at {given} ($REPX_API); "
+                       "showing the outputs under this machine's base path", err=True)
         return None
     wanted = str(lab_path.resolve()) if lab_path is not None else None
     for run in api.call("GET", "/v1/runs", params={"limit": 100}):

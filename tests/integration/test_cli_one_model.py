@@ -86,3 +86,12 @@ def test_a_running_daemon_job_is_listed_as_running(daemon, tmp_path):
         assert [job["status"] for job in listed] == ["Running"]
     finally:
         repxctl("cancel", run_id, env=served)
+
+
+def test_a_given_daemon_address_that_does_not_answer_is_said(tmp_path):
+    lab, _ = failing_lab(tmp_path / "lab")
+    env = {k: v for k, v in os.environ.items() if k != "REPX_LAB"} | {"REPX_API": str(tmp_path / "gone.sock")}
+    without_lab = repxctl("list", "jobs", env=env, cwd=tmp_path)
+    assert without_lab.code == 2 and f"no repx daemon answers at {tmp_path / 'gone.sock'}" in without_lab.stderr
+    with_lab = repxctl("list", "jobs", "--lab", lab, env=env, cwd=tmp_path)
+    assert with_lab.code == 0 and "warning: no repx daemon answers at" in with_lab.stderr
