@@ -3,15 +3,16 @@
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import click
 
-from repxd.config import Config, TargetConfig, load_config
+from repxd.config import Config, TargetConfig, load_config, parse_memory
 from repxd.engine.embedded import base_path_for, open_lab, resolve_target
 from repxd.errors import RepxError
 from repxd.exec.layout import OutputLayout
+from repxd.lab.graph import JobStatus
 from repxd.lab.model import Lab
 
 
@@ -58,6 +59,8 @@ class Session:
     config: Config
     target_name: str
     target: TargetConfig | None
+    # A daemon run's queued and running jobs: the files under the base path cannot tell them from pending ones.
+    active: dict[str, JobStatus] = field(default_factory=dict)
 
 
 def open_session(lab_path: Path | None, base_path: Path | None, target: str | None,
@@ -71,3 +74,65 @@ def open_session(lab_path: Path | None, base_path: Path | None, target: str | No
     for warning in lab.warnings:
         click.echo(f"repxctl: warning: {warning}", err=True)
     return Session(lab, OutputLayout(base), config, target_name, target_cfg)
+
+
+DAEMON_ACTIVE = {"queued": JobStatus.QUEUED, "running": JobStatus.RUNNING}
+
+
+def open_view(lab_path: Path | None, base_path: Path | None, target: str | None,
+              config_path: Path | None, no_verify: bool) -> Session:
+    """The session of a command that looks at outputs (list, show, log, trace-params, viz). Without
+    --base-path, when a daemon answers and has run this Lab (without a Lab: the daemon's latest
+    run), its outputs are read where the daemon wrote them, with its queued and running jobs, so
+    that a daemon run and an embedded one show alike. Otherwise, the embedded base path."""
+    daemon_run = _daemon_run(lab_path) if base_path is None else None
+    if daemon_run is None:
+        return open_session(lab_path, base_path, target, config_path, no_verify)
+    run, api = daemon_run
+    lab = _submitted_lab(run)
+    click.echo(f"repxctl: showing daemon run {run['id']} of {lab} (outputs under {run['base_path']}; "
+               f"--base-path for another)", err=True)
+    session = open_session(Path(lab), Path(run["base_path"]), target, config_path, no_verify)
+    for state, status in DAEMON_ACTIVE.items():
+        session.active |= {job["job_id"]: status for job in api.listing("/v1/jobs", {"run": run["id"], "state": state})}
+    return session
+
+
+def _daemon_run(lab_path: Path | None):
+    """(the daemon's newest run of this Lab, or its newest run at all without a Lab; its client),
+    or None when no daemon answers or it has no such run."""
+    from .daemon import connect  # lazily: the HTTP client is not needed where no daemon is asked
+
+    given = os.environ.get("REPX_API")
+    api = connect(given)
+    if not api.reachable():
+        if given and lab_path is None:
+            raise RepxError(f"no Lab given (pass --lab PATH or set REPX_LAB) and no repx daemon answers at {given} ($REPX_API)")
+        if given:  # an address was given: say that it was not used, rather than fall back silently
+            click.echo(f"repxctl: warning: no repx daemon answers at {given} ($REPX_API); "
+                       "showing the outputs under this machine's base path", err=True)
+        return None
+    wanted = str(lab_path.resolve()) if lab_path is not None else None
+    for run in api.call("GET", "/v1/runs", params={"limit": 100}):
+        if wanted is None or _submitted_lab(run) == wanted:
+            return run, api
+    return None
+
+
+def _submitted_lab(run: dict) -> str:
+    """The Lab as the submitter named it: a root daemon runs a user's Lab from its own copy."""
+    return (run.get("options") or {}).get("submitted_lab") or run["lab_path"]
+
+
+class MemorySize(click.ParamType):
+    """A size such as 512M or 8G, checked when the command line is read: a bad one is a usage
+    error (one line, exit 2), not a failure deep inside the run. The text is kept as given."""
+
+    name = "size"
+
+    def convert(self, value, param, ctx):
+        try:
+            parse_memory(value)
+        except ValueError as exc:
+            self.fail(str(exc), param, ctx)
+        return value

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import time
 from pathlib import Path
 
@@ -12,6 +13,7 @@ import click
 from repxd.api.client import Api
 from repxd.errors import RepxError
 from repxd.service.settings import SYSTEM_SOCKET, personal_socket
+from repxd.store.queries import JOB_STATES
 
 from .table import print_table
 
@@ -21,8 +23,25 @@ TOKEN_ENV = "REPX_TOKEN"
 
 
 def default_api() -> str:
-    """The system daemon's socket where one is there, else the user's own daemon's."""
-    return str(SYSTEM_SOCKET if SYSTEM_SOCKET.exists() else personal_socket())
+    """The first of the system daemon's socket and the user's own daemon's that a daemon answers
+    on; else the first that exists (its daemon stopped: connecting says so); else the user's own."""
+    candidates = [SYSTEM_SOCKET, personal_socket()]
+    existing = [path for path in candidates if path.exists()]
+    for path in existing:
+        if _answers(path):
+            return str(path)
+    return str(existing[0] if existing else candidates[1])
+
+
+def _answers(path: Path) -> bool:
+    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        probe.connect(str(path))
+        return True
+    except OSError:
+        return False
+    finally:
+        probe.close()
 
 
 def connect(api_address: str | None) -> Api:
@@ -55,9 +74,11 @@ def _counts(counts: dict) -> str:
 @click.option("--json", "as_json", is_flag=True)
 def status(api_address, as_json) -> None:
     """Roles, agents and the queue of the daemon."""
-    data = connect(api_address).call("GET", "/v1/status")
+    api = connect(api_address)
+    data = api.call("GET", "/v1/status") | {"api": api.address}
 
     def render(d):
+        click.echo(f"{'daemon':<10} {d['api']}")
         for role in d["roles"]:
             click.echo(f"{role['name']:<10} pid {role['pid']} on {role['host']}, seen {role['age']}s ago")
         click.echo(f"agents     {_counts(d['agents'])}")
@@ -69,7 +90,7 @@ def status(api_address, as_json) -> None:
 @click.command()
 @click.argument("run_id", required=False)
 @API_OPTION
-@click.option("--limit", default=20, show_default=True)
+@click.option("--limit", type=click.IntRange(1, 1000), default=20, show_default=True, help="How many runs (1 to 1000).")
 @click.option("--json", "as_json", is_flag=True)
 def runs(run_id, api_address, limit, as_json) -> None:
     """Recent runs, or one run in detail when RUN_ID (or a prefix) is given."""
@@ -101,7 +122,7 @@ def _selection(run: dict) -> str:
 
 @click.command()
 @click.option("--run", "run_id", help="Only this run's jobs.")
-@click.option("--state", help="Only jobs in this state (waiting, pending, queued, running, succeeded, failed, blocked, cancelled).")
+@click.option("--state", type=click.Choice(JOB_STATES), help="Only jobs in this state.")
 @API_OPTION
 @click.option("--json", "as_json", is_flag=True)
 def jobs(run_id, state, api_address, as_json) -> None:

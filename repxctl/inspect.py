@@ -18,7 +18,7 @@ from repxd.exec.layout import FAIL, SUCCESS
 from repxd.lab.graph import JobStatus, matching_jobs, statuses
 from repxd.lab.model import Lab
 
-from .common import Session, default_resources, lab_options, open_session
+from .common import Session, default_resources, lab_options, open_view
 from .daemon import API_OPTION, connect
 from .table import print_table
 
@@ -35,7 +35,7 @@ def one_job(lab: Lab, spec: str) -> str:
 
 def all_statuses(session: Session) -> dict[str, JobStatus]:
     lab = session.lab
-    return statuses(lab, lab.jobs, session.layout.outcomes(lab.jobs))
+    return statuses(lab, lab.jobs, session.layout.outcomes(lab.jobs), session.active)
 
 
 @click.group()
@@ -53,7 +53,7 @@ def show() -> None:
               default=default_resources, help="A resources.toml merged last, as `run --resources FILE`.")
 def show_job(job, as_json, show_resources, resources_file, **kw) -> None:
     """Everything about one job: status, parameters, inputs, outputs, resources and paths."""
-    session = open_session(**kw)
+    session = open_view(**kw)
     lab, layout = session.lab, session.layout
     job_id = one_job(lab, job)
     j = lab.jobs[job_id]
@@ -96,13 +96,13 @@ def print_resources(session: Session, job_id: str, resources: Resources, as_json
 @click.argument("job")
 @click.argument("key", required=False, metavar="[KEY|PATH]")
 @lab_options
-@click.option("--cat", is_flag=True, help="Print the output file's content instead of its path.")
+@click.option("--cat", is_flag=True, help="Print the output's content instead of its path (without KEY: every output's).")
 @click.option("--json", "as_json", is_flag=True)
 def show_output(job, key, cat, as_json, **kw) -> None:
     """Paths of a job's outputs (or the path of output KEY; --cat prints its content). A PATH that is
     not an output key is read relative to the job's out/ directory, as upstream: a file is printed,
     a directory listed."""
-    session = open_session(**kw)
+    session = open_view(**kw)
     lab, layout = session.lab, session.layout
     job_id = one_job(lab, job)
     outputs = {k: resolve_output(lab, layout, job_id, k) for k in lab.jobs[job_id].outputs}
@@ -120,10 +120,34 @@ def show_output(job, key, cat, as_json, **kw) -> None:
         else:
             click.echo(json.dumps({key: str(path)}) if as_json else path)
         return
-    if as_json:
+    if cat:
+        _cat_outputs(session, job_id, outputs)
+    elif as_json:
         click.echo(json.dumps(outputs, indent=2))
     else:
         print_table(["OUTPUT", "PATH", "EXISTS"], [[k, p, "yes" if Path(p).exists() else "no"] for k, p in outputs.items()])
+
+
+def _cat_outputs(session: Session, job_id: str, outputs: dict[str, str]) -> None:
+    """`--cat` without KEY: a single output printed as `cat` would; several each under a
+    `==> KEY: PATH <==` header, as `head` marks several files. Checked before printing anything,
+    so a missing output is an error rather than a half-printed listing."""
+    if not outputs:
+        raise SelectionError(f"job {job_id} declares no outputs; see its out/ directory with `repxctl show output {job_id} .`")
+    missing = [k for k, p in outputs.items() if not Path(p).exists()]
+    if missing:
+        raise SelectionError(f"output {', '.join(missing)} of job {job_id} does not exist yet "
+                             f"(job status: {all_statuses(session)[job_id].value})")
+    for index, (key, path) in enumerate(outputs.items()):
+        if len(outputs) > 1:
+            if index:
+                click.echo()
+            click.echo(f"==> {key}: {path} <==")
+        if Path(path).is_dir():
+            for entry in sorted(Path(path).rglob("*")):
+                click.echo(f"{entry.relative_to(path)}{'/' if entry.is_dir() else ''}")
+        else:
+            _print_file(Path(path))
 
 
 def _show_out_path(session: Session, job_id: str, relative: str) -> None:
@@ -158,17 +182,27 @@ def _print_file(path: Path) -> None:
 @click.option("--stderr", "use_stderr", is_flag=True, help="Show stderr.log instead of stdout.log.")
 @click.option("-n", "--lines", type=click.IntRange(min=0), help="Only the last N lines (default: the whole log).")
 @API_OPTION
-def log(job, follow, use_stderr, lines, api_address, **kw) -> None:
+@click.option("--json", "as_json", is_flag=True, help="One JSON object: the job, stream, log path and content.")
+def log(job, follow, use_stderr, lines, api_address, as_json, **kw) -> None:
     """Print a job's stdout (or --stderr) log. Without a Lab, asks the daemon for it."""
+    if as_json and follow:
+        raise RepxError("--json prints the log once as one object; leave out --follow, or --json to follow it")
     if kw["lab_path"] is None:
-        _log_from_daemon(job, follow, use_stderr, lines, api_address)
+        _log_from_daemon(job, follow, use_stderr, lines, api_address, as_json)
         return
-    session = open_session(**kw)
+    session = open_view(**kw)
     job_id = one_job(session.lab, job)
     repx = session.layout.repx_dir(job_id)
     path = repx / ("stderr.log" if use_stderr else "stdout.log")
     if not path.exists() and not follow:
         raise SelectionError(f"job {job_id} has no log yet ({path} does not exist); has it run?")
+    if as_json:
+        try:
+            data = path.read_bytes()
+        except OSError as exc:
+            raise RepxError(f"cannot read {path}: {exc.strerror}") from None
+        _echo_log_json(job_id, use_stderr, str(path), data, lines)
+        return
     position = 0
     if lines is not None and path.exists():
         position = _print_tail(path, lines)
@@ -202,7 +236,16 @@ def _print_tail(path: Path, lines: int) -> int:
     return len(data)
 
 
-def _log_from_daemon(job: str, follow: bool, use_stderr: bool, lines: int | None, api_address: str | None) -> None:
+def _echo_log_json(job_id: str, use_stderr: bool, path: str | None, data: bytes, lines: int | None) -> None:
+    if lines is not None:
+        data = b"".join(data.splitlines(keepends=True)[-lines:]) if lines else b""
+    # JSON holds text: bytes that are not UTF-8 become U+FFFD rather than failing the command.
+    click.echo(json.dumps({"job": job_id, "stream": "stderr" if use_stderr else "stdout", "path": path,
+                           "content": data.decode(errors="replace")}, indent=2))
+
+
+def _log_from_daemon(job: str, follow: bool, use_stderr: bool, lines: int | None, api_address: str | None,
+                     as_json: bool = False) -> None:
     api = connect(api_address)
     params = {"stream": "stderr" if use_stderr else "stdout", "follow": "1" if follow else "0"}
     if lines:
@@ -217,6 +260,10 @@ def _log_from_daemon(job: str, follow: bool, use_stderr: bool, lines: int | None
                 except ValueError:  # not our JSON: a proxy's or an older daemon's page
                     message = response.text.strip() or response.reason_phrase
                 raise ApiError(response.status_code, message)
+            if as_json:
+                # The daemon names no path (the log may live on an agent's host); the tail was applied by the daemon.
+                _echo_log_json(job, use_stderr, None, response.read(), None)
+                return
             for chunk in response.iter_bytes():
                 click.get_binary_stream("stdout").write(chunk)
                 click.get_binary_stream("stdout").flush()
@@ -248,7 +295,7 @@ def effective_params(lab: Lab) -> dict[str, dict[str, tuple[object, str]]]:
 def trace_params(job, as_json, **kw) -> None:
     """Effective parameters of a job (without JOB: of every job, as upstream) and which job each
     comes from (own parameters win)."""
-    lab = open_session(**kw).lab
+    lab = open_view(**kw).lab
     job_ids = [one_job(lab, job)] if job is not None else sorted(lab.jobs)
     effective = effective_params(lab)
     if as_json:

@@ -10,9 +10,10 @@ from repxd.errors import SelectionError
 from repxd.lab.graph import JobStatus, dependents_map
 from repxd.lab.model import Lab
 
-from .common import lab_options, open_session
+from .common import lab_options, open_view
 from .inspect import all_statuses, effective_params, one_job
 from .table import print_table
+from .viz import runs_waited_for
 
 
 def runs_named(lab: Lab, name: str) -> list[str]:
@@ -53,7 +54,7 @@ def list_runs(ctx, name=None, as_json=False, **kw) -> None:
     if name is not None:
         ctx.invoke(list_jobs, name=name, as_json=as_json, **kw)
         return
-    session = open_session(**kw)
+    session = open_view(**kw)
     status = all_statuses(session)
     rows = []
     for run in session.lab.runs.values():
@@ -73,7 +74,7 @@ def list_runs(ctx, name=None, as_json=False, **kw) -> None:
 @click.option("--json", "as_json", is_flag=True)
 def list_groups(name, as_json, **kw) -> None:
     """The Lab's groups (select one with @name); with NAME, only that group."""
-    lab = open_session(**kw).lab
+    lab = open_view(**kw).lab
     groups = lab.groups
     if name is not None:
         name = name.removeprefix("@")
@@ -104,7 +105,7 @@ STATUS_CHOICE = click.Choice([s.value for s in JobStatus], case_sensitive=False)
 def list_jobs(name=None, run_name=None, stage=None, wanted_status=(), params=(), group_by_stage=False,
               output_paths=False, as_json=False, **kw) -> None:
     """Jobs with their run, stage, status and parameters. NAME: a run, @group or run-name prefix."""
-    session = open_session(**kw)
+    session = open_view(**kw)
     lab = session.lab
     runs = runs_named(lab, name or run_name) if name or run_name else sorted(lab.runs)
     columns, wanted = [], {}
@@ -163,16 +164,23 @@ def _param_text(value) -> str:
 @lab_options
 @click.option("--json", "as_json", is_flag=True)
 def list_deps(job, as_json, **kw) -> None:
-    """A job's direct dependencies and dependents (alias: deps)."""
-    session = open_session(**kw)
+    """A job's direct dependencies and dependents, and the runs it starts after (alias: deps);
+    the same relations `viz` draws."""
+    session = open_view(**kw)
     lab = session.lab
     job_id = one_job(lab, job)
     state = all_statuses(session)
     dependents = sorted(dependents_map(lab, lab.jobs)[job_id])
+    after_runs = runs_waited_for(lab, job_id)
     if as_json:
-        click.echo(json.dumps({"job": job_id, "dependencies": list(lab.jobs[job_id].deps), "dependents": dependents}, indent=2))
+        click.echo(json.dumps({"job": job_id, "dependencies": list(lab.jobs[job_id].deps), "dependents": dependents,
+                               "after_runs": after_runs}, indent=2))
         return
     rows = [["depends on", d, state[d].value] for d in lab.jobs[job_id].deps]
+    for run, kind in sorted(after_runs.items()):
+        members = lab.runs[run].job_ids
+        done = sum(1 for j in members if state[j] is JobStatus.SUCCEEDED)
+        rows.append([f"after run ({kind})", run, f"{done}/{len(members)} succeeded"])
     rows += [["needed by", d, state[d].value] for d in dependents]
     click.echo(job_id)
     print_table(["RELATION", "JOB", "STATUS"], rows)

@@ -18,7 +18,7 @@ from repxd.exec.runtimes import RUNTIMES
 from repxd.targets.schedulers import DISPLAY_NAMES
 
 from . import daemon
-from .common import default_resources, lab_options, open_session
+from .common import MemorySize, default_resources, lab_options, open_session
 from .follow import follow_run, summary_message
 from .render import PlainReporter
 
@@ -29,7 +29,7 @@ from .render import PlainReporter
 @click.option("--resources", "resources_path", type=click.Path(path_type=Path, dir_okay=False, exists=True),
               default=default_resources, help="resources.toml merged over the user's and ./resources.toml.")
 @click.option("-j", "--jobs", "concurrency", type=click.IntRange(min=1), help="Jobs at once (default: the target's local_concurrency, else the CPU count).")
-@click.option("--mem", help="Memory to admit jobs against, e.g. 8G (default: the machine's RAM).")
+@click.option("--mem", type=MemorySize(), help="Memory to admit jobs against, e.g. 8G (default: the machine's RAM).")
 @click.option("--continue-on-failure", is_flag=True, help="Keep launching independent jobs after a failure.")
 @click.option("--runtime", type=click.Choice(RUNTIMES), help="Override the target's execution type for runs with an image.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON summary instead of progress.")

@@ -13,7 +13,7 @@ import click
 from repxd.errors import RepxError
 from repxd.lab.graph import JobStatus, closure, select
 
-from .common import lab_options, open_session
+from .common import lab_options, open_view
 from .inspect import all_statuses
 
 COLOURS = {
@@ -22,8 +22,32 @@ COLOURS = {
 }
 
 
+def runs_waited_for(lab, job_id: str) -> dict[str, str]:
+    """The runs whose jobs this job starts after (run name -> "hard" | "soft"): its inter-run
+    inputs name a run, not a job, so these are run-to-job relations, not job edges."""
+    return {mapping.source_run: mapping.dependency_type or "hard"
+            for exe in lab.jobs[job_id].executables.values() for mapping in exe.inputs
+            if mapping.type == "inter-run" and mapping.source_run in lab.runs}
+
+
+def graph(lab, job_ids, state) -> dict:
+    """The drawn DAG as data: the same nodes and edges `to_dot` draws."""
+    ordered = [j for j in lab.jobs if j in job_ids]
+    return {
+        "nodes": [{"id": j, "run": lab.jobs[j].run, "stage": lab.jobs[j].name, "status": state[j].value,
+                   "params": lab.jobs[j].params} for j in ordered],
+        "edges": [{"from": dep, "to": j, "kind": "soft" if dep in lab.jobs[j].soft_deps else "hard"}
+                  for j in ordered for dep in lab.jobs[j].deps if dep in job_ids],
+        "run_edges": [{"from_run": run, "to": j, "kind": kind}
+                      for j in ordered for run, kind in sorted(runs_waited_for(lab, j).items())
+                      if any(member in job_ids for member in lab.runs[run].job_ids)],
+    }
+
+
 def to_dot(lab, job_ids, state) -> str:
-    lines = ["digraph lab {", '  rankdir=LR; node [shape=box, style="rounded,filled", fontname="sans"];']
+    data = graph(lab, job_ids, state)
+    # compound: a run edge starts at its run's box (ltail), not at one arbitrary job of that run.
+    lines = ["digraph lab {", '  rankdir=LR; compound=true; node [shape=box, style="rounded,filled", fontname="sans"];']
     for run in lab.runs.values():
         members = [j for j in run.job_ids if j in job_ids]
         if not members:
@@ -35,17 +59,14 @@ def to_dot(lab, job_ids, state) -> str:
             label = _dot_label([job.name, j[:8]] + ([params] if params else []))
             lines.append(f'    {json.dumps(j)} [label={label}, fillcolor="{COLOURS[state[j]]}"];')
         lines.append("  }")
-    for j in (j for j in lab.jobs if j in job_ids):
-        for dep in lab.jobs[j].deps:
-            if dep in job_ids:
-                style = ' [style=dashed]' if dep in lab.jobs[j].soft_deps else ""
-                lines.append(f"  {json.dumps(dep)} -> {json.dumps(j)}{style};")
-    for run in lab.runs.values():
-        members = [j for j in run.job_ids if j in job_ids]
-        for dep_run in run.dependencies:
-            upstream = [j for j in lab.runs[dep_run].job_ids if j in job_ids]
-            if members and upstream:
-                lines.append(f"  {json.dumps(upstream[-1])} -> {json.dumps(members[0])} [style=dotted, label=\"run\"];")
+    for edge in data["edges"]:
+        style = " [style=dashed]" if edge["kind"] == "soft" else ""
+        lines.append(f"  {json.dumps(edge['from'])} -> {json.dumps(edge['to'])}{style};")
+    for edge in data["run_edges"]:
+        anchor = next(j for j in lab.runs[edge["from_run"]].job_ids if j in job_ids)
+        style = "dashed" if edge["kind"] == "soft" else "dotted"
+        lines.append(f"  {json.dumps(anchor)} -> {json.dumps(edge['to'])} "
+                     f"[ltail={json.dumps('cluster_' + edge['from_run'])}, style={style}, label=\"after run\"];")
     lines.append("}")
     return "\n".join(lines) + "\n"
 
@@ -60,11 +81,17 @@ def _dot_label(lines: list[str]) -> str:
 @lab_options
 @click.option("-o", "--output", type=click.Path(path_type=Path, dir_okay=False), help="Write here (default: stdout for dot).")
 @click.option("--format", "fmt", type=click.Choice(["dot", "svg", "png"]), help="Default: from -o's suffix, else dot.")
-def viz(specs, output, fmt, **kw) -> None:
+@click.option("--json", "as_json", is_flag=True, help="Print the graph as JSON nodes, job edges and run edges instead.")
+def viz(specs, output, fmt, as_json, **kw) -> None:
     """Draw the DAG of SPECS (default: the whole Lab) with Graphviz."""
-    session = open_session(**kw)
+    session = open_view(**kw)
     lab = session.lab
     job_ids = closure(lab, select(lab, specs)) if specs else set(lab.jobs)
+    if as_json:
+        if output is not None or fmt is not None:
+            raise RepxError("--json prints the graph to stdout; leave out -o/--format, or leave out --json to draw it")
+        click.echo(json.dumps(graph(lab, job_ids, all_statuses(session)), indent=2))
+        return
     if fmt is None and output is not None:
         suffix = output.suffix.lstrip(".").lower()
         if suffix not in ("svg", "png", "dot", "gv", ""):

@@ -37,6 +37,7 @@ CALLER = web.AppKey("caller_factory", Authenticator)
 DB = web.AppKey("db", AsyncDatabase)
 SETTINGS = web.AppKey("settings", Settings)
 METRICS = web.AppKey("metrics", ApiMetrics)
+ROLE_REGISTRIES = web.AppKey("role_registries", tuple)
 PEERS = web.AppKey("peers", weakref.WeakKeyDictionary)
 SUBMITTING = web.AppKey("submitting", dict)  # submissions being loaded, per caller name
 # Loading, unpacking and verifying a Lab is heavy; one user may not occupy every worker thread.
@@ -459,7 +460,7 @@ async def metrics(request: web.Request) -> web.Response:
     # Request counts and latencies per route template, no run, job or user in them; still, where
     # the daemon has tokens, TCP callers need one (Authenticator.check_metrics).
     request.app[CALLER].check_metrics(request)
-    return exposition(request.app[METRICS].registry)
+    return exposition(request.app[METRICS].registry, *request.app[ROLE_REGISTRIES])
 
 
 async def openapi(request: web.Request) -> web.Response:
@@ -467,13 +468,14 @@ async def openapi(request: web.Request) -> web.Response:
     return web.json_response(openapi_document(request.app["version"]))
 
 
-def make_app(settings: Settings, database: AsyncDatabase, version: str) -> web.Application:
+def make_app(settings: Settings, database: AsyncDatabase, version: str, role_registries=()) -> web.Application:
     app = web.Application(middlewares=[observe])
     app[SETTINGS] = settings
     app[SUBMITTING] = {}
     app[DB] = database
     app[CALLER] = Authenticator(settings.api)
     app[METRICS] = ApiMetrics()
+    app[ROLE_REGISTRIES] = tuple(role_registries)  # `repxd all`: the scheduler's and agent's metrics too
     app[PEERS] = weakref.WeakKeyDictionary()
     app["version"] = version
     r = app.router

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import aiohttp
 import httpx
@@ -34,6 +35,19 @@ def _error(status: int, body: bytes, reason: str) -> ApiError:
     except (ValueError, AttributeError):
         message = text or reason
     return ApiError(status, message)
+
+
+def unreachable(address: str, exc: Exception) -> str:
+    """Why nobody answered at `address`, naming it: a socket file with no daemon behind it is
+    told apart from a missing one and from a network failure."""
+    if address.startswith(("http://", "https://")):
+        return f"cannot reach the repx API at {address} ({exc}); is repx-api running there?"
+    if isinstance(exc, httpx.ConnectError) and Path(address).is_socket():
+        return (f"no repx daemon is listening on {address} (connection refused: its daemon is not running "
+                "and left the socket behind); start it (`repxd all`), or pass another with --api")
+    if not Path(address).exists():
+        return f"no repx daemon at {address} (no such socket); start one (`repxd all`), or pass its socket with --api"
+    return f"cannot reach the repx API at {address} ({exc}); is repx-api running?"
 
 
 class ApiUnavailable(Exception):
@@ -101,7 +115,7 @@ class Api:
         try:
             response = self.http.request(method, path, **kwargs)
         except httpx.TransportError as exc:
-            raise ApiError(503, f"cannot reach the repx API at {self.address} ({exc}); is repx-api running?") from None
+            raise ApiError(503, unreachable(self.address, exc)) from None
         if response.status_code >= 400:
             raise _error(response.status_code, response.content, response.reason_phrase)
         return response

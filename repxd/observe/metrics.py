@@ -42,8 +42,8 @@ class AgentMetrics:
                                    registry=self.registry)
 
 
-def exposition(registry: CollectorRegistry) -> web.Response:
-    response = web.Response(body=generate_latest(registry))
+def exposition(*registries: CollectorRegistry) -> web.Response:
+    response = web.Response(body=b"".join(generate_latest(registry) for registry in registries))
     response.content_type = CONTENT_TYPE_LATEST.split(";")[0]
     response.charset = "utf-8"
     return response

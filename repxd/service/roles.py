@@ -30,13 +30,25 @@ from ..store.startup import check_database, lock_role
 log = logging.getLogger("repx")
 
 
+# The API socket this process made, as (path, device, inode): removed on SIGTERM/SIGINT unless
+# another daemon has replaced it since.
+_own_socket: tuple[str, int, int] | None = None
+
+
 def _exit_on_signals(loop: asyncio.AbstractEventLoop, role: str) -> None:
-    """Stop at once on SIGTERM/SIGINT. Nothing to clean up by design: state is in the store, jobs
-    run in their own sessions and are adopted by the next agent."""
+    """Stop at once on SIGTERM/SIGINT. Nothing else to clean up by design: state is in the store,
+    jobs run in their own sessions and are adopted by the next agent. The socket goes, so that
+    clients find no daemon rather than a refused connection."""
 
     def stop(signum: int) -> None:
         notify.stopping()
         log.info("%s stopping on %s", role, signal.Signals(signum).name)
+        if _own_socket is not None:
+            path, device, inode = _own_socket
+            with contextlib.suppress(OSError):
+                found = os.stat(path)
+                if (found.st_dev, found.st_ino) == (device, inode):
+                    os.unlink(path)
         logging.shutdown()
         os._exit(0)
 
@@ -44,20 +56,40 @@ def _exit_on_signals(loop: asyncio.AbstractEventLoop, role: str) -> None:
         loop.add_signal_handler(sig, stop, sig)
 
 
+def _claim_socket(path) -> None:
+    """Remove a stale socket (nobody listening: its daemon died); refuse one a daemon answers on,
+    rather than take its address."""
+    if not path.exists():
+        return
+    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        probe.connect(str(path))  # a Unix socket answers or refuses at once: no wait on the loop
+    except OSError:
+        path.unlink(missing_ok=True)
+        log.info("removed the stale socket %s (no daemon listening)", path)
+        return
+    finally:
+        probe.close()
+    raise RepxError(f"another repx daemon is listening on {path}; stop it, or give this one its own [api] socket")
+
+
 def _database(settings: Settings) -> AsyncDatabase:
     settings.state_dir.mkdir(parents=True, exist_ok=True)
     return AsyncDatabase(open_database(settings.database))
 
 
-async def start_api(settings: Settings, database: AsyncDatabase) -> web.AppRunner:
-    app = make_app(settings, database, __version__)
+async def start_api(settings: Settings, database: AsyncDatabase, role_registries=()) -> web.AppRunner:
+    """`role_registries`: the metrics of the roles sharing this process, served with the API's on /metrics."""
+    global _own_socket
+    app = make_app(settings, database, __version__, role_registries)
     runner = web.AppRunner(app, access_log=None, handle_signals=False)
     await runner.setup()
     path = settings.api.socket
     path.parent.mkdir(parents=True, exist_ok=True)
-    with contextlib.suppress(FileNotFoundError):
-        path.unlink()
+    _claim_socket(path)
     await web.UnixSite(runner, str(path)).start()
+    made = path.stat()
+    _own_socket = (str(path), made.st_dev, made.st_ino)
     os.chmod(path, settings.api.socket_mode)
     if settings.api.tcp:
         host, _, port = settings.api.tcp.rpartition(":")
@@ -110,14 +142,16 @@ async def run_all(settings: Settings) -> None:
     """api, scheduler and agent in one process, sharing one database connection."""
     _exit_on_signals(asyncio.get_running_loop(), "all")
     database = _database(settings)
-    await start_api(settings, database)
     scheduler = Scheduler(settings.scheduler, database)
     agent = Agent(settings, agent_api(settings))
+    await start_api(settings, database, (scheduler.metrics.registry, agent.metrics.registry))
     if settings.scheduler.metrics:
         await serve_metrics(scheduler.metrics.registry, settings.scheduler.metrics)
     if settings.agent.metrics:
         await serve_metrics(agent.metrics.registry, settings.agent.metrics)
-    log.info("repxd all: api on %s, scheduler and agent %s in this process", settings.api.socket, agent.id)
+    tcp_metrics = [f"{role} {address}" for role, address in (("scheduler", settings.scheduler.metrics), ("agent", settings.agent.metrics)) if address]
+    log.info("repxd all: api on %s, scheduler and agent %s in this process; metrics of all roles on the socket's /metrics%s",
+             settings.api.socket, agent.id, f", and on TCP ({', '.join(tcp_metrics)})" if tcp_metrics else "")
     await asyncio.gather(scheduler.run(), agent.run(), _keep_role_fresh(database, "api"))
 
 

@@ -61,22 +61,39 @@ def personal_socket() -> Path:
     return Path(runtime) / "repx" / "api.sock"
 
 
-def default_socket() -> Path:
-    """The system socket for root and for the service user (who owns /run/repx, made by the API
-    unit's RuntimeDirectory=); else a per-user socket for a personal daemon."""
+def system_daemon() -> bool:
+    """The one rule for a daemon's default paths and ports. A system daemon: started by systemd
+    (the shipped units set RUNTIME_DIRECTORY/STATE_DIRECTORY), run as the service user who owns
+    /run/repx, or run as root outside a login session (no XDG_RUNTIME_DIR). Any other daemon —
+    root in a login session included — is a personal one, on the user's XDG paths, so it never
+    takes over the system daemon's socket or store. [api] socket, state_dir and the metrics keys
+    override the defaults either way."""
+    if os.environ.get("RUNTIME_DIRECTORY") or os.environ.get("STATE_DIRECTORY"):
+        return True
     try:
-        service_user = SYSTEM_RUNTIME_DIR.stat().st_uid == os.geteuid()
+        if SYSTEM_RUNTIME_DIR.stat().st_uid == os.geteuid() != 0:
+            return True
     except OSError:
-        service_user = False
-    return SYSTEM_SOCKET if os.geteuid() == 0 or service_user else personal_socket()
+        pass
+    return os.geteuid() == 0 and not os.environ.get("XDG_RUNTIME_DIR")
+
+
+def default_socket() -> Path:
+    return SYSTEM_SOCKET if system_daemon() else personal_socket()
 
 
 def default_state_dir() -> Path:
     if os.environ.get("STATE_DIRECTORY"):  # systemd's StateDirectory= (the shipped units: /var/lib/repx)
         return Path(os.environ["STATE_DIRECTORY"].split(":")[0])
-    if os.geteuid() == 0:
+    if system_daemon():
         return Path("/var/lib/repx")
     return Path(os.environ.get("XDG_STATE_HOME") or Path.home() / ".local" / "state") / "repx" / "daemon"
+
+
+def default_metrics(port: int) -> str | None:
+    """A system daemon's role serves /metrics on its fixed port; a personal daemon binds no TCP
+    port by default (two users' daemons would collide): its socket's /metrics has every role's."""
+    return f"127.0.0.1:{port}" if system_daemon() else None
 
 
 class ApiSettings(_Strict):
@@ -96,7 +113,7 @@ class SchedulerSettings(_Strict):
     max_lost: int = Field(default=3, ge=1)
     job_retries: int = Field(default=0, ge=0)
     backoff: float = Field(default=1.0, ge=0)
-    metrics: ListenAddress = "127.0.0.1:9421"
+    metrics: ListenAddress = Field(default_factory=lambda: default_metrics(9421))
 
 
 class AgentSettings(_Strict):
@@ -113,7 +130,7 @@ class AgentSettings(_Strict):
     hardware_root: Path | None = None
     hardware_tools: Path | None = None
     heartbeat_interval: float = Field(default=2.0, gt=0)
-    metrics: ListenAddress = "127.0.0.1:9422"
+    metrics: ListenAddress = Field(default_factory=lambda: default_metrics(9422))
     # How jobs start: transient systemd units where the system bus allows it ("auto"), or always.
     launcher: Literal["auto", "systemd", "subprocess"] = "auto"
     # Jobs of token callers (who have no uid) run as this user; default `nobody` where the agent
@@ -134,9 +151,10 @@ class Settings(_Strict):
     state_dir: Path = Field(default_factory=default_state_dir)
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     log_journald: bool | None = None  # default: when started by systemd (JOURNAL_STREAM)
-    api: ApiSettings = ApiSettings()
-    scheduler: SchedulerSettings = SchedulerSettings()
-    agent: AgentSettings = AgentSettings()
+    # Factories: the defaults follow system_daemon() when the settings are read, not at import.
+    api: ApiSettings = Field(default_factory=ApiSettings)
+    scheduler: SchedulerSettings = Field(default_factory=SchedulerSettings)
+    agent: AgentSettings = Field(default_factory=AgentSettings)
     targets: dict[str, TargetConfig] = {}
     resources: Resources = Resources()
 

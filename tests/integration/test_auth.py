@@ -314,3 +314,20 @@ def test_tcp_tokens(lab, daemons, tmp_path):
     assert httpx.post(f"{url}/v1/agents/remote-1/heartbeat", headers=agent, json={}).json()["state"] == "draining"
     assert SELF.repxctl("cancel", by_root, api=url, token=tokens["admin"]).code == 0
     assert show(d, by_root)["counts"] == {"cancelled": 1}
+
+
+def test_a_users_run_on_a_root_daemon_is_found_by_the_lab_they_named(users, lab, daemons):
+    """(Issue 15, one command family.) A root daemon runs a user's Lab from its own copy; `list jobs --lab` (the user's path)
+    and `list jobs` without a Lab still find that run, as the user."""
+    alice = users[ALICE]
+    d = daemons("all", api_extra=ALLOWED)
+    run_id = submit(alice, d, lab)
+    try:
+        wait_for(d, run_id, lambda r: r["counts"] == {"running": 1}, "started")
+        for extra in (["--lab", lab], []):
+            listed = alice.repxctl("list", "jobs", "--json", *extra, api=d.socket)
+            assert listed.code == 0, listed.stderr
+            assert [job["status"] for job in listed.json()] == ["Running"]
+            assert f"showing daemon run {run_id} of {lab}" in listed.stderr
+    finally:
+        SELF.repxctl("cancel", run_id, api=d.socket)

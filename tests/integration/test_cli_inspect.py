@@ -343,7 +343,7 @@ def test_list_jobs_on_a_sweep(sweep):
 def test_list_deps(simple, sweep):
     produce, square, total = (simple.job(s) for s in ("produce", "square", "total"))
     square_json, plain = simple.many([["list", "deps", simple.prefix(square), "--json"], ["list", "deps", simple.prefix(square)]])
-    assert json.loads(square_json) == {"job": square, "dependencies": [produce], "dependents": [total]}
+    assert json.loads(square_json) == {"job": square, "dependencies": [produce], "dependents": [total], "after_runs": {}}
     first, rest = plain.split("\n", 1)
     assert first == square
     assert table(rest) == [["depends on", produce, "Succeeded"], ["needed by", total, "Succeeded"]]

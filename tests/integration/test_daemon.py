@@ -114,4 +114,4 @@ def test_api_errors_are_one_line(daemon, tmp_path):
     bad = repxctl("run", "nosuchrun", "--lab", lab, env=env)
     assert bad.code == 2 and "not a run" in bad.stderr and bad.stderr.count("\n") == 1
     unreachable = repxctl("status", "--api", str(tmp_path / "none.sock"))
-    assert unreachable.code == 1 and "cannot reach" in unreachable.stderr
+    assert unreachable.code == 1 and f"no repx daemon at {tmp_path / 'none.sock'} (no such socket)" in unreachable.stderr
