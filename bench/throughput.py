@@ -12,6 +12,7 @@ Snakemake is installed into .bench/venv (never into this environment) when missi
     python bench/throughput.py                  # N = 1000 and 10000, -j 2
     python bench/throughput.py --quick          # N = 200, a smoke run
     python bench/throughput.py --sizes 1000 --repeat 3 -j 2
+    python bench/throughput.py --tools limit repx --baseline /tmp/repx-main   # against another tree
 """
 
 from __future__ import annotations
@@ -124,6 +125,12 @@ def run_repx(work: Path, n: int, jobs: int, timeout: float, env: dict) -> float 
     return seconds
 
 
+def run_baseline(source: Path, work: Path, n: int, jobs: int, timeout: float, env: dict) -> float | None:
+    """repx from another source tree (say, `git archive main` unpacked): the same command with
+    that tree first on PYTHONPATH, to compare a change against it in the same invocation."""
+    return run_repx(work, n, jobs, timeout, {**env, "PYTHONPATH": str(source)})
+
+
 def run_limit(work: Path, n: int, jobs: int, timeout: float, env: dict) -> float | None:
     """The fork+exec limit: `xargs -P jobs` starting one bash per job, each writing its output file."""
     cwd = fresh(work / "limit-wd")
@@ -186,6 +193,8 @@ def main() -> None:
     parser.add_argument("--timeout", type=float, default=600.0, help="seconds before a run is abandoned")
     parser.add_argument("--tools", nargs="+", choices=["limit", "repx", "snakemake"],
                         default=["limit", "repx", "snakemake"])
+    parser.add_argument("--baseline", type=Path, metavar="SRC",
+                        help="also run repx from this source tree (as 'repx@base'), interleaved")
     args = parser.parse_args()
     sizes, repeat = ([200], 1) if args.quick else (args.sizes, args.repeat)
 
@@ -206,6 +215,8 @@ def main() -> None:
             runners["limit"] = partial(run_limit, work, n, args.jobs, args.timeout, env)
         if "repx" in args.tools:
             runners["repx"] = partial(run_repx, work, n, args.jobs, args.timeout, env)
+        if args.baseline:
+            runners["repx@base"] = partial(run_baseline, args.baseline.resolve(), work, n, args.jobs, args.timeout, env)
         if exe:
             runners["snakemake"] = partial(run_snakemake, work, n, args.jobs, args.timeout, env, exe)
         row: dict = {"n": n, "jobs": args.jobs, **measure(runners, repeat, n, args.timeout)}
@@ -213,7 +224,7 @@ def main() -> None:
         if r.get("finished") and s.get("finished"):
             row["ratio"] = r["jobs_per_s"] / s["jobs_per_s"]
         if row.get("limit", {}).get("finished"):
-            for tool in ("repx", "snakemake"):
+            for tool in ("repx", "repx@base", "snakemake"):
                 if row.get(tool, {}).get("finished"):
                     row[tool]["of_limit"] = row[tool]["jobs_per_s"] / row["limit"]["jobs_per_s"]
         results.append(row)
@@ -231,7 +242,7 @@ def print_table(results: list[dict]) -> None:
     """One line per tool and size: median wall time, jobs/s, CPU per job, share of the limit."""
     print(f"\n{'N':>7} {'tool':<10} | {'s':>8} {'jobs/s':>8} {'CPU ms/job':>10} | {'of limit':>8} | vs snakemake")
     for row in results:
-        for tool in ("limit", "repx", "snakemake"):
+        for tool in ("limit", "repx", "repx@base", "snakemake"):
             m = row.get(tool)
             if m is None:
                 continue

@@ -12,19 +12,18 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import ctypes
 import fcntl
 import os
 import pwd
 import shutil
 import signal
-import sys
 from collections.abc import Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from .layout import UnreadableJobFile, read_job_file
+from .processes import Identity, SpawnedProcess, spawner
 from .runtimes import Invocation
 
 TERMINATE_GRACE_SECONDS = 10.0
@@ -37,8 +36,8 @@ EXIT_RECORD_BYTES = 256  # "EXIT_CODE EXIT_STATUS SERVICE_RESULT" fits many time
 # exits, so a plain builtin write is enough (no extra process per job for an atomic rename). The
 # file is opened by the launcher and reached through /dev/fd (dash redirects only fds 0-9).
 _WRAPPER = 'status_fd=$1; shift; "$@"; status=$?; echo $status > /dev/fd/"$status_fd"; exit $status'
-PR_SET_CHILD_SUBREAPER = 36
-_libc = ctypes.CDLL(None, use_errno=True) if sys.platform == "linux" else None
+# The spawner hands the wrapper the guard's lock as descriptor 3 and the exit record as 4.
+STATUS_FD = 4
 
 
 _made_dirs: set[Path] = set()
@@ -180,13 +179,6 @@ class SubprocessLauncher:
                                     identity=identity, time_limit=request.time_seconds)
 
 
-@dataclass(frozen=True)
-class Identity:
-    uid: int
-    gid: int
-    groups: tuple[int, ...]
-
-
 def user_identity(uid: int) -> Identity:
     """The uid with its primary group and supplementary groups, as a login would have them."""
     try:
@@ -208,12 +200,6 @@ def hand_over(out: Path, identity: Identity) -> None:
     out.chmod(0o750)
 
 
-def _become_subreaper() -> None:
-    """Run in the wrapper shell before exec (kept across exec): descendants that leave the job's
-    session (setsid) and lose their parent stay under the wrapper, where a stop finds them."""
-    _libc.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)
-
-
 async def spawn_and_wait(invocation: Invocation, repx: Path, guard: Guard,
                          on_spawn: Callable[[int], None] | None = None, *,
                          identity: Identity | None = None, time_limit: int | None = None) -> int:
@@ -221,8 +207,9 @@ async def spawn_and_wait(invocation: Invocation, repx: Path, guard: Guard,
     inherits the guard's lock and writes its status through an inherited descriptor of the exit
     file (the job's user may not write in the guards' directory). Returns the exit status
     (negative for a signal), with cause "timeout" when `time_limit` seconds ran out. Cancelling
-    the awaiting task stops every process the job started, in or out of its session."""
-    switch = {} if identity is None else {"user": identity.uid, "group": identity.gid, "extra_groups": list(identity.groups)}
+    the awaiting task stops every process the job started, in or out of its session: the wrapper
+    is a child subreaper (the spawner makes it one), so descendants that leave the job's session
+    and lose their parent stay under it."""
     status_fd = os.open(exit_file(guard.path), os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
     try:
         # A placeholder (no status: "-" is no number) holds a block for the status, so that the
@@ -231,12 +218,9 @@ async def spawn_and_wait(invocation: Invocation, repx: Path, guard: Guard,
         if identity is not None:  # reopened through /dev/fd by the wrapper, which runs as the job's user
             os.fchown(status_fd, identity.uid, identity.gid)
         with open(repx / "stdout.log", "wb") as out, open(repx / "stderr.log", "wb") as err:
-            proc = await asyncio.create_subprocess_exec(
-                "/bin/sh", "-c", _WRAPPER, "repx-job", str(status_fd), *invocation.argv,
-                cwd=invocation.cwd, env=invocation.env, stdin=asyncio.subprocess.DEVNULL,
-                stdout=out, stderr=err, start_new_session=True, pass_fds=(guard.fd, status_fd),
-                preexec_fn=_become_subreaper if _libc is not None else None, **switch,
-            )
+            proc = await spawner().spawn(
+                ["/bin/sh", "-c", _WRAPPER, "repx-job", str(STATUS_FD), *invocation.argv],
+                invocation.env, str(invocation.cwd), [out.fileno(), err.fileno(), guard.fd, status_fd], identity)
     finally:
         os.close(status_fd)
     if on_spawn is not None:
@@ -273,7 +257,7 @@ def forget_exit(guard: Path) -> None:
         exit_file(guard).unlink()
 
 
-async def _stop(proc: asyncio.subprocess.Process) -> None:
+async def _stop(proc: SpawnedProcess) -> None:
     """TERM, then after a grace period KILL, to the job's process group and to every process under
     its wrapper (those in other sessions included)."""
     for sig, wait in ((signal.SIGTERM, TERMINATE_GRACE_SECONDS), (signal.SIGKILL, None)):

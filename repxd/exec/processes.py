@@ -1,0 +1,153 @@
+"""Job processes started through the spawner (`spawner.py`), one per event loop, and awaited
+through its single socket: no fork of this process per job, no watcher thread per child."""
+
+from __future__ import annotations
+
+import asyncio
+import atexit
+import itertools
+import json
+import socket
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+SPAWNER = Path(__file__).with_name("spawner.py")
+MAX_MESSAGE_BYTES = 4096  # the spawner's answers: a pid, a status or an error line
+
+
+class SpawnerGone(RuntimeError):
+    """The spawner process exited: the processes it was watching are no longer observed."""
+
+
+@dataclass(frozen=True)
+class Identity:
+    """Who a process runs as: a uid with its primary and supplementary groups."""
+
+    uid: int
+    gid: int
+    groups: tuple[int, ...]
+
+
+class SpawnedProcess:
+    """A process the spawner started: its pid, and its exit status once it exited (negative for
+    a signal), like `asyncio.subprocess.Process`."""
+
+    def __init__(self, pid: int, exited: asyncio.Future[int]) -> None:
+        self.pid = pid
+        self.returncode: int | None = None
+        self._exited = exited
+        exited.add_done_callback(self._set_returncode)
+
+    def _set_returncode(self, exited: asyncio.Future[int]) -> None:
+        if not exited.cancelled() and exited.exception() is None:
+            self.returncode = exited.result()
+
+    async def wait(self) -> int:
+        # Shielded: a caller's timeout or cancellation stops its waiting, not the watch.
+        return await asyncio.shield(self._exited)
+
+
+class Spawner:
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.loop = loop
+        self._channel, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        with theirs:
+            self._process = subprocess.Popen(
+                [sys.executable, "-S", str(SPAWNER), str(theirs.fileno())], pass_fds=(theirs.fileno(),),
+                stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL)
+        self._channel.setblocking(False)
+        self._ids = itertools.count()
+        self._starting: dict[int, asyncio.Future[SpawnedProcess]] = {}
+        self._running: dict[int, asyncio.Future[int]] = {}
+        self.alive = True
+        loop.add_reader(self._channel, self._receive)
+
+    async def spawn(self, argv: list[str], env: dict[str, str], cwd: str, fds: list[int],
+                    identity: Identity | None) -> SpawnedProcess:
+        """Start `argv` with `fds` as its stdout, stderr, then descriptors 3, 4, ... (in that order)."""
+        if not self.alive:
+            raise SpawnerGone("the process that starts the jobs exited")
+        request_id = next(self._ids)
+        started = self.loop.create_future()
+        self._starting[request_id] = started
+        message = json.dumps({"id": request_id, "argv": argv, "env": env, "cwd": cwd,
+                              "identity": None if identity is None else [identity.uid, identity.gid, list(identity.groups)]})
+        while True:
+            try:
+                socket.send_fds(self._channel, [message.encode()], fds)
+                break
+            except BlockingIOError:  # its queue is full: wait for room
+                writable = self.loop.create_future()
+                self.loop.add_writer(self._channel, writable.set_result, None)
+                try:
+                    await writable
+                finally:
+                    self.loop.remove_writer(self._channel)
+        return await started
+
+    def _receive(self) -> None:
+        while True:
+            try:
+                data = self._channel.recv(MAX_MESSAGE_BYTES)
+            except BlockingIOError:
+                return
+            except ConnectionResetError:
+                data = b""
+            if not data:
+                self._gone()
+                return
+            answer = json.loads(data)
+            if "id" in answer:
+                started = self._starting.pop(answer["id"])
+                if "error" in answer:
+                    started.set_exception(OSError(f"cannot start the job's process: {answer['error']}"))
+                    continue
+                exited = self.loop.create_future()
+                self._running[answer["pid"]] = exited
+                if not started.cancelled():
+                    started.set_result(SpawnedProcess(answer["pid"], exited))
+            else:
+                exited = self._running.pop(answer["pid"])
+                if not exited.done():
+                    exited.set_result(answer["status"])
+
+    def _gone(self) -> None:
+        self.alive = False
+        self.loop.remove_reader(self._channel)
+        self._channel.close()
+        for future in [*self._starting.values(), *self._running.values()]:
+            if not future.done() and not self.loop.is_closed():
+                future.set_exception(SpawnerGone("the process that starts the jobs exited while they ran"))
+        self._starting.clear()
+        self._running.clear()
+
+
+    def close(self) -> None:
+        """Let the spawner exit (it sees EOF) and reap it; the processes it started run on."""
+        if self.alive:
+            self._gone()
+        self._process.wait()
+
+
+_current: Spawner | None = None
+
+
+def spawner() -> Spawner:
+    """The running loop's spawner, started on first use, and again for a new loop (one that
+    belonged to an earlier loop is let go) or when it exited."""
+    global _current
+    loop = asyncio.get_running_loop()
+    if _current is None or not _current.alive or _current.loop is not loop:
+        if _current is not None:
+            _current.close()
+        _current = Spawner(loop)
+    return _current
+
+
+@atexit.register
+def _close_spawner() -> None:
+    # Reaped before this process exits, so its CPU time (and its children's) counts as ours.
+    if _current is not None:
+        _current.close()
