@@ -53,6 +53,9 @@ class Daemon:
             f'state_dir = "{self.root / "state"}"\nlog_level = "info"\n[api]\nsocket = "{self.socket}"\n'
             f'[scheduler]\nmetrics = "127.0.0.1:{free_port()}"\n'
             f'[agent]\nid = "bench-agent"\nslots = {slots}\ncpus = {slots}\nmetrics = "127.0.0.1:{free_port()}"\n'
+            # The bench submits as the user running it (maybe root, the daemon's user): its no-op
+            # jobs may run as that user, which the agent refuses unless told.
+            'allow_jobs_as_daemon_user = true\n'
             f'[targets.local]\nbase_path = "{self.base}"\n')
         self.proc: subprocess.Popen | None = None
         self.http = httpx.Client(transport=httpx.HTTPTransport(uds=str(self.socket)), base_url="http://repx", timeout=600)

@@ -124,6 +124,15 @@ async def run_step(ctx: JobContext, script: Path, out: Path, repx: Path, inputs_
 
 
 def prepare_dirs(out: Path, repx: Path, *, fresh_out: bool) -> None:
+    if out.parent == repx.parent:
+        try:  # a first attempt, the common case: three directory creations and nothing to clear
+            os.mkdir(out.parent)
+        except OSError:
+            pass
+        else:
+            os.mkdir(out)
+            os.mkdir(repx)
+            return
     if fresh_out and out.exists():
         shutil.rmtree(out)
     out.mkdir(parents=True, exist_ok=True)

@@ -210,19 +210,23 @@ async def spawn_and_wait(invocation: Invocation, repx: Path, guard: Guard,
     the awaiting task stops every process the job started, in or out of its session: the wrapper
     is a child subreaper (the spawner makes it one), so descendants that leave the job's session
     and lose their parent stay under it."""
-    status_fd = os.open(exit_file(guard.path), os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+    flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC
+    status_fd = os.open(exit_file(guard.path), flags, 0o600)
+    logs: list[int] = []
     try:
         # A placeholder (no status: "-" is no number) holds a block for the status, so that the
         # wrapper's write, which truncates it first, finds room even after the job filled the disk.
         os.write(status_fd, b"-\n")
         if identity is not None:  # reopened through /dev/fd by the wrapper, which runs as the job's user
             os.fchown(status_fd, identity.uid, identity.gid)
-        with open(repx / "stdout.log", "wb") as out, open(repx / "stderr.log", "wb") as err:
-            proc = await spawner().spawn(
-                ["/bin/sh", "-c", _WRAPPER, "repx-job", str(STATUS_FD), *invocation.argv],
-                invocation.env, str(invocation.cwd), [out.fileno(), err.fileno(), guard.fd, status_fd], identity)
+        for name in ("stdout.log", "stderr.log"):
+            logs.append(os.open(repx / name, flags, 0o666))
+        proc = await spawner().spawn(
+            ["/bin/sh", "-c", _WRAPPER, "repx-job", str(STATUS_FD), *invocation.argv],
+            invocation.env, str(invocation.cwd), [*logs, guard.fd, status_fd], identity)
     finally:
-        os.close(status_fd)
+        for fd in (status_fd, *logs):
+            os.close(fd)
     if on_spawn is not None:
         on_spawn(proc.pid)
     try:

@@ -100,8 +100,11 @@ class OutputLayout:
         """One line per completion, written with a single O_APPEND write so concurrent writers
         never interleave within a line."""
         line = json.dumps({"id": job_id, "s": outcome.value}, separators=(",", ":")) + "\n"
-        self.outputs.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.completions, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        try:
+            fd = os.open(self.completions, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        except FileNotFoundError:
+            self.outputs.mkdir(parents=True, exist_ok=True)
+            fd = os.open(self.completions, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
         try:
             os.write(fd, line.encode())
         finally:
