@@ -1,7 +1,8 @@
 """Starting a job's process and waiting for it, at most once at a time per job directory.
 
-A process runs under a small shell wrapper that holds an flock on its guard's lock file
-(inherited from the launcher) for its whole life and writes its exit status next to it.
+A process holds an flock on its guard's lock file (inherited from the launcher) for its whole
+life, and the spawner (`spawner.py`), its parent, writes its exit status next to it before it lets
+go of its own hold on the lock.
 Guards (`<stem>.lock`, `<stem>.exit`) live under `<base>/cache/guards/`, outside the upstream
 output layout. So a launcher that dies (kill -9, crash, restart) leaves a process that can be
 adopted: the next launcher for the same directory waits for the lock, then reads `.exit` instead
@@ -32,12 +33,6 @@ LOCK_FILE = "lock"
 EXIT_FILE = "exit"
 EXIT_RECORD_BYTES = 256  # "EXIT_CODE EXIT_STATUS SERVICE_RESULT" fits many times over
 
-# Readers look at the exit file only once they hold the lock, which this shell holds until it
-# exits, so a plain builtin write is enough (no extra process per job for an atomic rename). The
-# file is opened by the launcher and reached through /dev/fd (dash redirects only fds 0-9).
-_WRAPPER = 'status_fd=$1; shift; "$@"; status=$?; echo $status > /dev/fd/"$status_fd"; exit $status'
-# The spawner hands the wrapper the guard's lock as descriptor 3 and the exit record as 4.
-STATUS_FD = 4
 
 
 _made_dirs: set[Path] = set()
@@ -129,7 +124,7 @@ async def guarded(path: Path):
 
 def adoptable_status(guard: Path) -> ExitStatus | None:
     """The exit status a finished, not yet recorded process left behind, if any: a number from
-    the shell wrapper, or `EXIT_CODE EXIT_STATUS SERVICE_RESULT` from a unit's ExecStopPost."""
+    the spawner, or `EXIT_CODE EXIT_STATUS SERVICE_RESULT` from a unit's ExecStopPost."""
     try:
         # A job running as the daemon's user could leave a FIFO here: read without blocking.
         words = read_job_file(exit_file(guard), EXIT_RECORD_BYTES).decode(errors="replace").split()
@@ -204,26 +199,25 @@ async def spawn_and_wait(invocation: Invocation, repx: Path, guard: Guard,
                          on_spawn: Callable[[int], None] | None = None, *,
                          identity: Identity | None = None, time_limit: int | None = None) -> int:
     """Run `invocation` with stdout/stderr written to `repx/{stdout,stderr}.log`; the process
-    inherits the guard's lock and writes its status through an inherited descriptor of the exit
-    file (the job's user may not write in the guards' directory). Returns the exit status
-    (negative for a signal), with cause "timeout" when `time_limit` seconds ran out. Cancelling
-    the awaiting task stops every process the job started, in or out of its session: the wrapper
-    is a child subreaper (the spawner makes it one), so descendants that leave the job's session
-    and lose their parent stay under it."""
+    inherits the guard's lock, and the spawner writes its status into the exit file (the job's
+    user may not write in the guards' directory). Returns the exit status (negative for a
+    signal), with cause "timeout" when `time_limit` seconds ran out. Cancelling the awaiting task
+    stops every process the job started, in or out of its session: the job's process is a child
+    subreaper (the spawner makes it one), so descendants that leave the job's session and lose
+    their parent stay under it."""
     flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC
     status_fd = os.open(exit_file(guard.path), flags, 0o600)
     logs: list[int] = []
     try:
         # A placeholder (no status: "-" is no number) holds a block for the status, so that the
-        # wrapper's write, which truncates it first, finds room even after the job filled the disk.
+        # spawner's overwrite finds room even after the job filled the disk.
         os.write(status_fd, b"-\n")
-        if identity is not None:  # reopened through /dev/fd by the wrapper, which runs as the job's user
-            os.fchown(status_fd, identity.uid, identity.gid)
         for name in ("stdout.log", "stderr.log"):
             logs.append(os.open(repx / name, flags, 0o666))
-        proc = await spawner().spawn(
-            ["/bin/sh", "-c", _WRAPPER, "repx-job", str(STATUS_FD), *invocation.argv],
-            invocation.env, str(invocation.cwd), [*logs, guard.fd, status_fd], identity)
+        # The job gets the guard's lock as descriptor 3 (held while it or a descendant runs); the
+        # exit record stays with the spawner, which writes it when the job exits.
+        proc = await spawner().spawn(invocation.argv, invocation.env, str(invocation.cwd),
+                                     [*logs, guard.fd, status_fd], identity, exit_record=True)
     finally:
         for fd in (status_fd, *logs):
             os.close(fd)
@@ -263,7 +257,7 @@ def forget_exit(guard: Path) -> None:
 
 async def _stop(proc: SpawnedProcess) -> None:
     """TERM, then after a grace period KILL, to the job's process group and to every process under
-    its wrapper (those in other sessions included)."""
+    it (those in other sessions included)."""
     for sig, wait in ((signal.SIGTERM, TERMINATE_GRACE_SECONDS), (signal.SIGKILL, None)):
         targets = _descendants(proc.pid)
         with contextlib.suppress(ProcessLookupError, PermissionError):

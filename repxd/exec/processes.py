@@ -54,9 +54,11 @@ class Spawner:
         self.loop = loop
         self._channel, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         with theirs:
+            # In its own session, like the jobs: a signal to this process's group (Ctrl-C, a kill
+            # of the group) leaves it to write the records of the jobs it started.
             self._process = subprocess.Popen(
                 [sys.executable, "-S", str(SPAWNER), str(theirs.fileno())], pass_fds=(theirs.fileno(),),
-                stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL)
+                stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, start_new_session=True)
         self._channel.setblocking(False)
         self._ids = itertools.count()
         self._starting: dict[int, asyncio.Future[SpawnedProcess]] = {}
@@ -65,14 +67,16 @@ class Spawner:
         loop.add_reader(self._channel, self._receive)
 
     async def spawn(self, argv: list[str], env: dict[str, str], cwd: str, fds: list[int],
-                    identity: Identity | None) -> SpawnedProcess:
-        """Start `argv` with `fds` as its stdout, stderr, then descriptors 3, 4, ... (in that order)."""
+                    identity: Identity | None, *, exit_record: bool = False) -> SpawnedProcess:
+        """Start `argv` with `fds` as its stdout, stderr, then descriptors 3, 4, ... (in that
+        order). With `exit_record` the last of `fds` is not given to the process: the spawner
+        writes its exit status there, before it closes its copies of the others."""
         if not self.alive:
             raise SpawnerGone("the process that starts the jobs exited")
         request_id = next(self._ids)
         started = self.loop.create_future()
         self._starting[request_id] = started
-        message = json.dumps({"id": request_id, "argv": argv, "env": env, "cwd": cwd,
+        message = json.dumps({"id": request_id, "argv": argv, "env": env, "cwd": cwd, "exit_record": exit_record,
                               "identity": None if identity is None else [identity.uid, identity.gid, list(identity.groups)]})
         while True:
             try:
@@ -125,10 +129,13 @@ class Spawner:
 
 
     def close(self) -> None:
-        """Let the spawner exit (it sees EOF) and reap it; the processes it started run on."""
+        """Let the spawner exit (it sees EOF) and reap it, unless processes it started run on:
+        it then stays for them, and exits once it wrote their exit records."""
+        running = bool(self._running)
         if self.alive:
             self._gone()
-        self._process.wait()
+        if not running:
+            self._process.wait()
 
 
 _current: Spawner | None = None

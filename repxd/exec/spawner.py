@@ -1,20 +1,24 @@
-"""The spawner: a small helper process that starts the jobs' wrapper processes and reaps them.
+"""The spawner: a small helper process that starts the jobs' processes, reaps them and writes
+their exit records.
 
 Run as `python -S spawner.py FD` (standard library only, so it starts without the package or
-site-packages). The launcher sends it one request per job over the SOCK_SEQPACKET socket FD:
-a JSON object (argv, env, cwd, identity) with the process's descriptors attached (stdout,
-stderr, then the ones to keep open, which the child gets as 3, 4, ...: the guard's lock and the
-exit record). It forks, and the
-child becomes a child subreaper (so descendants that leave the job's session stay under the
-wrapper, where a stop finds them), starts a new session, takes the identity and execs. The
-spawner answers `{"id", "pid"}` right after the fork and `{"pid", "status"}` when the
-wrapper exits (negative for a signal, 127 if the exec failed; the reason is then in stderr).
+site-packages), in its own session. The launcher sends it one request per job over the
+SOCK_SEQPACKET socket FD: a JSON object (argv, env, cwd, identity, exit_record) with the
+process's descriptors attached: stdout, stderr, then the ones the child gets as 3, 4, ... (the
+guard's lock; the exit record, last, stays with the spawner). It forks; the child becomes a child subreaper (descendants
+that leave the job's session and lose their parent stay under it, where a stop finds them),
+starts a new session, takes the identity and execs the job itself: no wrapper process. The
+spawner answers `{"id", "pid"}` right after the fork; when the child exits it writes the status
+into the exit record (negative for a signal, 127 if the exec failed, the reason then in stderr),
+and only then lets go of its copy of the guard's lock, so whoever takes the lock next finds the
+record; then it answers `{"pid", "status"}`.
 
 Why a separate process: forking the launcher (a large asyncio process) with a `preexec_fn` for
-the subreaper costs a full fork and a wait for the exec on its event loop, and asyncio watches
-every child with a thread; forking this small process costs little, runs on another core, and
-one descriptor tells about every child. When the launcher goes away (EOF) the spawner exits
-without touching the wrappers: they run on, and a later launcher adopts their exit records."""
+the subreaper costs a full fork and a wait for the exec on its event loop, asyncio watches every
+child with a thread, and a shell wrapper costs a process start per job; forking this small
+process costs little, runs on another core, and one descriptor tells about every child. When the
+launcher goes away (EOF, kill -9) the spawner stays until its last child exited and its record
+is written, then exits: a later launcher adopts those records instead of running the jobs again."""
 
 from __future__ import annotations
 
@@ -40,12 +44,13 @@ def start_child(request: dict, fds: list[int], devnull: int, libc) -> int:
         return pid
     try:
         # Every descriptor first above the ones it may land on, so no move overwrites another.
-        high = [fcntl.fcntl(fd, fcntl.F_DUPFD_CLOEXEC, FIRST_KEPT_FD + MAX_FDS) for fd in [devnull, *fds]]
+        given = fds[:-1] if request.get("exit_record") else fds  # the record is the spawner's to write
+        high = [fcntl.fcntl(fd, fcntl.F_DUPFD_CLOEXEC, FIRST_KEPT_FD + MAX_FDS) for fd in [devnull, *given]]
         for target, fd in enumerate(high):
             os.dup2(fd, target)  # 0 stdin, 1 stdout, 2 stderr, then the kept ones from FIRST_KEPT_FD
         signal.set_wakeup_fd(-1)
-        # As a shell would start it: Python ignores SIGPIPE and SIGXFSZ, this process SIGINT.
-        for number in (signal.SIGCHLD, signal.SIGINT, signal.SIGPIPE, signal.SIGXFSZ):
+        # As a shell would start it: Python ignores SIGPIPE and SIGXFSZ.
+        for number in (signal.SIGCHLD, signal.SIGPIPE, signal.SIGXFSZ):
             signal.signal(number, signal.SIG_DFL)
         if libc is not None:
             libc.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)
@@ -57,12 +62,51 @@ def start_child(request: dict, fds: list[int], devnull: int, libc) -> int:
             os.setgid(gid)
             os.setuid(uid)
         os.chdir(request["cwd"])
-        os.execve(request["argv"][0], request["argv"], request["env"])
+        os.execvpe(request["argv"][0], request["argv"], request["env"])  # found on the job's PATH
     except BaseException as exc:  # noqa: BLE001 - anything before exec: say why on the job's stderr
         with open(2, "w", closefd=False) as err:
             err.write(f"repx: cannot start the job's process: {exc}\n")
     finally:
         os._exit(127)
+
+
+class Children:
+    """The started processes, each with the descriptors held for it until it is reaped: the
+    guard's lock (so no one takes it before its exit record is written) and the exit record."""
+
+    def __init__(self, channel: socket.socket) -> None:
+        self.channel: socket.socket | None = channel
+        self.held: dict[int, tuple[list[int], bool]] = {}
+
+    def tell(self, answer: dict) -> None:
+        if self.channel is not None:
+            with contextlib.suppress(BrokenPipeError, ConnectionResetError):
+                self.channel.send(json.dumps(answer).encode())
+
+    def reap(self) -> None:
+        while True:
+            try:
+                pid, wait_status = os.waitpid(-1, os.WNOHANG)
+            except ChildProcessError:
+                return
+            if pid == 0:
+                return
+            status = os.waitstatus_to_exitcode(wait_status)
+            fds, exit_record = self.held.pop(pid, ([], False))
+            if exit_record:
+                record_exit(fds[-1], status)
+            for fd in fds:
+                os.close(fd)
+            self.tell({"pid": pid, "status": status})
+
+
+def record_exit(fd: int, status: int) -> None:
+    """Overwrite the placeholder in place: the block is the file's already, so this needs no
+    room even when the job filled the disk."""
+    line = f"{status}\n".encode()
+    with contextlib.suppress(OSError):
+        os.pwrite(fd, line, 0)
+        os.ftruncate(fd, len(line))
 
 
 def serve(channel: socket.socket) -> None:
@@ -74,7 +118,8 @@ def serve(channel: socket.socket) -> None:
     selector = selectors.DefaultSelector()
     selector.register(channel, selectors.EVENT_READ)
     selector.register(wake_read, selectors.EVENT_READ)
-    while True:
+    children = Children(channel)
+    while children.channel is not None or children.held:
         for key, _ in selector.select():
             if key.fileobj is channel:
                 try:
@@ -84,37 +129,32 @@ def serve(channel: socket.socket) -> None:
                 for fd in fds:  # the child gets its own copies, at fixed numbers
                     os.set_inheritable(fd, False)
                 if not data:
-                    return  # the launcher is gone: leave the wrappers running
+                    # The launcher is gone: the jobs run on, and their exit records still get
+                    # written; a later launcher adopts them.
+                    selector.unregister(channel)
+                    children.channel = None
+                    continue
                 request = json.loads(data)
+                kept = fds[2:]
                 try:
                     pid = start_child(request, fds, devnull, libc)
-                    channel.send(json.dumps({"id": request["id"], "pid": pid}).encode())
                 except OSError as exc:  # fork failed (no memory, too many processes)
-                    channel.send(json.dumps({"id": request["id"], "error": str(exc)}).encode())
-                finally:
-                    for fd in fds:
+                    children.tell({"id": request["id"], "error": str(exc)})
+                    kept = []
+                else:
+                    children.held[pid] = (kept, bool(request.get("exit_record")))
+                    children.tell({"id": request["id"], "pid": pid})
+                for fd in fds:
+                    if fd not in kept:
                         os.close(fd)
             else:
                 with contextlib.suppress(BlockingIOError):
                     while os.read(wake_read, 4096):
                         pass
-                reap(channel)
-
-
-def reap(channel: socket.socket) -> None:
-    while True:
-        try:
-            pid, status = os.waitpid(-1, os.WNOHANG)
-        except ChildProcessError:
-            return
-        if pid == 0:
-            return
-        channel.send(json.dumps({"pid": pid, "status": os.waitstatus_to_exitcode(status)}).encode())
+                children.reap()
 
 
 if __name__ == "__main__":
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the launcher, which stops the jobs
     channel = socket.socket(fileno=int(sys.argv[1]))
     channel.set_inheritable(False)  # the jobs must not hold it: the launcher's exit would go unseen
-    with contextlib.suppress(BrokenPipeError):
-        serve(channel)
+    serve(channel)

@@ -6,6 +6,9 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -32,11 +35,46 @@ def _run(tmp_path: Path, script: str, cwd: Path | None = None) -> tuple[int, str
 def test_job_gets_status_logs_exit_record_and_a_plain_signal_state(tmp_path):
     # SigIgn all zero: a job's `yes | head -1` ends by SIGPIPE and Ctrl-C reaches it, as from a shell.
     status, stdout, stderr = _run(tmp_path, "grep SigIgn /proc/self/status; echo oops >&2; "
-                                            "ls /proc/$$/fd | grep -qv '^[0-4]$' && echo leaked; exit 3")
+                                            "ls /proc/$$/fd | grep -qv '^[0-3]$' && echo leaked; exit 3")
     assert status == 3
     assert stdout.split() == ["SigIgn:", "0000000000000000"]
     assert stderr == "oops\n"
     assert adoptable_status(tmp_path / "guards" / "job") == 3
+
+
+def test_job_killed_by_a_signal_records_the_signal(tmp_path):
+    status, _, _ = _run(tmp_path, "kill -KILL $$")
+    assert status == -signal.SIGKILL
+    assert adoptable_status(tmp_path / "guards" / "job") == -signal.SIGKILL
+
+
+def test_record_is_written_before_the_lock_is_free_even_when_the_launcher_is_gone(tmp_path):
+    """A launcher killed while its job runs: the spawner stays, writes the exit record, and only
+    then lets go of the lock, which is what the next launcher waits for before it adopts."""
+    guard = tmp_path / "guards" / "job"
+    launcher = subprocess.Popen([sys.executable, "-c", f"""
+import asyncio, os, sys
+from pathlib import Path
+from repxd.exec.launcher import SubprocessLauncher, guarded, launch_request
+from repxd.exec.runtimes import Invocation
+async def main():
+    async with guarded(Path({str(guard)!r})) as g:
+        await SubprocessLauncher().run(Invocation(["/bin/sh", "-c", "echo started; sleep 1; exit 5"], dict(os.environ),
+                                                  Path({str(tmp_path)!r})), Path({str(tmp_path)!r}), g, launch_request("job", "", 1))
+asyncio.run(main())
+"""])
+    deadline = time.monotonic() + 20
+    while "started" not in ((tmp_path / "stdout.log").read_text() if (tmp_path / "stdout.log").exists() else ""):
+        assert time.monotonic() < deadline, "the job never started"
+        time.sleep(0.02)
+    launcher.kill()
+    launcher.wait()
+
+    async def adopt():
+        async with guarded(guard) as g:
+            return g.leftover_status
+
+    assert asyncio.run(adopt()) == 5
 
 
 def test_job_that_cannot_start_fails_with_the_reason_in_its_stderr(tmp_path):
