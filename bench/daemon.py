@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import collections
 import json
 import os
 import resource
@@ -29,6 +30,7 @@ from pathlib import Path
 import aiohttp
 import httpx
 from dag import RUN_NAME, default_width, write_lab
+from throughput import last_cpu, run_limit
 
 ROOT = Path(__file__).resolve().parent.parent
 BENCH = ROOT / ".bench" / "daemon"
@@ -137,7 +139,7 @@ async def hammer(sock: Path, method: str, path: str, body: dict | None, clients:
                 async with session.request(method, f"http://repx{path}", json=body) as response:
                     await response.read()
                     if response.status >= 300:
-                        failures.append(f"{response.status}")
+                        failures.append(f"{response.status} {(await response.text())[:120]}")
                         continue
                 latencies.append(time.perf_counter() - started)
 
@@ -149,13 +151,16 @@ async def hammer(sock: Path, method: str, path: str, body: dict | None, clients:
     latencies.sort()
     return {"clients": clients, "requests": len(latencies), "errors": len(failures), "rps": len(latencies) / elapsed,
             "p50_ms": 1000 * latencies[len(latencies) // 2], "p99_ms": 1000 * latencies[int(0.99 * len(latencies))],
-            "mean_ms": 1000 * statistics.fmean(latencies), "max_ms": 1000 * latencies[-1]}
+            "mean_ms": 1000 * statistics.fmean(latencies), "max_ms": 1000 * latencies[-1],
+            "error_kinds": collections.Counter(failures).most_common(3)}
 
 
 def show(label: str, r: dict) -> None:
     print(f"  {label:<24} {r['clients']:>3} clients: p50 {r['p50_ms']:7.1f} ms  p99 {r['p99_ms']:7.1f} ms  "
           f"mean {r['mean_ms']:7.1f} ms  max {r['max_ms']:7.1f} ms  {r['rps']:6.0f} req/s  "
           f"{r['cpu_us']:5.0f} us daemon CPU/req  ({r['requests']} ok, {r['errors']} errors)", flush=True)
+    for kind, count in r["error_kinds"]:
+        print(f"    {count} x {kind}", flush=True)
 
 
 def phases(d: Daemon, label: str, request: tuple, levels: list[int], seconds: float) -> dict:
@@ -241,7 +246,12 @@ def bench_throughput(args) -> dict:
     print(f"  embedded: {embedded['seconds']:7.2f} s (its \"seconds\"; {embedded['wall']:.2f} s wall with startup"
           f" and planning): {embedded['jobs_per_s']:6.0f} jobs/s, -j {args.slots}; {embedded['cpu_ms_per_job']:.1f} ms CPU"
           " per job (startup and planning included)", flush=True)
-    return {"daemon": daemon, "embedded": embedded}
+    seconds = run_limit(lab.parent, n, args.slots, 600.0, dict(os.environ))
+    limit = {"seconds": seconds, "jobs_per_s": n / seconds, "cpu_ms_per_job": 1000 * last_cpu[0] / n}
+    print(f"  limit:    {seconds:7.2f} s: {limit['jobs_per_s']:6.0f} jobs/s (xargs -P {args.slots}, one bash per job, "
+          f"see throughput.py); daemon {daemon['jobs_per_s'] / limit['jobs_per_s']:.0%} of it, "
+          f"embedded {embedded['jobs_per_s'] / limit['jobs_per_s']:.0%}", flush=True)
+    return {"daemon": daemon, "embedded": embedded, "limit": limit}
 
 
 def log_after(path: Path, offset: int, needle: str) -> bool:
