@@ -229,8 +229,15 @@ async def spawn_and_wait(invocation: Invocation, repx: Path, guard: Guard,
         await asyncio.shield(_stop(proc))
         return ExitStatus.with_cause(proc.returncode if proc.returncode is not None else -signal.SIGKILL, "timeout")
     except asyncio.CancelledError:
-        await asyncio.shield(_stop(proc))
+        await asyncio.shield(_stop_cancelled(proc, guard.path))
         raise
+
+
+async def _stop_cancelled(proc: SpawnedProcess, guard: Path) -> None:
+    """Stop a cancelled job and drop the exit record the spawner wrote for it: a cancelled
+    attempt has no outcome, and the next attempt must run rather than adopt its status."""
+    await _stop(proc)
+    forget_exit(guard)
 
 
 DISK_FULL = "disk-full"

@@ -77,6 +77,22 @@ asyncio.run(main())
     assert asyncio.run(adopt()) == 5
 
 
+def test_cancelled_job_leaves_no_status_for_the_next_attempt_to_adopt(tmp_path):
+    (tmp_path / "out").mkdir()
+    invocation = Invocation(["/bin/sh", "-c", "sleep 30"], {"PATH": os.environ["PATH"]}, tmp_path / "out")
+
+    async def main() -> None:
+        async with guarded(tmp_path / "guards" / "job") as guard:
+            job = asyncio.create_task(SubprocessLauncher().run(invocation, tmp_path, guard, launch_request("job", "", 1)))
+            await asyncio.sleep(0.5)
+            job.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await job
+
+    asyncio.run(main())
+    assert adoptable_status(tmp_path / "guards" / "job") is None
+
+
 def test_job_that_cannot_start_fails_with_the_reason_in_its_stderr(tmp_path):
     status, _, stderr = _run(tmp_path, "true", cwd=tmp_path / "missing")
     assert status == 127
