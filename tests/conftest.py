@@ -64,6 +64,17 @@ def started_in_workdir(start: Callable[[Path], T], prefix: str, under: str | Non
         shutil.rmtree(workdir, ignore_errors=True)
 
 
+@pytest.fixture
+def daemon():
+    """A `repxd all` of its own (tests/service.py), stopped after the test."""
+    from service import Daemon
+
+    d = Daemon.create()
+    d.start("all")
+    yield d
+    d.stop()
+
+
 @pytest.fixture(scope="session")
 def busybox_rootfs(tmp_path_factory) -> Path:
     """A minimal root filesystem: static busybox and its applet links."""

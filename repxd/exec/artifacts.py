@@ -8,6 +8,7 @@ import shutil
 from pathlib import Path
 
 from ..errors import LabError
+from ..lab.loader import sha256_of
 from ..lab.model import Lab
 from .layout import OutputLayout
 
@@ -53,15 +54,7 @@ def _holds(dest: Path, src: Path, digest: str | None) -> bool:
         return True
     if digest is None or found.st_size != mine.st_size:
         return False
-    return _sha256(dest) == digest
-
-
-def _sha256(path: Path) -> str:
-    hasher = hashlib.sha256()
-    with open(path, "rb") as fh:
-        while chunk := fh.read(1 << 20):
-            hasher.update(chunk)
-    return hasher.hexdigest()
+    return sha256_of(dest) == digest
 
 
 def _place(src: Path, dest: Path) -> None:

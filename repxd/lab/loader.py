@@ -312,7 +312,7 @@ def _parse(model: type[BaseModel], path: Path, root: Path):
         raise LabError(f"{_rel(path, root)}: cannot read: {exc.strerror}") from None
 
 
-def _sha256(path: Path) -> str:
+def sha256_of(path: Path) -> str:
     with open(path, "rb", buffering=0) as fh:
         if os.fstat(fh.fileno()).st_size <= SMALL_FILE:
             # file_digest allocates a 256 KiB buffer per call: for the many tiny files of a Lab
@@ -360,7 +360,7 @@ def _verify_each(root: Path, manifest: Manifest) -> None:
                 real = Path(os.path.realpath(path))
                 if real != root and root not in real.parents:
                     return f"{entry.path} is a symlink leading outside the Lab ({real}); Labs must be self-contained"
-            digest = _sha256(path)
+            digest = sha256_of(path)
         except FileNotFoundError:
             return f"{entry.path} is listed in the manifest but missing from the Lab"
         except OSError as exc:
@@ -405,7 +405,7 @@ def unpack_tar_lab(tar_path: Path, unpack_dir: Path) -> Path:
     with _open_tar(tar_path) as tf:
         members = _checked_members(tf, tar_path)
         prefix = _tar_prefix(members, tar_path)
-        dest = unpack_dir / f"{tar_path.name.split('.')[0]}-{_sha256_file(tar_path)[:32]}"
+        dest = unpack_dir / f"{tar_path.name.split('.')[0]}-{sha256_of(tar_path)[:32]}"
         if not dest.is_dir():
             unpack_dir.mkdir(parents=True, exist_ok=True)
             tmp = unpack_dir / f".{dest.name}.{os.getpid()}.repx-tmp"
@@ -425,14 +425,6 @@ def unpack_tar_lab(tar_path: Path, unpack_dir: Path) -> Path:
                 shutil.rmtree(tmp, ignore_errors=True)
                 raise LabError(f"{tar_path} could not be unpacked: {exc.args[0]} (a hard link names a file missing from the tar); copy or rebuild the tar") from None
     return dest / prefix if prefix else dest
-
-
-def _sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        while chunk := fh.read(1 << 20):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def _checked_members(tf: tarfile.TarFile, tar_path: Path) -> list[tarfile.TarInfo]:

@@ -18,14 +18,6 @@ from service import Daemon
 from repxd.lab.writer import LabWriter
 
 
-@pytest.fixture
-def daemon():
-    d = Daemon.create()
-    d.start("all")
-    yield d
-    d.stop()
-
-
 def env_for(d: Daemon) -> dict:
     return d.env | {"REPX_API": str(d.socket)}
 

@@ -8,18 +8,8 @@ import os
 import re
 import time
 
-import pytest
 from cli import repxctl
-from service import Daemon
 from test_cli_daemon_run import failing_lab, slow_lab
-
-
-@pytest.fixture
-def daemon():
-    d = Daemon.create()
-    d.start("all")
-    yield d
-    d.stop()
 
 
 def test_the_same_lab_embedded_and_through_the_daemon(daemon, tmp_path):

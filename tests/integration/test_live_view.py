@@ -8,10 +8,8 @@ import shutil
 import subprocess
 import time
 
-import pytest
 from conftest import require_program
 from definitions import HEADER, NAP
-from service import Daemon
 
 from repxd.lab.writer import LabWriter
 
@@ -79,14 +77,6 @@ def test_elapsed_keeps_moving_between_job_events(tmp_path):
         subprocess.run([*server, "kill-server"], check=False)
     # during the first 3-second nap nothing else happens, yet its elapsed time advances
     assert len(elapsed_seen) >= 3, elapsed_seen
-
-
-@pytest.fixture
-def daemon():
-    d = Daemon.create()
-    d.start("all")
-    yield d
-    d.stop()
 
 
 def test_live_view_following_a_daemon_run(tmp_path, daemon):

@@ -9,11 +9,9 @@ import shutil
 import subprocess
 import time
 
-import pytest
 from cli import repxctl
 from conftest import require_program
 from definitions import NAP, simple
-from service import Daemon
 
 from repxctl.daemon import connect
 from repxctl.top import build_app
@@ -24,14 +22,6 @@ from repxd.lab.writer import LabWriter
 def table_cells(app, table_id: str) -> list[list[str]]:
     table = app.query_one(f"#{table_id}")
     return [[str(cell) for cell in table.get_row_at(i)] for i in range(table.row_count)]
-
-
-@pytest.fixture
-def daemon():
-    d = Daemon.create()
-    d.start("all")
-    yield d
-    d.stop()
 
 
 def test_top_on_an_embedded_base_path(tmp_path):

@@ -4,13 +4,13 @@ a repx killed mid-run following its job instead of submitting it again."""
 
 from __future__ import annotations
 
-import os
 import signal
 import subprocess
 from pathlib import Path
 
 import pytest
 from cli import repxctl
+from counted_commands import CountedCommands
 from definitions import HEADER, simple, sweep_scatter
 from service import Daemon
 from slurm.test_slurm_target import fan_out_lab, out_files, sleeper_lab, wait_for
@@ -22,33 +22,9 @@ from repxd.targets.sge.accounting import master_id, parse_qacct, parse_qstat_xml
 POLL = 0.5
 
 
-class Counted:
-    """Grid Engine's commands behind wrappers that log each call, so a test can count them."""
-
-    def __init__(self, root: Path, cluster) -> None:
-        self.bin = root / "bin"
-        self.bin.mkdir(parents=True)
-        self.log = root / "calls.log"
-        for command in ("qsub", "qstat", "qacct", "qdel"):
-            real = subprocess.run(["sh", "-c", f"command -v {command}"], capture_output=True, text=True,
-                                  env=cluster.env).stdout.strip()
-            wrapper = self.bin / command
-            run = f'exec "{real}" "$@"'
-            if command == "qsub":  # its answer too: the job numbers a test asks qacct about
-                run = f'out=$("{real}" "$@"); rc=$?; echo "submitted $out" >> "{self.log}"; echo "$out"; exit $rc'
-            wrapper.write_text(f'#!/bin/sh\necho "{command} $*" >> "{self.log}"\n{run}\n')
-            wrapper.chmod(0o755)
-        self.env = {**cluster.env, "PATH": f"{self.bin}:{cluster.env.get('PATH', os.environ['PATH'])}"}
-
-    def calls(self, command: str) -> list[str]:
-        if not self.log.exists():
-            return []
-        return [line for line in self.log.read_text().splitlines() if line.split(" ", 1)[0] == command]
-
-
 @pytest.fixture
 def counted(sge_cluster, tmp_path):
-    return Counted(tmp_path, sge_cluster)
+    return CountedCommands(tmp_path, sge_cluster.env, ("qsub", "qstat", "qacct", "qdel"), answers=("qsub",))
 
 
 def sge_config(root: Path, base: Path, extra: str = "") -> Path:

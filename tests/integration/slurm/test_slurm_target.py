@@ -6,7 +6,6 @@ of slurmctld, and a node going down mid-run."""
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
 import time
@@ -14,6 +13,7 @@ from pathlib import Path
 
 import pytest
 from cli import repxctl
+from counted_commands import CountedCommands
 from definitions import HEADER, simple, sweep_scatter
 from service import Daemon
 from test_scatter_failure import failing_branch_lab
@@ -21,27 +21,6 @@ from test_scatter_failure import failing_branch_lab
 from repxd.lab.writer import LabWriter
 
 POLL = 0.5
-
-
-class Counted:
-    """The cluster's commands behind wrappers that log each call, so a test can count them."""
-
-    def __init__(self, root: Path, cluster) -> None:
-        self.bin = root / "bin"
-        self.bin.mkdir(parents=True)
-        self.log = root / "calls.log"
-        for command in ("sbatch", "sacct", "squeue", "scancel"):
-            real = subprocess.run(["sh", "-c", f"command -v {command}"], capture_output=True, text=True,
-                                  env=cluster.env).stdout.strip()
-            wrapper = self.bin / command
-            wrapper.write_text(f'#!/bin/sh\necho "{command} $*" >> "{self.log}"\nexec "{real}" "$@"\n')
-            wrapper.chmod(0o755)
-        self.env = {**cluster.env, "PATH": f"{self.bin}:{cluster.env.get('PATH', os.environ['PATH'])}"}
-
-    def calls(self, command: str) -> list[str]:
-        if not self.log.exists():
-            return []
-        return [line for line in self.log.read_text().splitlines() if line.split(" ", 1)[0] == command]
 
 
 def slurm_config(root: Path, cluster, base: Path, extra: str = "") -> Path:
@@ -60,7 +39,7 @@ def out_files(base: Path) -> dict[str, bytes]:
 
 @pytest.fixture
 def counted(slurm_cluster, tmp_path):
-    return Counted(tmp_path, slurm_cluster)
+    return CountedCommands(tmp_path, slurm_cluster.env, ("sbatch", "sacct", "squeue", "scancel"))
 
 
 @pytest.mark.parametrize("name,builder,selection,jobs", [("simple", simple, "@all", 4), ("sweep", sweep_scatter, "sweep", 7)])
