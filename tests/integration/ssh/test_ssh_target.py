@@ -79,6 +79,13 @@ def target_config(path: Path, host: SshHost, base: str, poll: float = 0.3) -> Pa
     return path
 
 
+def target_daemon(remote: Remote, tmp_path: Path, **create) -> Daemon:
+    """A daemon (not started) whose target `remote` is the SSH test host."""
+    daemon = Daemon.create(extra=target_config(tmp_path / "unused.toml", remote.host, remote.base).read_text(), **create)
+    daemon.env = remote.env
+    return daemon
+
+
 @pytest.fixture
 def remote(ssh_host, tmp_path) -> Remote:
     require_program("rsync")
@@ -201,8 +208,7 @@ def test_a_job_filling_the_remote_disk_fails_saying_so(remote, tmp_path):
 
 
 def test_the_daemon_runs_the_examples_on_the_remote(remote, tmp_path):
-    daemon = Daemon.create(extra=target_config(tmp_path / "unused.toml", remote.host, remote.base).read_text())
-    daemon.env = remote.env
+    daemon = target_daemon(remote, tmp_path)
     daemon.start("all")
     try:
         env = {**remote.env, "REPX_API": str(daemon.socket)}
@@ -242,8 +248,7 @@ def test_a_time_limit_stops_the_remote_job_saying_so(remote, tmp_path):
 
 
 def test_a_daemon_killed_mid_run_reattaches_to_the_remote_processes(remote, tmp_path):
-    daemon = Daemon.create(extra=target_config(tmp_path / "unused.toml", remote.host, remote.base).read_text())
-    daemon.env = remote.env
+    daemon = target_daemon(remote, tmp_path)
     daemon.start("all")
     try:
         env = {**remote.env, "REPX_API": str(daemon.socket)}

@@ -7,19 +7,17 @@ from __future__ import annotations
 import os
 
 from definitions import build
-from service import Daemon
 from system import scenarios
 from test_auth import REPXCTL
 from test_security_isolation import ALICE, shared_dir, users  # noqa: F401 - fixtures
 from this_host import RemoteShell, ThisHost
 
-from ssh.test_ssh_target import remote, target_config  # noqa: F401 - fixture
+from ssh.test_ssh_target import remote, target_daemon  # noqa: F401 - fixture
 
 
 def test_the_shared_ssh_scenario_runs_a_researchers_sweep_on_the_remote(remote, users, shared_dir, tmp_path):  # noqa: F811
     alice = users[ALICE]
-    daemon = Daemon.create(jobs_as_daemon=False, extra=target_config(tmp_path / "unused.toml", remote.host, remote.base).read_text())
-    daemon.env = remote.env
+    daemon = target_daemon(remote, tmp_path, jobs_as_daemon=False)
     # Alice's own Lab, in a directory she can read: the daemon reads it as her.
     lab = build("sweep-scatter", shared_dir / "sweep")
     daemon.start("all")
