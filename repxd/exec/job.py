@@ -26,7 +26,15 @@ from .launcher import (
     launch_request,
     note_disk_full,
 )
-from .layout import FAIL, SUCCESS, OutputLayout, clear_markers, write_json, write_marker
+from .layout import (
+    FAIL,
+    SUCCESS,
+    OutputLayout,
+    clear_markers,
+    completion_line,
+    write_json,
+    write_marker,
+)
 from .runtimes import Runtime
 
 T = TypeVar("T")
@@ -59,6 +67,13 @@ class JobContext:
         if self.on_first_launch is not None:
             callback, self.on_first_launch = self.on_first_launch, None
             callback()
+
+    def marked(self, repx: Path, marker: str, completion: str | None = None) -> None:
+        """Tells a launcher whose processes run on another host (SSH) of a marker (and a job's
+        completion line) written here, so that the other host's base path holds them too."""
+        mirror = getattr(self.launcher, "mirror_marker", None)
+        if mirror is not None:
+            mirror(repx, marker, completion)
 
     def step_resources(self, hints: dict[str, Any]) -> dict[str, Any]:
         """A scatter-gather step's resources: the job's, its own hints, the config's overlay."""
@@ -178,8 +193,10 @@ def finish(ctx: JobContext, job_id: str, repx: Path, ok: bool, reason: str | Non
     # Empty, so it needs no room on a full disk. If it cannot be written the exception leaves the
     # process's exit record in place, and an agent re-attaching adopts it instead of running again.
     write_marker(repx, SUCCESS if ok else FAIL)
+    outcome = Outcome.OK if ok else Outcome.FAIL
     with room_permitting():
-        ctx.layout.append_completion(job_id, Outcome.OK if ok else Outcome.FAIL)
+        ctx.layout.append_completion(job_id, outcome)
+    ctx.marked(repx, SUCCESS if ok else FAIL, completion_line(job_id, outcome))
     return JobResult(job_id, ok, reason)
 
 

@@ -99,7 +99,7 @@ class OutputLayout:
     def append_completion(self, job_id: str, outcome: Outcome) -> None:
         """One line per completion, written with a single O_APPEND write so concurrent writers
         never interleave within a line."""
-        line = json.dumps({"id": job_id, "s": outcome.value}, separators=(",", ":")) + "\n"
+        line = completion_line(job_id, outcome) + "\n"
         try:
             fd = os.open(self.completions, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
         except FileNotFoundError:
@@ -109,6 +109,10 @@ class OutputLayout:
             os.write(fd, line.encode())
         finally:
             os.close(fd)
+
+
+def completion_line(job_id: str, outcome: Outcome) -> str:
+    return json.dumps({"id": job_id, "s": outcome.value}, separators=(",", ":"))
 
 
 def clear_markers(repx_dir: Path) -> None:

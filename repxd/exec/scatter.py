@@ -41,7 +41,7 @@ async def execute_scatter_gather(ctx: JobContext, job: Job) -> JobResult:
         status = await run_step(ctx, script_path(ctx, job.executables["scatter"].path), scatter_out,
                                 scatter_repx, inputs_json, params_json,
                                 prepare=lambda: prepare_dirs(scatter_out, scatter_repx, fresh_out=ctx.run_as is None),
-                                record=lambda status: _record_step(scatter_repx, status, items_path),
+                                record=lambda status: _record_step(ctx, scatter_repx, status, items_path),
                                 done=lambda: 0 if (scatter_repx / SUCCESS).exists() and items_path.exists() else None)
         if status != 0:
             return finish(ctx, job.id, repx, False, f"scatter {exit_reason(status)} (see scatter/repx/stderr.log)")
@@ -146,10 +146,11 @@ def _previous_item(path: Path) -> bytes | None:
         return None
 
 
-def _record_step(repx: Path, status: int, required: Path | None = None) -> int:
+def _record_step(ctx: JobContext, repx: Path, status: int, required: Path | None = None) -> int:
     """Markers of a scatter or step process; a scatter without work items is not a success."""
     ok = status == 0 and (required is None or required.exists())
     write_marker(repx, SUCCESS if ok else FAIL)
+    ctx.marked(repx, SUCCESS if ok else FAIL)
     return status
 
 
@@ -195,7 +196,7 @@ async def _run_branch(ctx: JobContext, job: Job, branch: Path, item, order: list
                                 step_repx / "inputs.json", params_json, prepare=prepare,
                                 resources=ctx.step_resources(exe.resource_hints.model_dump(exclude_none=True)
                                                              if exe.resource_hints else {}),
-                                record=lambda status, step_repx=step_repx: _record_step(step_repx, status),
+                                record=lambda status, step_repx=step_repx: _record_step(ctx, step_repx, status),
                                 done=lambda step_repx=step_repx: 0 if (step_repx / SUCCESS).exists() else None)
         if status != 0:
             return f"{branch.name} step {step} {exit_reason(status)} (see {branch.name}/step-{step}/repx/stderr.log)"

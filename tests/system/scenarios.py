@@ -206,8 +206,8 @@ def slurm_target_runs(machine: BaseMachine, user: str, lab: str, selection: str,
 def ssh_target_runs(machine: BaseMachine, remote: BaseMachine, user: str, lab: str, selection: str, target: str, remote_base: str,
                     as_user: str | None = None) -> str:
     """A researcher's run on an SSH target: it succeeds, and every job ran on the remote host,
-    whose base path holds each job's outputs and logs in the upstream layout (the markers are kept
-    in repx's mirror of it). `remote` is the remote host; `as_user` as in slurm_target_runs."""
+    whose base path holds each job's outputs, logs and SUCCESS marker in the upstream layout.
+    `remote` is the remote host; `as_user` as in slurm_target_runs."""
     prefix = as_user or f"runuser -u {user} --"
     run_id = machine.succeed(f"{prefix} repxctl run {shlex.quote(selection)} --lab {shlex.quote(lab)} "
                              f"--target {shlex.quote(target)} --detach").strip().splitlines()[-1]
@@ -217,5 +217,6 @@ def ssh_target_runs(machine: BaseMachine, remote: BaseMachine, user: str, lab: s
     for job in jobs:
         assert job["state"] == "succeeded", job
         where = f"{remote_base}/outputs/{job['job_id']}"
-        remote.succeed(f"test -e {where}/repx/stdout.log && test -n \"$(ls -A {where}/out)\"")
+        remote.succeed(f"test -e {where}/repx/SUCCESS && test -e {where}/repx/stdout.log "
+                       f"&& test -n \"$(ls -A {where}/out)\"")
     return run_id

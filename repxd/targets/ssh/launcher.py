@@ -10,7 +10,9 @@ status written to an exit file when it ends; nothing but sh and coreutils on the
 
 One remote command per poll cycle follows every running process; it returns the logs (and a
 scatter's work_items.json) of those that ended, which are written into the mirror, where the
-engine reads them as it would locally. Each process's handle (pid and start time) is recorded
+engine reads them as it would locally. The markers (and completion lines) the engine then writes
+in the mirror go the other way, with the next poll cycle's command (or with `flush` at the end of
+a run), so that the remote base is in upstream's layout too. Each process's handle (pid and start time) is recorded
 beside its guard, so a restarted repx follows the process it started instead of starting it
 again. A lost connection is waited out: processes keep running on the remote, and their jobs
 stay running here until the host answers again."""
@@ -29,6 +31,7 @@ from pathlib import Path
 from ...errors import RepxError
 from ...exec.job import DISK_FULL_BELOW
 from ...exec.launcher import DISK_FULL, ExitStatus, Guard, LaunchRequest, exit_file, guarded
+from ...exec.layout import COMPLETIONS
 from ...exec.runtimes import Invocation
 from ..commands import CommandResult, CommandRunner
 
@@ -109,6 +112,8 @@ class SshLauncher:
     name = "ssh"
     _followed: dict[str, _Followed] = field(default_factory=dict, init=False)
     _poll_task: asyncio.Task | None = field(default=None, init=False)
+    # Markers written in the mirror and not yet on the remote: remote repx dir -> its M line.
+    _marks: dict[str, str] = field(default_factory=dict, init=False)
 
     # ---- the launcher interface ------------------------------------------------------------
 
@@ -147,6 +152,39 @@ class SshLauncher:
         except asyncio.CancelledError:
             await asyncio.shield(self._stop([handle]))
             raise
+
+    def mirror_marker(self, repx: Path, marker: str, completion: str | None) -> None:
+        """A marker (and a job's completion line) the engine wrote in the mirror, sent with the next
+        poll cycle's command; a later marker for the same directory replaces it."""
+        completions = self.mirror.path(self.mirror.local / "outputs" / COMPLETIONS)
+        self._marks[self.mirror.path(repx)] = "\t".join(["M", self.mirror.path(repx), marker, completions,
+                                                          completion or ""]) + "\n"
+        self._ensure_polling()
+
+    async def flush(self) -> None:
+        """Sends the markers not yet on the remote now (a run ending must not leave them behind)."""
+        if not self._marks:
+            return
+        sent = dict(self._marks)
+        try:
+            result = await self._command(["sh", self.helper, "status"], stdin="".join(sent.values()))
+        except ConnectionProblem as exc:
+            log.warning("could not send %d marker(s) to the remote: %s; they are kept in the local mirror only",
+                        len(sent), exc)
+            return
+        if result.ok:
+            self._sent(sent)
+        else:
+            log.warning("sending markers to the remote: %s", result.failure())
+
+    def _sent(self, sent: dict[str, str]) -> None:
+        for key, line in sent.items():
+            if self._marks.get(key) == line:  # not replaced meanwhile
+                del self._marks[key]
+
+    def _ensure_polling(self) -> None:
+        if self._poll_task is None or self._poll_task.done():
+            self._poll_task = asyncio.create_task(self._poll())
 
     # ---- starting ---------------------------------------------------------------------------
 
@@ -209,20 +247,20 @@ class SshLauncher:
             out = repx.parent / "out"
         future = asyncio.get_running_loop().create_future()
         self._followed[str(guard)] = _Followed(handle, guard, repx, out, future, time_limited)
-        if self._poll_task is None or self._poll_task.done():
-            self._poll_task = asyncio.create_task(self._poll())
+        self._ensure_polling()
         try:
             return await asyncio.shield(future)
         finally:
             self._followed.pop(str(guard), None)
 
     async def _poll(self) -> None:
-        while self._followed:
+        while self._followed or self._marks:
             await asyncio.sleep(self.poll_interval)
             followed = [f for f in self._followed.values() if not f.future.done()]
-            if not followed:
+            marks = dict(self._marks)
+            if not followed and not marks:
                 continue
-            listing = "".join("\t".join([self._remote_guard(f.guard), f.handle.pid, f.handle.started,
+            listing = "".join(marks.values()) + "".join("\t".join([self._remote_guard(f.guard), f.handle.pid, f.handle.started,
                                           self.mirror.path(f.repx), self.mirror.path(f.out)]) + "\n"
                               for f in followed)
             try:
@@ -233,6 +271,7 @@ class SshLauncher:
             if not result.ok or not result.stdout.rstrip().endswith("E"):
                 log.warning("remote status: %s", result.failure())
                 continue
+            self._sent(marks)
             try:
                 self._settle(followed, result.stdout)
             except (OSError, ValueError) as exc:

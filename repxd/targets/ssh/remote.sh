@@ -38,7 +38,7 @@ start() {  # TOKEN GUARD CWD REPX LIMIT PATH_PREFIX ARGV...
         return 0
     fi
     receive || { echo "repx: could not write the job's input files under $(dirname "$repx")" >&2; exit 3; }
-    rm -f "$guard.exit" "$guard.pid"
+    rm -f "$guard.exit" "$guard.pid" "$repx/SUCCESS" "$repx/FAIL"  # a new attempt: no outcome yet
     rm -rf "$cwd"
     mkdir -p "$cwd" "$repx" "$(dirname "$guard")" || exit 3
     # A block held for the status, so that it can be written even after the job filled the disk.
@@ -76,11 +76,22 @@ send() {  # a file back to repx: "F PATH" and its content in base64 (the last 16
     echo
 }
 
-status() {  # stdin: a line "GUARD<tab>PID<tab>STARTTIME<tab>REPX<tab>OUT" per process (any number:
-    # a command line would be bounded). Prints a line per process, and the files of ended ones.
+mark() {  # REPX MARKER COMPLETIONS LINE: a marker repx wrote in its mirror, and a job's completion line
+    mkdir -p "$1" && rm -f "$1/SUCCESS" "$1/FAIL" && : > "$1/$2" || return 1
+    [ -z "$4" ] || printf '%s\n' "$4" >> "$3"
+}
+
+status() {  # stdin: first a line "M<tab>REPX<tab>MARKER<tab>COMPLETIONS<tab>LINE" per marker to write,
+    # then a line "GUARD<tab>PID<tab>STARTTIME<tab>REPX<tab>OUT" per process (any number: a command
+    # line would be bounded). Prints a line per process, and the files of ended ones.
     i=0
     tab=$(printf '\t')
     while IFS=$tab read -r guard pid started repx out; do
+        if [ "$guard" = M ]; then  # the fields are those of a marker line
+            # Not fatal: the processes' status must still come back (the mirror holds the marker).
+            mark "$pid" "$started" "$repx" "$out" || echo "repx: could not write the marker $pid/$started" >&2
+            continue
+        fi
         if [ ! -f "$guard.exit" ] && [ "$started" != 0 ] && [ "$(starttime "$pid")" = "$started" ]; then
             echo "P $i running"
         elif [ -f "$guard.exit" ]; then

@@ -47,6 +47,7 @@ class SshTarget:
     layout: OutputLayout  # the local mirror
     connection: SshConnection | None = field(default=None, init=False)
     remote: RemoteBase | None = field(default=None, init=False)
+    launcher: SshLauncher | None = field(default=None, init=False)
 
     def prepare_executables(self, lab: Lab, job_ids: list[str]) -> None:
         """The verified copies jobs run (artifacts/.repx-content/), made before the artifacts are
@@ -70,6 +71,7 @@ class SshTarget:
                                transient=(SshUnreachable,))
         if self.config.local and self.config.local.poll_interval:
             launcher.poll_interval = self.config.local.poll_interval
+        self.launcher = launcher
         return launcher
 
     async def push_lab(self, lab: Lab, job_ids: list[str]) -> None:
@@ -79,6 +81,9 @@ class SshTarget:
             await self.remote.push_artifacts(self.layout.artifacts)
 
     async def close(self) -> None:
+        """The markers of the last jobs sent first: the remote base keeps upstream's layout."""
+        if self.launcher is not None:
+            await self.launcher.flush()
         if self.connection is not None:
             await self.connection.close()
 

@@ -67,6 +67,14 @@ class Remote:
         listing = self.host.ssh(f"cd {self.base}/outputs && find . -path '*/out/*' -type f -exec sha256sum {{}} +").stdout
         return {path.removeprefix("./"): digest for digest, path in (line.split() for line in listing.splitlines())}
 
+    def completions(self) -> list[str]:
+        return self.host.ssh(f"cat {self.base}/outputs/completions.jsonl", check=False).stdout.splitlines()
+
+    def markers(self) -> set[tuple[str, str]]:
+        """(job, marker) of each job-level SUCCESS or FAIL under the remote base's outputs."""
+        listing = self.host.ssh(f"cd {self.base}/outputs && ls -d */repx/SUCCESS */repx/FAIL", check=False).stdout
+        return {(path.split("/")[0], path.split("/")[-1]) for path in listing.split()}
+
     def executions(self) -> list[str]:
         text = self.host.ssh(f"cat {self.base}/outputs/executions.log", check=False).stdout
         return [line.split("/outputs/")[1].split("/")[0] for line in text.splitlines()]
@@ -120,8 +128,11 @@ def test_example_lab_runs_on_the_remote_like_locally(remote, tmp_path, name):
                      env=remote.env)
     assert pulled.code == 0, pulled.stderr
     assert local_out_files(remote.mirror / "outputs") == expected  # beside the mirror's markers
-    # What repx tracks stays here: markers and the completion log are in the local mirror.
-    assert len((remote.mirror / "outputs" / "completions.jsonl").read_text().splitlines()) == summary["selected"]
+    # The markers and the completion log are in the local mirror, and on the remote in upstream's layout.
+    mirrored = (remote.mirror / "outputs" / "completions.jsonl").read_text().splitlines()
+    assert len(mirrored) == summary["selected"]
+    assert remote.completions() == mirrored
+    assert remote.markers() == {(job, "SUCCESS") for job in (json.loads(line)["id"] for line in mirrored)}
     listed = repxctl("list", "jobs", "--lab", lab, "--target", "remote", "--config", remote.config, "--json",
                      env=remote.env).json()
     assert {row["status"] for row in listed} == {"Succeeded"}
@@ -181,6 +192,23 @@ def test_killed_repx_reattaches_instead_of_running_again(remote, tmp_path):
     assert sorted(executions) == sorted(set(executions)) and len(executions) == 3
 
 
+def test_a_failing_job_leaves_its_fail_marker_on_the_remote(remote, tmp_path):
+    writer = LabWriter(git_hash="fa11fa11" * 5)
+    run = writer.run("failing")
+    ok = run.job("fine", SLOW, params={"seconds": 0}, outputs={"done": "$out/done.txt"})
+    run.job("broken", HEADER + "echo broken >&2\nexit 3\n", inputs={"done": ok.output("done")},
+            outputs={"done": "$out/done.txt"})
+    result = remote.run("failing", "--lab", writer.write(tmp_path / "lab"), "--json")
+    assert result.code == 1, result.stderr
+    # The run ends right after the failed job: its marker reached the remote all the same.
+    markers = dict(remote.markers())
+    assert sorted(markers.values()) == ["FAIL", "SUCCESS"]
+    failed = next(job for job, marker in markers.items() if marker == "FAIL")
+    assert "-broken-" in failed, markers
+    assert [json.loads(line) for line in remote.completions()][-1] == {"id": failed, "s": "fail"}
+    assert remote.host.ssh(f"cat {remote.base}/outputs/{failed}/repx/stderr.log").stdout.splitlines() == ["broken"]
+
+
 def test_a_remote_disk_without_room_for_the_lab_is_refused_before_anything_runs(remote, tmp_path):
     small = remote.host.small_disk("1m")
     config = target_config(tmp_path / "small.toml", remote.host, f"{small}/base")
@@ -222,6 +250,9 @@ def test_the_daemon_runs_the_examples_on_the_remote(remote, tmp_path):
             assert local.code == 0, local.stderr
             expected.update(local_out_files(tmp_path / f"local-{name}" / "outputs"))
         assert remote.out_files() == expected
+        # Each job's SUCCESS reaches the remote with the agent's next poll cycle.
+        succeeded = {(p.parts[-3], "SUCCESS") for p in tmp_path.glob("local-*/outputs/*/repx/SUCCESS")}
+        wait_for(lambda: remote.markers() == succeeded, 10, "the markers on the remote")
     finally:
         daemon.stop()
 
