@@ -126,7 +126,9 @@ def _check_output_templates(job_id: str, spec: JobSpec) -> None:
     path anywhere on the machine."""
     for exe_name, exe in spec.executables.items():
         for name, template in exe.outputs.items():
-            if isinstance(template, str) and (not template.startswith("$out/") or ".." in PurePosixPath(template).parts):
+            if not isinstance(template, str) or (template.startswith("$out/") and ".." not in template):
+                continue  # the common case, decided without building a PurePosixPath per output
+            if not template.startswith("$out/") or ".." in PurePosixPath(template).parts:
                 raise LabError(f"job {job_id} ({exe_name}) output {name!r} is {template!r}, which leaves $out; "
                                "output paths must stay inside the job's $out")
 
