@@ -12,6 +12,7 @@ from repxd.config import load_resources
 from repxd.engine.embedded import EmbeddedRun, ExecutionOptions, plan_run
 
 from .common import default_resources, lab_options, open_session
+from .complete import complete_jobs
 from .inspect import one_job
 from .render import PlainReporter
 
@@ -20,7 +21,7 @@ JOB_CACHE = Path(".repx-cache")
 
 
 @click.command("debug-run")
-@click.argument("job")
+@click.argument("job", shell_complete=complete_jobs)
 @lab_options
 def debug_run(job, lab_path, base_path, target, config_path, no_verify) -> None:
     """Run JOB (an id or a unique prefix) in this process, after the jobs whose outputs it reads,

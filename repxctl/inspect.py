@@ -19,6 +19,7 @@ from repxd.lab.graph import JobStatus, matching_jobs, statuses
 from repxd.lab.model import Lab
 
 from .common import Session, default_resources, lab_options, open_view
+from .complete import complete_jobs
 from .daemon import API_OPTION, connect
 from .table import print_table
 
@@ -44,7 +45,7 @@ def show() -> None:
 
 
 @show.command("job")
-@click.argument("job")
+@click.argument("job", shell_complete=complete_jobs)
 @lab_options
 @click.option("--json", "as_json", is_flag=True)
 @click.option("--resources", "show_resources", is_flag=True,
@@ -93,7 +94,7 @@ def print_resources(session: Session, job_id: str, resources: Resources, as_json
 
 
 @show.command("output")
-@click.argument("job")
+@click.argument("job", shell_complete=complete_jobs)
 @click.argument("key", required=False, metavar="[KEY|PATH]")
 @lab_options
 @click.option("--cat", is_flag=True, help="Print the output's content instead of its path (without KEY: every output's).")
@@ -176,7 +177,7 @@ def _print_file(path: Path) -> None:
 
 
 @click.command()
-@click.argument("job")
+@click.argument("job", shell_complete=complete_jobs)
 @lab_options
 @click.option("-f", "--follow", is_flag=True, help="Keep printing until the job finishes.")
 @click.option("--stderr", "use_stderr", is_flag=True, help="Show stderr.log instead of stdout.log.")
@@ -289,7 +290,7 @@ def effective_params(lab: Lab) -> dict[str, dict[str, tuple[object, str]]]:
 
 
 @click.command("trace-params")
-@click.argument("job", required=False)
+@click.argument("job", required=False, shell_complete=complete_jobs)
 @lab_options
 @click.option("--json", "as_json", is_flag=True)
 def trace_params(job, as_json, **kw) -> None:

@@ -11,6 +11,7 @@ from repxd.lab.graph import JobStatus, dependents_map
 from repxd.lab.model import Lab
 
 from .common import lab_options, open_view
+from .complete import complete_jobs, complete_runs
 from .inspect import all_statuses, effective_params, one_job
 from .table import print_table
 from .viz import runs_waited_for
@@ -45,7 +46,7 @@ def list_(ctx: click.Context) -> None:
 
 
 @list_.command("runs")
-@click.argument("name", required=False)
+@click.argument("name", required=False, shell_complete=complete_runs)
 @lab_options
 @click.option("--json", "as_json", is_flag=True)
 @click.pass_context
@@ -91,7 +92,7 @@ STATUS_CHOICE = click.Choice([s.value for s in JobStatus], case_sensitive=False)
 
 
 @list_.command("jobs")
-@click.argument("name", required=False)
+@click.argument("name", required=False, shell_complete=complete_runs)
 @lab_options
 @click.option("--run", "run_name", help="Only jobs of this run (same as the NAME argument).")
 @click.option("-s", "--stage", help="Only jobs whose stage name contains this.")
@@ -160,7 +161,7 @@ def _param_text(value) -> str:
 
 
 @list_.command("dependencies")
-@click.argument("job")
+@click.argument("job", shell_complete=complete_jobs)
 @lab_options
 @click.option("--json", "as_json", is_flag=True)
 def list_deps(job, as_json, **kw) -> None:

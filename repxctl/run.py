@@ -19,12 +19,13 @@ from repxd.targets.schedulers import DISPLAY_NAMES
 
 from . import daemon
 from .common import MemorySize, default_resources, lab_options, open_session
+from .complete import complete_specs
 from .follow import follow_run, summary_message
 from .render import PlainReporter
 
 
 @click.command()
-@click.argument("specs", nargs=-1, required=True)
+@click.argument("specs", nargs=-1, required=True, shell_complete=complete_specs)
 @lab_options
 @click.option("--resources", "resources_path", type=click.Path(path_type=Path, dir_okay=False, exists=True),
               default=default_resources, help="resources.toml merged over the user's and ./resources.toml.")

@@ -14,6 +14,7 @@ from repxd.errors import RepxError
 from repxd.lab.graph import JobStatus, closure, select
 
 from .common import lab_options, open_view
+from .complete import complete_specs
 from .inspect import all_statuses
 
 COLOURS = {
@@ -77,7 +78,7 @@ def _dot_label(lines: list[str]) -> str:
 
 
 @click.command()
-@click.argument("specs", nargs=-1)
+@click.argument("specs", nargs=-1, shell_complete=complete_specs)
 @lab_options
 @click.option("-o", "--output", type=click.Path(path_type=Path, dir_okay=False), help="Write here (default: stdout for dot).")
 @click.option("--format", "fmt", type=click.Choice(["dot", "svg", "png"]), help="Default: from -o's suffix, else dot.")
