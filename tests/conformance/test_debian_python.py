@@ -1,6 +1,6 @@
-"""The reference Lab as a tar, run through the daemon with repx installed on Debian's own Python
-(/usr/bin/python3, 3.11.2 on Debian 12: no tar extraction filters), as the system tier and NixOS
-install it: the daemon and repxctl both run from a venv of that interpreter."""
+"""The reference Lab, as a directory and as a tar, embedded and through the daemon, with repx
+installed on Debian's own Python (/usr/bin/python3, 3.11.2 on Debian 12: no tar extraction
+filters), as the system tier and NixOS install it: repxd and repxctl run from a venv of it."""
 
 from __future__ import annotations
 
@@ -56,5 +56,38 @@ def test_tar_lab_runs_through_the_daemon_on_debians_python(system_venv: Path, tm
         assert run.returncode == 0, run.stderr + daemon.logs()
         assert json.loads(run.stdout)["state"] == "succeeded"
         check_output_tree(tar, daemon.base)
+    finally:
+        daemon.stop()
+
+
+@pytest.mark.parametrize("form", ["directory", "tar"])
+def test_lab_runs_embedded_on_debians_python(system_venv: Path, tmp_path: Path, form: str) -> None:
+    lab = reference_lab.build()
+    path = lab.write_tar(tmp_path / "lab.tar") if form == "tar" else lab.write(tmp_path / "lab")
+    base = tmp_path / "base"
+    env = dict(os.environ, HOME=str(tmp_path), XDG_CONFIG_HOME=str(tmp_path / "config"),
+               XDG_STATE_HOME=str(tmp_path / "state"))
+    env.pop("REPX_API", None)
+    run = subprocess.run([str(system_venv / "bin" / "repxctl"), "run", "@all", "--lab", str(path), "--embedded",
+                          "--base-path", str(base), "--json"], capture_output=True, text=True, env=env, timeout=300)
+    assert "Traceback" not in run.stderr
+    assert run.returncode == 0, run.stderr
+    assert json.loads(run.stdout)["ok"]
+    check_output_tree(path, base)
+
+
+def test_directory_lab_runs_through_the_daemon_on_debians_python(system_venv: Path, tmp_path: Path) -> None:
+    path = reference_lab.build().write(tmp_path / "lab")
+    daemon = Daemon.create()
+    daemon.env["PATH"] = f"{system_venv / 'bin'}{os.pathsep}{daemon.env['PATH']}"
+    try:
+        daemon.start("all")
+        env = dict(daemon.env, REPX_API=str(daemon.socket))
+        run = subprocess.run([str(system_venv / "bin" / "repxctl"), "run", "@all", "--lab", str(path), "--json"],
+                             capture_output=True, text=True, env=env, timeout=300)
+        assert "Traceback" not in run.stderr + daemon.logs()
+        assert run.returncode == 0, run.stderr + daemon.logs()
+        assert json.loads(run.stdout)["state"] == "succeeded"
+        check_output_tree(path, daemon.base)
     finally:
         daemon.stop()
