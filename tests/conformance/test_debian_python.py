@@ -41,8 +41,14 @@ def system_venv(tmp_path_factory) -> Path:
     return venv
 
 
-def test_tar_lab_runs_through_the_daemon_on_debians_python(system_venv: Path, tmp_path: Path) -> None:
-    tar = reference_lab.build().write_tar(tmp_path / "lab.tar")
+def _reference_lab(tmp_path: Path, form: str) -> Path:
+    lab = reference_lab.build()
+    return lab.write_tar(tmp_path / "lab.tar") if form == "tar" else lab.write(tmp_path / "lab")
+
+
+@pytest.mark.parametrize("form", ["directory", "tar"])
+def test_lab_runs_through_the_daemon_on_debians_python(system_venv: Path, tmp_path: Path, form: str) -> None:
+    path = _reference_lab(tmp_path, form)
     daemon = Daemon.create()
     daemon.env["PATH"] = f"{system_venv / 'bin'}{os.pathsep}{daemon.env['PATH']}"
     try:
@@ -50,20 +56,19 @@ def test_tar_lab_runs_through_the_daemon_on_debians_python(system_venv: Path, tm
         # The daemon is the system interpreter (the venv's python is a link to it), not the test's.
         assert Path(f"/proc/{proc.pid}/exe").resolve() == SYSTEM_PYTHON.resolve()
         env = dict(daemon.env, REPX_API=str(daemon.socket))
-        run = subprocess.run([str(system_venv / "bin" / "repxctl"), "run", "@all", "--lab", str(tar), "--json"],
+        run = subprocess.run([str(system_venv / "bin" / "repxctl"), "run", "@all", "--lab", str(path), "--json"],
                              capture_output=True, text=True, env=env, timeout=300)
         assert "Traceback" not in run.stderr + daemon.logs()
         assert run.returncode == 0, run.stderr + daemon.logs()
         assert json.loads(run.stdout)["state"] == "succeeded"
-        check_output_tree(tar, daemon.base)
+        check_output_tree(path, daemon.base)
     finally:
         daemon.stop()
 
 
 @pytest.mark.parametrize("form", ["directory", "tar"])
 def test_lab_runs_embedded_on_debians_python(system_venv: Path, tmp_path: Path, form: str) -> None:
-    lab = reference_lab.build()
-    path = lab.write_tar(tmp_path / "lab.tar") if form == "tar" else lab.write(tmp_path / "lab")
+    path = _reference_lab(tmp_path, form)
     base = tmp_path / "base"
     env = dict(os.environ, HOME=str(tmp_path), XDG_CONFIG_HOME=str(tmp_path / "config"),
                XDG_STATE_HOME=str(tmp_path / "state"))
@@ -74,20 +79,3 @@ def test_lab_runs_embedded_on_debians_python(system_venv: Path, tmp_path: Path, 
     assert run.returncode == 0, run.stderr
     assert json.loads(run.stdout)["ok"]
     check_output_tree(path, base)
-
-
-def test_directory_lab_runs_through_the_daemon_on_debians_python(system_venv: Path, tmp_path: Path) -> None:
-    path = reference_lab.build().write(tmp_path / "lab")
-    daemon = Daemon.create()
-    daemon.env["PATH"] = f"{system_venv / 'bin'}{os.pathsep}{daemon.env['PATH']}"
-    try:
-        daemon.start("all")
-        env = dict(daemon.env, REPX_API=str(daemon.socket))
-        run = subprocess.run([str(system_venv / "bin" / "repxctl"), "run", "@all", "--lab", str(path), "--json"],
-                             capture_output=True, text=True, env=env, timeout=300)
-        assert "Traceback" not in run.stderr + daemon.logs()
-        assert run.returncode == 0, run.stderr + daemon.logs()
-        assert json.loads(run.stdout)["state"] == "succeeded"
-        check_output_tree(path, daemon.base)
-    finally:
-        daemon.stop()

@@ -7,6 +7,7 @@ from __future__ import annotations
 import shutil
 import subprocess
 import time
+from collections.abc import Callable
 
 from conftest import require_program
 from definitions import HEADER, NAP
@@ -23,6 +24,23 @@ def three_naps(path):
     return lab.write(path)
 
 
+def screens(server: list[str], running: Callable[[str], bool], timeout: float) -> tuple[str, str]:
+    """The tmux screen first seen `running`, and the screen once the command printed EXIT=
+    (both printed to the test log); "" for one never seen within `timeout` seconds."""
+    while_running = final = ""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        screen = subprocess.run([*server, "capture-pane", "-p"], capture_output=True, text=True, check=True).stdout
+        if running(screen) and not while_running:
+            while_running = screen
+        if "EXIT=" in screen:
+            final = screen
+            break
+        time.sleep(0.3)
+    print("--- while running ---\n" + while_running + "\n--- at the end ---\n" + final)
+    return while_running, final
+
+
 def test_live_view_in_a_real_terminal(tmp_path):
     tmux = require_program("tmux")
     lab = three_naps(tmp_path / "lab")
@@ -30,17 +48,7 @@ def test_live_view_in_a_real_terminal(tmp_path):
     command = f"{shutil.which('repxctl')} run naps --lab {lab} --base-path {tmp_path / 'base'} -j 2 > /dev/null; echo EXIT=$?; sleep 60"
     subprocess.run([*server, "new-session", "-d", "-x", "120", "-y", "40", command], check=True, executable=tmux)
     try:
-        while_running = final = ""
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            screen = subprocess.run([*server, "capture-pane", "-p"], capture_output=True, text=True, check=True).stdout
-            if "running 2" in screen and "pending 1" in screen and not while_running:
-                while_running = screen
-            if "EXIT=" in screen:
-                final = screen
-                break
-            time.sleep(0.3)
-        print("--- while running ---\n" + while_running + "\n--- at the end ---\n" + final)
+        while_running, final = screens(server, lambda screen: "running 2" in screen and "pending 1" in screen, 60)
     finally:
         subprocess.run([*server, "kill-server"], check=False)
     assert while_running, "never saw two running jobs and one pending on the screen"
@@ -87,17 +95,7 @@ def test_live_view_following_a_daemon_run(tmp_path, daemon):
     command = f"REPX_API={daemon.socket} {shutil.which('repxctl')} run naps --lab {lab} > /dev/null; echo EXIT=$?; sleep 60"
     subprocess.run([*server, "new-session", "-d", "-x", "120", "-y", "40", command], check=True, executable=tmux, env=daemon.env)
     try:
-        while_running = final = ""
-        deadline = time.monotonic() + 90
-        while time.monotonic() < deadline:
-            screen = subprocess.run([*server, "capture-pane", "-p"], capture_output=True, text=True, check=True).stdout
-            if "nap-1.0[seconds=" in screen and not while_running:
-                while_running = screen
-            if "EXIT=" in screen:
-                final = screen
-                break
-            time.sleep(0.3)
-        print("--- while running ---\n" + while_running + "\n--- at the end ---\n" + final)
+        while_running, final = screens(server, lambda screen: "nap-1.0[seconds=" in screen, 90)
     finally:
         subprocess.run([*server, "kill-server"], check=False)
     assert "Submitted run" in while_running and "ETA" in while_running and "/3" in while_running
