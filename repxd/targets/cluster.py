@@ -3,9 +3,11 @@ scheduler's batch jobs; what SLURM and Grid Engine have in common.
 
 Ready processes are collected for `submit_window` seconds and go out as one array submission per
 set of equal directives (split at the cluster's largest array), with an optional throttle. One
-status query per poll interval covers every job being followed. Each submission's id is recorded
-beside the process's guard before anything else happens, so a restarted repx follows the job it
-already submitted instead of submitting it again. A subclass says how to submit, ask, cancel and
+status query per poll interval covers every job being followed. Before a submission, each process's
+record beside its guard names the array (a name unique to this submission) and its index in it;
+once the scheduler answers, the record holds the job's id. A restarted repx follows the job it
+already submitted, by id or, if it died before the answer, by the array's name, instead of
+submitting it again. A subclass says how to submit, ask, cancel and
 read a scheduler's states (`_submit_chunk`, `_query`, `_cancel_argv`, `outcome`, `describe`)."""
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import secrets
 from collections import defaultdict
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
@@ -67,6 +70,7 @@ class Pending:
     directives: Any  # the scheduler's frozen Directives: equal ones share an array
     name: str
     identity: Identity | None
+    record: Path  # beside the guard: the submission's intent, then the scheduler's id
     future: asyncio.Future
 
 
@@ -108,9 +112,24 @@ class ClusterLauncher:
         """The state of a job no status query knows any more."""
         raise NotImplementedError
 
-    async def _submit_chunk(self, chunk: list[Pending]) -> list[str] | None:
-        """Submit one array; its tasks' ids in order, or None after failing every future."""
+    async def _submit_chunk(self, chunk: list[Pending], name: str) -> list[str] | None:
+        """Submit one array named `name`; its tasks' ids in order, or None after failing every future."""
         raise NotImplementedError
+
+    async def _find_submitted(self, name: str) -> str | None:
+        """The id of the array job called `name` if the scheduler has it (queued, running or
+        accounted), for a repx that died between submitting and hearing the id."""
+        raise NotImplementedError
+
+    def _task_id(self, array_id: str, index: int, size: int) -> str:
+        """The id of task `index` (from 0) of an array of `size` tasks, as `_submit_chunk` returns it."""
+        raise NotImplementedError
+
+    def _array_name(self, chunk: list[Pending]) -> str:
+        """A name for the array, unique to this submission: the first process's name (which
+        carries the run and job id), how many more share it, and a random part."""
+        more = f"+{len(chunk) - 1}" if len(chunk) > 1 else ""
+        return f"{chunk[0].name}{more}.{secrets.token_hex(3)}"
 
     async def _query(self, job_ids: list[str]) -> dict[str, Any]:
         raise NotImplementedError
@@ -128,9 +147,10 @@ class ClusterLauncher:
 
     max_chunk_cost: ClassVar[int] = 1 << 62
 
-    async def _submit_first(self, process: Process, directives: Any, name: str, identity: Identity | None) -> tuple[str, Any]:
+    async def _submit_first(self, process: Process, directives: Any, name: str, identity: Identity | None,
+                            record: Path) -> tuple[str, Any]:
         """The first submission of a process; a scheduler may adjust its directives on refusal."""
-        return await self._submit(process, directives, name, identity), directives
+        return await self._submit(process, directives, name, identity, record), directives
 
     def _check_dependency(self, job_id: str, directives: Any, state: Any) -> None:
         """Raise DependencyCancelled when the scheduler cancelled the job for a failed predecessor."""
@@ -160,10 +180,7 @@ class ClusterLauncher:
         to its end first, and its outcome becomes the guard's leftover status."""
         async with guarded(path) as guard:
             record = self.record_file(path)
-            try:
-                job_id = record.read_text().strip() if guard.leftover_status is None else ""
-            except FileNotFoundError:
-                job_id = ""
+            job_id = await self._recorded_job(record) if guard.leftover_status is None else ""
             if job_id:
                 log.info("following %s job %s submitted earlier for %s", self.name, job_id, request.job_id)
                 self._guards[job_id] = path
@@ -173,6 +190,22 @@ class ClusterLauncher:
                 yield guard
             finally:
                 record.unlink(missing_ok=True)
+
+    async def _recorded_job(self, record: Path) -> str:
+        """The id of the job an earlier repx submitted for this process, or "" (none, or it died
+        before the submission reached the scheduler)."""
+        try:
+            words = record.read_text().split()
+        except FileNotFoundError:
+            return ""
+        if len(words) == 4 and words[0] == "submitting":
+            _, name, index, size = words
+            array_id = await self._find_submitted(name)
+            if array_id is None:
+                log.info("%s never received the submission %s: submitting again", self.name, name)
+                return ""
+            return self._task_id(array_id, int(index), int(size))
+        return words[0] if len(words) == 1 else ""
 
     async def run(self, invocation: Invocation, repx: Path, guard: Guard, request: LaunchRequest,
                   on_spawn=None) -> int:
@@ -188,8 +221,9 @@ class ClusterLauncher:
         for lost in range(self.options.max_lost + 1):
             # The batch script writes the exit status as the job's user, into a file made for it.
             owned_empty(exit_file(guard.path), identity, mode=0o600)
-            job_id, directives = await self._submit_first(process, directives, name, identity)
-            self.record_file(guard.path).write_text(job_id)
+            record = self.record_file(guard.path)
+            job_id, directives = await self._submit_first(process, directives, name, identity, record)
+            record.write_text(job_id)
             if on_spawn is not None:
                 on_spawn(f"{self.name}:{job_id}")
             self._notes[job_id] = stderr
@@ -224,13 +258,14 @@ class ClusterLauncher:
 
     # ---- submission -------------------------------------------------------------------------
 
-    async def _submit(self, process: Process, directives: Any, name: str, identity: Identity | None) -> str:
+    async def _submit(self, process: Process, directives: Any, name: str, identity: Identity | None,
+                      record: Path) -> str:
         async with self._room:
             limits = await self._cluster_limits()
             await self._room.wait_for(lambda: limits[1] is None or self._in_flight < limits[1])
             self._in_flight += 1
         future = asyncio.get_running_loop().create_future()
-        self._queue.append(Pending(process, directives, name, identity, future))
+        self._queue.append(Pending(process, directives, name, identity, record, future))
         if self._flush_task is None or self._flush_task.done():
             self._flush_task = asyncio.create_task(self._flush_later())
         try:
@@ -259,7 +294,10 @@ class ClusterLauncher:
                                    for chunk in self._chunks(group, array_size)))
 
     async def _submit_array(self, chunk: list[Pending]) -> None:
-        job_ids = await self._submit_chunk(chunk)
+        name = self._array_name(chunk)
+        for index, pending in enumerate(chunk):
+            pending.record.write_text(f"submitting {name} {index} {len(chunk)}\n")
+        job_ids = await self._submit_chunk(chunk, name)
         if job_ids is None:
             return
         orphans = []

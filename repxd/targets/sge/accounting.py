@@ -61,6 +61,12 @@ def parse_qstat_xml(text: str) -> dict[str, SgeJobState]:
     return states
 
 
+def job_numbers_named(text: str, name: str) -> list[str]:
+    """The job numbers `qstat -xml` lists under the job name `name`."""
+    return sorted({job.findtext("JB_job_number", "").strip() for job in ElementTree.fromstring(text).iter("job_list")
+                   if job.findtext("JB_name", "").strip() == name})
+
+
 def _int(text: str) -> int | None:
     word = text.split()[0] if text.split() else ""
     return int(word) if word.lstrip("-").isdigit() else None

@@ -20,7 +20,14 @@ from ...exec.launcher import ExitStatus, LaunchRequest, adoptable_status
 from ..batch import arm, batch_script
 from ..cluster import UNSEEN_POLLS, ClusterError, ClusterLauncher, Pending, Phase, options_from
 from ..commands import CommandRunner
-from .accounting import SgeJobState, describe, master_id, parse_qacct, parse_qstat_xml
+from .accounting import (
+    SgeJobState,
+    describe,
+    job_numbers_named,
+    master_id,
+    parse_qacct,
+    parse_qstat_xml,
+)
 
 log = logging.getLogger("repx.sge")
 # qsub refuses job names with these (and a leading digit).
@@ -129,9 +136,11 @@ class SgeLauncher(ClusterLauncher):
 
     # ---- submission -------------------------------------------------------------------------
 
-    async def _submit_chunk(self, chunk: list[Pending]) -> list[str] | None:
+    def _array_name(self, chunk: list[Pending]) -> str:
+        return _NAME_FORBIDDEN.sub("_", super()._array_name(chunk))
+
+    async def _submit_chunk(self, chunk: list[Pending], name: str) -> list[str] | None:
         first = chunk[0]
-        name = _NAME_FORBIDDEN.sub("_", first.name) + (f"+{len(chunk) - 1}" if len(chunk) > 1 else "")
         argv = ["qsub", "-terse", "-N", name, "-wd", str(first.process.invocation.cwd), "-S", "/bin/sh", "-j", "y",
                 "-o", f"{self._log_dir(first.identity)}/$JOB_ID.$TASK_ID.out" if self.log_dir else "/dev/null",
                 "-t", f"1-{len(chunk)}"]
@@ -145,7 +154,21 @@ class SgeLauncher(ClusterLauncher):
             self._refused(chunk, SgeError(f"Grid Engine refused the job: {result.failure()}"))
             return None
         log.info("submitted %d process(es) as Grid Engine job %s", len(chunk), number)
-        return [f"{number}.{index}" for index in range(1, len(chunk) + 1)]
+        return [self._task_id(number, index, len(chunk)) for index in range(len(chunk))]
+
+    def _task_id(self, array_id: str, index: int, size: int) -> str:
+        return f"{array_id}.{index + 1}"
+
+    async def _find_submitted(self, name: str) -> str | None:
+        """qstat's job names, then qacct's record of that name (qacct -j takes a name too)."""
+        result = await self.commands.run(["qstat", "-xml", "-u", "*"])
+        if result.ok:
+            numbers = job_numbers_named(result.stdout, name)
+            if numbers:
+                return numbers[0]
+        result = await self.commands.run(["qacct", "-j", name])
+        found = sorted({master_id(sge_id) for sge_id in parse_qacct(result.stdout)}) if result.ok else []
+        return found[0] if found else None
 
     async def _cluster_limits(self) -> tuple[int, int | None]:
         """max_aj_tasks and max_u_jobs of the global configuration (0: unlimited)."""

@@ -108,15 +108,15 @@ class SlurmLauncher(ClusterLauncher):
     # ---- dependencies -----------------------------------------------------------------------
 
     async def _submit_first(self, process: Process, directives: Directives, name: str,
-                            identity: Identity | None) -> tuple[str, Directives]:
+                            identity: Identity | None, record: Path) -> tuple[str, Directives]:
         try:
-            return await self._submit(process, directives, name, identity), directives
+            return await self._submit(process, directives, name, identity, record), directives
         except SlurmError as exc:
             if not directives.after or "dependency" not in str(exc).lower():
                 raise
         # What it was to start after has ended and been forgotten: go in plainly if it succeeded.
         directives = await self._without_ended_dependencies(directives)
-        return await self._submit(process, directives, name, identity), directives
+        return await self._submit(process, directives, name, identity, record), directives
 
     def _resubmitted(self, directives: Directives) -> Directives:
         return replace(directives, after=())  # a resubmission's predecessors have all succeeded
@@ -143,10 +143,9 @@ class SlurmLauncher(ClusterLauncher):
     def _chunk_cost(self, pending: Pending) -> int:
         return len(arm(0, pending.process)) + 8
 
-    async def _submit_chunk(self, chunk: list[Pending]) -> list[str] | None:
+    async def _submit_chunk(self, chunk: list[Pending], name: str) -> list[str] | None:
         first = chunk[0]
-        argv = ["sbatch", "--parsable", f"--job-name={first.name}" + (f"+{len(chunk) - 1}" if len(chunk) > 1 else ""),
-                f"--chdir={first.process.invocation.cwd}"]
+        argv = ["sbatch", "--parsable", f"--job-name={name}", f"--chdir={first.process.invocation.cwd}"]
         if self.log_dir is not None:
             log_dir = self._log_dir(first.identity)
             pattern = "%A_%a" if len(chunk) > 1 else "%j"
@@ -169,7 +168,20 @@ class SlurmLauncher(ClusterLauncher):
             return None
         job_id = result.stdout.strip().split(";")[0]
         log.info("submitted %d process(es) as SLURM job %s", len(chunk), job_id)
-        return [f"{job_id}_{index}" for index in range(len(chunk))] if len(chunk) > 1 else [job_id]
+        return [self._task_id(job_id, index, len(chunk)) for index in range(len(chunk))]
+
+    def _task_id(self, array_id: str, index: int, size: int) -> str:
+        return f"{array_id}_{index}" if size > 1 else array_id
+
+    async def _find_submitted(self, name: str) -> str | None:
+        """squeue by name (every state it still knows), then accounting for the last week."""
+        result = await self.commands.run(["squeue", "--noheader", "--states=all", f"--name={name}", "--format=%F"])
+        found = result.stdout.split() if result.ok else []
+        if not found and self._accounting is not False:
+            result = await self.commands.run(["sacct", "--noheader", "--parsable2", "--allocations",
+                                              f"--name={name}", "--starttime=now-7days", "--format=JobID"])
+            found = [master_id(line) for line in result.stdout.split()] if result.ok else []
+        return found[0] if found else None
 
     async def _cluster_limits(self) -> tuple[int, int | None]:
         if self._limits is None:

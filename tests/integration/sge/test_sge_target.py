@@ -13,7 +13,7 @@ from cli import repxctl
 from counted_commands import CountedCommands
 from definitions import HEADER, simple, sweep_scatter
 from service import Daemon
-from slurm.test_slurm_target import fan_out_lab, out_files, sleeper_lab, wait_for
+from slurm.test_slurm_target import fan_out_lab, out_files, recorded_ids, sleeper_lab, wait_for
 
 from repxd.lab.writer import LabWriter
 from repxd.targets.cluster import Phase
@@ -118,12 +118,17 @@ def test_ctrl_c_deletes_the_grid_engine_job_the_run_submitted(sge_cluster, count
     assert not list((tmp_path / "grid" / "outputs").glob("*/repx/SUCCESS"))
 
 
-def test_repx_killed_mid_run_follows_its_grid_engine_job_instead_of_submitting_again(sge_cluster, counted, tmp_path):
+@pytest.mark.parametrize("answer_delay", [0, 30], ids=["after-the-id-was-recorded", "before-repx-heard-the-id"])
+def test_repx_killed_mid_run_follows_its_grid_engine_job_instead_of_submitting_again(sge_cluster, tmp_path, answer_delay):
+    counted = CountedCommands(tmp_path, sge_cluster.env, ("qsub", "qstat", "qacct", "qdel"), answers=("qsub",),
+                              answer_delay=answer_delay)
     lab = sleeper_lab(tmp_path, 8)
     config = sge_config(tmp_path, tmp_path / "grid")
     argv = ["repxctl", "run", "sleeper", "--lab", str(lab), "--config", str(config), "--target", "grid", "--json"]
     first = subprocess.Popen(argv, env=counted.env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     wait_for("the job in qstat", lambda: our_jobs(sge_cluster))
+    if not answer_delay:
+        wait_for("the job's id recorded", lambda: recorded_ids(tmp_path / "grid", "sge"))
     first.kill()
     first.wait()
     assert our_jobs(sge_cluster), "the Grid Engine job must outlive the repx that submitted it"

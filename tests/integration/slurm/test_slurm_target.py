@@ -37,9 +37,12 @@ def out_files(base: Path) -> dict[str, bytes]:
             if p.is_file() and "/out/" in p.relative_to(outputs).as_posix()}
 
 
+COUNTED = ("sbatch", "sacct", "squeue", "scancel")
+
+
 @pytest.fixture
 def counted(slurm_cluster, tmp_path):
-    return CountedCommands(tmp_path, slurm_cluster.env, ("sbatch", "sacct", "squeue", "scancel"))
+    return CountedCommands(tmp_path, slurm_cluster.env, COUNTED)
 
 
 @pytest.mark.parametrize("name,builder,selection,jobs", [("simple", simple, "@all", 4), ("sweep", sweep_scatter, "sweep", 7)])
@@ -167,12 +170,22 @@ def test_memory_and_time_limits_are_reported_with_their_reason(slurm_cluster, tm
     assert "exceeded memory limit" in shown.stdout and "OUT_OF_MEMORY" in shown.stdout, shown.stdout + shown.stderr
 
 
-def test_repx_killed_mid_run_follows_its_slurm_job_instead_of_submitting_again(slurm_cluster, counted, tmp_path):
+def recorded_ids(base: Path, scheduler: str) -> list[str]:
+    """The scheduler ids repx recorded beside its guards under `base` (not mere submission intents)."""
+    return [text for record in (base / "cache" / "guards").glob(f"*.{scheduler}")
+            if (text := record.read_text().strip()) and not text.startswith("submitting")]
+
+
+@pytest.mark.parametrize("answer_delay", [0, 30], ids=["after-the-id-was-recorded", "before-repx-heard-the-id"])
+def test_repx_killed_mid_run_follows_its_slurm_job_instead_of_submitting_again(slurm_cluster, tmp_path, answer_delay):
+    counted = CountedCommands(tmp_path, slurm_cluster.env, COUNTED, answers=("sbatch",), answer_delay=answer_delay)
     lab = sleeper_lab(tmp_path, 8)
     config = slurm_config(tmp_path, slurm_cluster, tmp_path / "hpc")
     argv = ["repxctl", "run", "sleeper", "--lab", str(lab), "--config", str(config), "--target", "hpc", "--json"]
     first = subprocess.Popen(argv, env=counted.env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     wait_for("the job in squeue", lambda: our_queue(slurm_cluster))
+    if not answer_delay:
+        wait_for("the job's id recorded", lambda: recorded_ids(tmp_path / "hpc", "slurm"))
     first.kill()
     first.wait()
     assert our_queue(slurm_cluster), "the SLURM job must outlive the repx that submitted it"
