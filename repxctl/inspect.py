@@ -184,10 +184,16 @@ def _print_file(path: Path) -> None:
 @click.option("-n", "--lines", type=click.IntRange(min=0), help="Only the last N lines (default: the whole log).")
 @API_OPTION
 @click.option("--json", "as_json", is_flag=True, help="One JSON object: the job, stream, log path and content.")
-def log(job, follow, use_stderr, lines, api_address, as_json, **kw) -> None:
+@click.option("--journal", "from_journal", is_flag=True,
+              help="The job's journal entries (REPX_JOB_ID=JOB) instead of its log files: the daemon's lines about it, "
+                   "and its unit's output under the systemd launcher.")
+def log(job, follow, use_stderr, lines, api_address, as_json, from_journal, **kw) -> None:
     """Print a job's stdout (or --stderr) log. Without a Lab, asks the daemon for it."""
     if as_json and follow:
         raise RepxError("--json prints the log once as one object; leave out --follow, or --json to follow it")
+    if from_journal:
+        _log_from_journal(job, follow, use_stderr, lines, as_json)
+        return
     if kw["lab_path"] is None:
         _log_from_daemon(job, follow, use_stderr, lines, api_address, as_json)
         return
@@ -226,6 +232,22 @@ def log(job, follow, use_stderr, lines, api_address, as_json, **kw) -> None:
         time.sleep(0.25)
 
 
+def _log_from_journal(job: str, follow: bool, use_stderr: bool, lines: int | None, as_json: bool) -> None:
+    from .journal import job_journal
+
+    if follow or use_stderr:
+        raise RepxError(f"--journal prints the job's journal entries once; {'--follow' if follow else '--stderr'} "
+                        "reads its log files: leave out one of the two")
+    job_id, entries = job_journal(job)
+    shown = "".join(entry.line() + "\n" for entry in entries).splitlines(keepends=True)
+    if lines is not None:
+        shown = shown[-lines:] if lines else []
+    if as_json:
+        _echo_log_json(job_id, False, None, "".join(shown).encode(), None, stream="journal")
+        return
+    click.echo("".join(shown), nl=False)
+
+
 def _print_tail(path: Path, lines: int) -> int:
     """Print the last `lines` lines of the log; return where following continues from."""
     try:
@@ -237,11 +259,13 @@ def _print_tail(path: Path, lines: int) -> int:
     return len(data)
 
 
-def _echo_log_json(job_id: str, use_stderr: bool, path: str | None, data: bytes, lines: int | None) -> None:
+def _echo_log_json(job_id: str, use_stderr: bool, path: str | None, data: bytes, lines: int | None,
+                   stream: str | None = None) -> None:
     if lines is not None:
         data = b"".join(data.splitlines(keepends=True)[-lines:]) if lines else b""
     # JSON holds text: bytes that are not UTF-8 become U+FFFD rather than failing the command.
-    click.echo(json.dumps({"job": job_id, "stream": "stderr" if use_stderr else "stdout", "path": path,
+    stream = stream or ("stderr" if use_stderr else "stdout")
+    click.echo(json.dumps({"job": job_id, "stream": stream, "path": path,
                            "content": data.decode(errors="replace")}, indent=2))
 
 

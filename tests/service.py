@@ -31,6 +31,7 @@ class Daemon:
     ports: dict[str, int]
     processes: dict[str, subprocess.Popen] = field(default_factory=dict)
     env: dict[str, str] = field(default_factory=lambda: dict(os.environ))
+    command_prefix: list[str] = field(default_factory=list)  # e.g. nsenter into another mount namespace
 
     @classmethod
     def create(cls, extra: str = "", lease: float = 15.0, heartbeat: float = 2.0, agent_id: str = "agent-1",
@@ -59,7 +60,7 @@ class Daemon:
     def start(self, role: str, name: str | None = None) -> subprocess.Popen:
         name = name or role
         log = open(self.root / f"{name}.log", "ab")  # noqa: SIM115 - lives as long as the process
-        proc = subprocess.Popen(["repxd", role, "--config", str(self.config)], stdout=log, stderr=subprocess.STDOUT, env=self.env)
+        proc = subprocess.Popen([*self.command_prefix, "repxd", role, "--config", str(self.config)], stdout=log, stderr=subprocess.STDOUT, env=self.env)
         self.processes[name] = proc
         if role in ("api", "all"):
             self.wait_for_api()

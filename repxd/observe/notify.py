@@ -1,4 +1,5 @@
-"""sd_notify without libsystemd: READY, STATUS, WATCHDOG and STOPPING datagrams."""
+"""sd_notify: READY, STATUS, WATCHDOG and STOPPING datagrams, through libsystemd (the
+`systemd-python` package) where it is installed, else sent over NOTIFY_SOCKET here."""
 
 from __future__ import annotations
 
@@ -6,11 +7,21 @@ import asyncio
 import os
 import socket
 
+try:
+    from systemd import daemon as libsystemd_daemon
+except ImportError:  # no libsystemd bindings: the datagram is sent below
+    libsystemd_daemon = None
+
 
 def notify(message: str) -> bool:
     address = os.environ.get("NOTIFY_SOCKET")
     if not address:
         return False
+    if libsystemd_daemon is not None:
+        try:
+            return bool(libsystemd_daemon.notify(message))
+        except OSError:
+            return False
     if address.startswith("@"):
         address = "\0" + address[1:]
     with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC) as sock:
