@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import aiohttp
 import httpx
 
 from ..errors import RepxError
@@ -20,12 +19,13 @@ class ApiError(RepxError):
         self.exit_code = 2 if status in (400, 401, 403, 404, 409) else 1
 
 
-def client_args(api: str, token: str | None) -> dict:
-    """httpx arguments for `api`: a URL, or the path of the API's Unix socket."""
+def client_args(api: str, token: str | None, transport: type[httpx.HTTPTransport | httpx.AsyncHTTPTransport]) -> dict:
+    """httpx.Client or AsyncClient arguments for `api`: a URL, or the path of the API's Unix
+    socket (then a `transport` over it)."""
     headers = {"Authorization": f"Bearer {token}"} if token else {}
     if api.startswith(("http://", "https://")):
         return {"base_url": api.rstrip("/"), "headers": headers}
-    return {"base_url": "http://repx", "headers": headers, "transport_uds": api}
+    return {"base_url": "http://repx", "headers": headers, "transport": transport(uds=api)}
 
 
 def _error(status: int, body: bytes, reason: str) -> ApiError:
@@ -55,46 +55,39 @@ class ApiUnavailable(Exception):
 
 
 class AsyncApi:
-    """The agent's client. aiohttp rather than httpx here: the agent's request loop is its hot
-    path, and aiohttp's client costs about half the CPU per request."""
+    """The agent's client: httpx, as repxctl's, on the running loop. The client is made at the
+    first call, inside the loop that uses it (its connection pool belongs to that loop)."""
 
     def __init__(self, api: str, token: str | None = None, timeout: float = 60.0) -> None:
         self.address = api
-        self._headers = {"Authorization": f"Bearer {token}"} if token else {}
-        self._socket = None if api.startswith(("http://", "https://")) else api
-        self._base = "http://repx" if self._socket else api.rstrip("/")
+        self._token = token
         self._timeout = timeout
-        self._session: aiohttp.ClientSession | None = None  # made inside the running loop
+        self._http: httpx.AsyncClient | None = None
 
-    def _client(self) -> aiohttp.ClientSession:
-        if self._session is None:
-            connector = aiohttp.UnixConnector(path=self._socket) if self._socket else aiohttp.TCPConnector()
-            self._session = aiohttp.ClientSession(connector=connector, headers=self._headers)
-        return self._session
+    def _client(self) -> httpx.AsyncClient:
+        if self._http is None:
+            args = client_args(self.address, self._token, httpx.AsyncHTTPTransport)
+            self._http = httpx.AsyncClient(timeout=self._timeout, **args)
+        return self._http
 
     async def call(self, method: str, path: str, payload=None, timeout: float | None = None):
-        limit = aiohttp.ClientTimeout(total=timeout or self._timeout)
         try:
-            async with self._client().request(method, self._base + path, json=payload, timeout=limit) as response:
-                body = await response.read()
-        except (aiohttp.ClientError, TimeoutError) as exc:
+            response = await self._client().request(method, path, json=payload, timeout=timeout or self._timeout)
+        except httpx.TransportError as exc:  # refused, reset, timed out
             raise ApiUnavailable(f"{self.address}: {exc or type(exc).__name__}") from None
-        if response.status >= 400:
-            raise _error(response.status, body, response.reason or "")
-        return json.loads(body)
+        if response.status_code >= 400:
+            raise _error(response.status_code, response.content, response.reason_phrase)
+        return json.loads(response.content)
 
     async def close(self) -> None:
-        if self._session is not None:
-            await self._session.close()
+        if self._http is not None:
+            await self._http.aclose()
 
 
 class Api:
     def __init__(self, api: str, token: str | None = None, timeout: float = 60.0) -> None:
-        args = client_args(api, token)
-        uds = args.pop("transport_uds", None)
-        transport = httpx.HTTPTransport(uds=uds) if uds else None
         self.address = api
-        self.http = httpx.Client(transport=transport, timeout=timeout, **args)
+        self.http = httpx.Client(timeout=timeout, **client_args(api, token, httpx.HTTPTransport))
 
     def call(self, method: str, path: str, json=None, **kwargs):
         return self._json(self._request(method, path, json=json, **kwargs), path)

@@ -1,5 +1,6 @@
-"""The agent's API client against a real aiohttp server, over TCP and a Unix socket: answers,
-refusals with the server's message, the bearer token, and an API that is not there."""
+"""The agent's API client (httpx, as repxctl's) against a real aiohttp server, over TCP and a
+Unix socket: answers, refusals with the server's message, the bearer token, and an API that is
+not there."""
 
 from __future__ import annotations
 
@@ -21,8 +22,13 @@ async def _serve(site_factory):
     async def refuse(_request: web.Request) -> web.Response:
         return web.json_response({"error": "agent a-1 is not registered"}, status=404)
 
+    async def slow(_request: web.Request) -> web.Response:
+        await asyncio.sleep(2)
+        return web.json_response({})
+
     app = web.Application()
     app.router.add_post("/v1/echo", echo)
+    app.router.add_get("/v1/slow", slow)
     app.router.add_get("/v1/refuse", refuse)
     runner = web.AppRunner(app)
     await runner.setup()
@@ -46,6 +52,8 @@ def test_calls_over_tcp_with_a_token():
             with pytest.raises(ApiError) as refused:
                 await api.call("GET", "/v1/refuse")
             assert refused.value.status == 404 and str(refused.value) == "agent a-1 is not registered"
+            with pytest.raises(ApiUnavailable, match="127.0.0.1"):  # no answer within the call's timeout
+                await api.call("GET", "/v1/slow", timeout=0.3)
         finally:
             await api.close()
             await runner.cleanup()
