@@ -30,7 +30,8 @@ python3Packages.buildPythonApplication {
   build-system = [ python3Packages.hatchling ];
 
   # pyproject.toml's dependencies; dbus-next talks to systemd for the transient-unit launcher.
-  # journald logging uses the native socket protocol, so no systemd-python.
+  # systemd-python (the `systemd` extra): libsystemd's journald, sd_notify and journal.Reader;
+  # named systemd-python in newer nixpkgs, `systemd` in older ones.
   dependencies = with python3Packages; [
     pydantic
     click
@@ -38,6 +39,7 @@ python3Packages.buildPythonApplication {
     httpx
     prometheus-client
     dbus-next
+    (python3Packages.systemd-python or python3Packages.systemd)
   ];
 
   postInstall = ''
