@@ -185,14 +185,21 @@ def _print_file(path: Path) -> None:
 @API_OPTION
 @click.option("--json", "as_json", is_flag=True, help="One JSON object: the job, stream, log path and content.")
 @click.option("--journal", "from_journal", is_flag=True,
-              help="The job's journal entries (REPX_JOB_ID=JOB) instead of its log files: the daemon's lines about it, "
-                   "and its unit's output under the systemd launcher.")
+              help="The job's entries in this host's journal (REPX_JOB_ID=JOB) instead of its log files: the daemon's "
+                   "lines about it, and systemd's about its unit under the systemd launcher.")
 def log(job, follow, use_stderr, lines, api_address, as_json, from_journal, **kw) -> None:
     """Print a job's stdout (or --stderr) log. Without a Lab, asks the daemon for it."""
     if as_json and follow:
         raise RepxError("--json prints the log once as one object; leave out --follow, or --json to follow it")
     if from_journal:
-        _log_from_journal(job, follow, use_stderr, lines, as_json)
+        if follow or use_stderr:
+            raise RepxError(f"--journal prints the job's journal entries once; {'--follow' if follow else '--stderr'} "
+                            "reads its log files: leave out one of the two")
+        if click.get_current_context().get_parameter_source("api_address") is click.core.ParameterSource.COMMANDLINE:
+            raise RepxError("--journal reads this host's journal, --api asks a daemon for the log files: leave out one of the two")
+        # With a Lab, JOB is a prefix of one of its jobs, as for the log files; else of an id the journal knows.
+        job_id = one_job(open_view(**kw).lab, job) if kw["lab_path"] is not None else None
+        _log_from_journal(job_id or job, job_id is not None, lines, as_json)
         return
     if kw["lab_path"] is None:
         _log_from_daemon(job, follow, use_stderr, lines, api_address, as_json)
@@ -232,13 +239,10 @@ def log(job, follow, use_stderr, lines, api_address, as_json, from_journal, **kw
         time.sleep(0.25)
 
 
-def _log_from_journal(job: str, follow: bool, use_stderr: bool, lines: int | None, as_json: bool) -> None:
+def _log_from_journal(job: str, exact: bool, lines: int | None, as_json: bool) -> None:
     from .journal import job_journal
 
-    if follow or use_stderr:
-        raise RepxError(f"--journal prints the job's journal entries once; {'--follow' if follow else '--stderr'} "
-                        "reads its log files: leave out one of the two")
-    job_id, entries = job_journal(job)
+    job_id, entries = job_journal(job, exact)
     shown = "".join(entry.line() + "\n" for entry in entries).splitlines(keepends=True)
     if lines is not None:
         shown = shown[-lines:] if lines else []

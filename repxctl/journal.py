@@ -1,5 +1,5 @@
 """`repxctl log JOB --journal`: the journal entries tagged REPX_JOB_ID=<job> (the agent's lines
-about the job and, under the systemd launcher, the job unit's own output), read through
+about the job and, under the systemd launcher, systemd's about the job's unit), read through
 libsystemd's journal.Reader (the `systemd-python` package) where it is installed, else through
 `journalctl -o json`. Either way the same lines are printed."""
 
@@ -83,10 +83,11 @@ def open_journal() -> _LibsystemdJournal | _Journalctl:
     return _LibsystemdJournal(journal)
 
 
-def job_journal(spec: str) -> tuple[str, list[Entry]]:
-    """The job whose id starts with `spec`, among those the journal knows, and its entries."""
+def job_journal(spec: str, exact: bool = False) -> tuple[str, list[Entry]]:
+    """The job whose id starts with `spec` (is `spec`, when `exact`), among those the journal
+    knows, and its entries."""
     journal = open_journal()
-    matches = sorted(job for job in journal.job_ids() if job.startswith(spec))
+    matches = sorted(job for job in journal.job_ids() if job == spec or not exact and job.startswith(spec))
     if not matches:
         raise SelectionError(f"no journal entry carries a {FIELD} starting with {spec!r}; has the job run under "
                              "repxd logging to journald (log_journald, the default under systemd)?")

@@ -112,14 +112,18 @@ def test_log_journal_prints_the_jobs_lines_and_only_its(private_journald, python
     assert record["job"] == bad and record["stream"] == "journal"
     assert record["content"].count("\n") == 1 and record["content"].rstrip().endswith("failed")
 
+    with_lab = repxctl_in(private_journald, env, "log", good[:12], "--journal", "--lab", lab)
+    assert with_lab.returncode == 0 and with_lab.stdout == shown[good].stdout, with_lab.stderr
+
     unknown = repxctl_in(private_journald, env, "log", "0000nosuchjob", "--journal")
     assert unknown.returncode == 2 and unknown.stderr.count("\n") == 1 and "REPX_JOB_ID" in unknown.stderr
 
 
-def test_log_journal_refuses_follow_with_a_sentence(tmp_path):
-    result = subprocess.run([shutil.which("repxctl"), "log", "abc", "--journal", "--follow"], capture_output=True,
+@pytest.mark.parametrize("option", [["--follow"], ["--stderr"], ["--api", "/nonexistent/api.sock"]])
+def test_log_journal_refuses_what_it_cannot_honour_with_a_sentence(option):
+    result = subprocess.run([shutil.which("repxctl"), "log", "abc", "--journal", *option], capture_output=True,
                             text=True)
-    assert result.returncode == 2 and result.stderr.count("\n") == 1 and "--follow" in result.stderr
+    assert result.returncode == 2 and result.stderr.count("\n") == 1 and option[0] in result.stderr, result.stderr
 
 
 def test_notifications_reach_notify_socket(python_env, tmp_path):
