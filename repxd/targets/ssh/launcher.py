@@ -6,7 +6,7 @@ before a process starts, its `repx/` input files (inputs.json, parameters.json, 
 scatter-gather job's step files) are sent to the same place under the remote base, with the
 local base rewritten to the remote one in their paths and in the command line. The process runs
 under `remote.sh`, deployed under `<remote base>/bin/`: setsid + nohup, a pid file, its exit
-status written to an exit file when it ends; nothing but sh and coreutils on the remote.
+status written to an exit file when it ends; nothing but sh, coreutils and util-linux on the remote.
 
 One remote command per poll cycle follows every running process; it returns the logs (and a
 scatter's work_items.json) of those that ended, which are written into the mirror, where the
@@ -14,7 +14,9 @@ engine reads them as it would locally. The markers (and completion lines) the en
 in the mirror go the other way, with the next poll cycle's command (or with `flush` at the end of
 a run), so that the remote base is in upstream's layout too. Each process's handle (pid and start time) is recorded
 beside its guard, so a restarted repx follows the process it started instead of starting it
-again. A lost connection is waited out: processes keep running on the remote, and their jobs
+again; before the handle is known, the record holds the start's token, which the remote process
+claims its guard with before it runs anything, and which a restarted repx resolves (the handle,
+or the token revoked) before it starts anything. A lost connection is waited out: processes keep running on the remote, and their jobs
 stay running here until the host answers again."""
 
 from __future__ import annotations
@@ -124,7 +126,7 @@ class SshLauncher:
         async with guarded(path) as guard:
             words = _read_record(path) if guard.leftover_status is None else []
             if words and words[0] == "starting":  # it may have started before that repx died
-                words = await self._started_earlier(path, words[1])
+                words = await self._resolve(path, words[1])
             if len(words) == 2:
                 log.info("following remote process %s started earlier for %s", words[0], request.job_id)
                 guard.leftover_status = await self._follow(Handle(*words), path, self._repx_of(path), None,
@@ -228,16 +230,20 @@ class SshLauncher:
                 found.append((path, self.mirror.json_text(path.read_bytes())))
         return found
 
-    async def _started_earlier(self, guard: Path, token: str) -> list[str]:
-        """The handle a start with `token` left on the remote (its pid file), if it got that far."""
+    async def _resolve(self, guard: Path, token: str) -> list[str]:
+        """The handle of the process a start with `token` began on the remote, or none; in that
+        case the remote revokes the token first, so that this start, if it is still on its way
+        there, never runs the job: starting it again is then safe whenever the earlier repx died."""
         while True:
             try:
-                result = await self._command(["cat", f"{self._remote_guard(guard)}.pid"])
+                result = await self._command(["sh", self.helper, "resolve", token, self._remote_guard(guard)])
             except ConnectionProblem:
                 await asyncio.sleep(self.retry_interval)
                 continue
+            if not result.ok:
+                raise RemoteError(f"the remote host could not tell whether {guard.name} started: {result.failure()}")
             words = result.stdout.split()
-            return words[1:] if result.ok and len(words) == 3 and words[0] == token else []
+            return words if len(words) == 2 else []
 
     # ---- following --------------------------------------------------------------------------
 
@@ -322,8 +328,8 @@ class SshLauncher:
 
     async def _stop_started(self, guard: Path, token: str) -> None:
         try:
-            words = await asyncio.wait_for(self._started_earlier(guard, token), self.retry_interval * 5)
-        except TimeoutError:
+            words = await asyncio.wait_for(self._resolve(guard, token), self.retry_interval * 5)
+        except (TimeoutError, RemoteError):
             log.warning("could not learn whether %s started on the remote; it is left running", guard.name)
             return
         if words:

@@ -4,7 +4,9 @@
 # <remote base>/bin/ by the SSH target; repx calls it as `sh HELPER start|status|stop ...`.
 #
 # A process's files are `<guard>.pid` ("TOKEN PID STARTTIME") and `<guard>.exit` (its status),
-# written by renaming, so a reader never sees half a record.
+# written by renaming, so a reader never sees half a record. Every start has a token; the process
+# claims the guard for it under `flock` before it runs anything (see child), and `resolve` answers
+# for a token whose start repx did not see the end of. Needs sh, coreutils and util-linux (setsid, flock).
 
 starttime() {  # field 22 of /proc/PID/stat (after the command name, which may hold spaces)
     s=$(cat "/proc/$1/stat" 2>/dev/null) || { echo 0; return; }
@@ -28,41 +30,84 @@ receive() {  # files from stdin: lines "PATH" and "BASE64", until a line "."
     return 1
 }
 
+owner() {  # GUARD TOKEN: the handle ("PID STARTTIME") of the process started for TOKEN, if any
+    [ -f "$1.pid" ] || return 1
+    read -r held pid started < "$1.pid" || return 1
+    [ "$held" = "$2" ] || return 1
+    echo "$pid $started"
+}
+
+claim_lock() {  # fd 9: the guard's claim lock (flock releases it when its holder dies)
+    mkdir -p "$(dirname "$1")" && exec 9>> "$1.claim-lock" && flock 9
+}
+
 start() {  # TOKEN GUARD CWD REPX LIMIT PATH_PREFIX ARGV...
     token=$1 guard=$2 cwd=$3 repx=$4 limit=$5 prefix=$6
     shift 6
     trap '' HUP  # a dropped connection must not stop a start half-way
-    if [ -f "$guard.pid" ] && [ "$(cut -d' ' -f1 "$guard.pid")" = "$token" ]; then
-        cut -d' ' -f2- "$guard.pid"  # started already: an earlier attempt's answer was lost
+    if owner "$guard" "$token"; then  # started already: an earlier attempt's answer was lost
         cat > /dev/null
         return 0
     fi
     receive || { echo "repx: could not write the job's input files under $(dirname "$repx")" >&2; exit 3; }
-    rm -f "$guard.exit" "$guard.pid" "$repx/SUCCESS" "$repx/FAIL"  # a new attempt: no outcome yet
-    rm -rf "$cwd"
-    mkdir -p "$cwd" "$repx" "$(dirname "$guard")" || exit 3
-    # A block held for the status, so that it can be written even after the job filled the disk.
-    echo - > "$guard.exit.tmp" || exit 3
+    mkdir -p "$repx" "$(dirname "$guard")" || exit 3
+    # A block held for the status, so that it can be written even after the job filled the disk;
+    # named by this start, so that a twin start of the same token cannot take it.
+    reserved="$guard.exit.$token.$$"
+    echo - > "$reserved" || exit 3
     [ -n "$prefix" ] && PATH="$prefix:$PATH" && export PATH
-    helper=$(cd "$(dirname "$0")" && pwd)/$(basename "$0")  # still found after the cd below
-    cd "$cwd" || exit 3
-    setsid nohup sh "$helper" child "$token" "$guard" "$limit" "$@" < /dev/null > "$repx/stdout.log" 2> "$repx/stderr.log" &
-    pid=$!
-    record="$pid $(starttime "$pid")"
-    [ -f "$guard.exit" ] || put "$guard.pid" "$token $record" || exit 3
-    echo "$record"
+    helper=$(cd "$(dirname "$0")" && pwd)/$(basename "$0")
+    setsid nohup sh "$helper" child "$token" "$guard" "$cwd" "$repx" "$limit" "$reserved" "$@" \
+        < /dev/null > /dev/null 2>&1 &
+    # The answer is the handle of whichever process claimed the guard for this token: this start's
+    # child, or a twin's (a start sent again after a lost answer); nothing if the token was revoked.
+    tries=0
+    while [ "$tries" -lt 1200 ]; do
+        owner "$guard" "$token" && return 0
+        [ -f "$reserved" ] || break  # the child gave up its claim
+        sleep 0.05
+        tries=$((tries + 1))
+    done
+    owner "$guard" "$token" && return 0
+    rm -f "$reserved"
+    echo "repx: the start of $repx was withdrawn (a later repx found it not started, and started it itself)" >&2
+    exit 4
 }
 
-child() {  # TOKEN GUARD LIMIT ARGV...: the detached process itself
-    token=$1 guard=$2 limit=$3
-    shift 3
-    put "$guard.pid" "$token $$ $(starttime $$)"
+child() {  # TOKEN GUARD CWD REPX LIMIT RESERVED ARGV...: the detached process itself
+    token=$1 guard=$2 cwd=$3 repx=$4 limit=$5 reserved=$6
+    shift 6
+    # The claim: under the guard's lock, the pid file names this process, unless the token was
+    # revoked (a restarted repx asked for it first and found nothing) or a twin got there first.
+    # Only a claimant runs the job, so no moment repx dies in can make it run twice.
+    claim_lock "$guard" || exit 3
+    if [ -f "$guard.revoked-$token" ] || owner "$guard" "$token" > /dev/null; then
+        rm -f "$reserved"
+        exit 0
+    fi
+    rm -f "$guard.exit"  # a new attempt: no outcome yet
+    put "$guard.pid" "$token $$ $(starttime $$)" || { rm -f "$reserved"; exit 3; }
+    exec 9>&-
+    rm -f "$repx/SUCCESS" "$repx/FAIL"
+    rm -rf "$cwd"
+    mkdir -p "$cwd" && cd "$cwd" && limited "$limit" "$@" > "$repx/stdout.log" 2> "$repx/stderr.log"
+    echo "$?" > "$reserved" && mv -f "$reserved" "$guard.exit"
+}
+
+limited() {  # LIMIT ARGV...: the job, under `timeout` when it has a time limit
+    limit=$1
+    shift
     if [ "$limit" -gt 0 ]; then
         timeout -k 10 "$limit" "$@"
     else
         "$@"
     fi
-    echo "$?" > "$guard.exit.tmp" && mv -f "$guard.exit.tmp" "$guard.exit"
+}
+
+resolve() {  # TOKEN GUARD: the handle of the process started for TOKEN; if there is none, the token
+    # is revoked, so that a start still on its way can never run the job after this answer.
+    claim_lock "$2" || exit 3
+    owner "$2" "$1" || : > "$2.revoked-$1"
 }
 
 avail() {  # free bytes on the filesystem of a path
@@ -118,6 +163,6 @@ stop() {  # PID STARTTIME...: TERM to each process's group, if it is still that 
 command=$1
 shift
 case "$command" in
-    start|child|status|stop) "$command" "$@" ;;
+    start|child|resolve|status|stop) "$command" "$@" ;;
     *) echo "repx helper: unknown command $command" >&2; exit 2 ;;
 esac
