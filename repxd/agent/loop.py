@@ -248,6 +248,10 @@ class Agent:
                     await asyncio.sleep(delay)
                     delay = min(delay * 2, 30.0)
 
+    async def flush_remote(self) -> None:
+        """Stopping: the markers SSH targets hold for their next poll cycle sent now."""
+        await asyncio.gather(*(remote.flush() for remote in self._ssh_targets.values()))
+
     def _launcher(self, target_name: str | None):
         """(launcher, admission) for a job of this target: SLURM's for a cluster target."""
         name, _target = resolve_target(self.settings.target_config(), target_name)

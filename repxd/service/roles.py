@@ -10,6 +10,7 @@ import signal
 import socket
 import sys
 import time
+from collections.abc import Awaitable, Callable
 
 from aiohttp import web
 
@@ -35,12 +36,34 @@ log = logging.getLogger("repx")
 _own_socket: tuple[str, int, int] | None = None
 
 
-def _exit_on_signals(loop: asyncio.AbstractEventLoop, role: str) -> None:
-    """Stop at once on SIGTERM/SIGINT. Nothing else to clean up by design: state is in the store,
+# How long an agent stopping may spend sending what SSH targets still wait for (their markers).
+SHUTDOWN_FLUSH_SECONDS = 10.0
+
+
+def _exit_on_signals(loop: asyncio.AbstractEventLoop, role: str,
+                     before_exit: Callable[[], Awaitable[None]] | None = None) -> None:
+    """Stop on SIGTERM/SIGINT. Nothing else to clean up by design: state is in the store,
     jobs run in their own sessions and are adopted by the next agent. The socket goes, so that
-    clients find no daemon rather than a refused connection."""
+    clients find no daemon rather than a refused connection. `before_exit` (the agent's SSH
+    markers) gets SHUTDOWN_FLUSH_SECONDS; a second signal ends the wait."""
+    stopping = False
+
+    def exit_now() -> None:
+        logging.shutdown()
+        os._exit(0)
+
+    async def flush_then_exit() -> None:
+        try:
+            await asyncio.wait_for(before_exit(), SHUTDOWN_FLUSH_SECONDS)
+        except Exception as exc:  # noqa: BLE001 - stopping all the same; the next start catches up
+            log.warning("%s: not everything was sent before stopping (%s); the next start sends it", role, exc)
+        exit_now()
 
     def stop(signum: int) -> None:
+        nonlocal stopping
+        if stopping:
+            exit_now()
+        stopping = True
         notify.stopping()
         log.info("%s stopping on %s", role, signal.Signals(signum).name)
         if _own_socket is not None:
@@ -49,8 +72,9 @@ def _exit_on_signals(loop: asyncio.AbstractEventLoop, role: str) -> None:
                 found = os.stat(path)
                 if (found.st_dev, found.st_ino) == (device, inode):
                     os.unlink(path)
-        logging.shutdown()
-        os._exit(0)
+        if before_exit is None:
+            exit_now()
+        loop.create_task(flush_then_exit())
 
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop, sig)
@@ -131,19 +155,20 @@ async def run_scheduler(settings: Settings) -> None:
 
 
 async def run_agent(settings: Settings) -> None:
-    _exit_on_signals(asyncio.get_running_loop(), "agent")
     metrics = AgentMetrics()
+    agent = Agent(settings, agent_api(settings), metrics)
+    _exit_on_signals(asyncio.get_running_loop(), "agent", agent.flush_remote)
     if settings.agent.metrics:
         await serve_metrics(metrics.registry, settings.agent.metrics)
-    await Agent(settings, agent_api(settings), metrics).run()
+    await agent.run()
 
 
 async def run_all(settings: Settings) -> None:
     """api, scheduler and agent in one process, sharing one database connection."""
-    _exit_on_signals(asyncio.get_running_loop(), "all")
     database = _database(settings)
     scheduler = Scheduler(settings.scheduler, database)
     agent = Agent(settings, agent_api(settings))
+    _exit_on_signals(asyncio.get_running_loop(), "all", agent.flush_remote)
     await start_api(settings, database, (scheduler.metrics.registry, agent.metrics.registry))
     if settings.scheduler.metrics:
         await serve_metrics(scheduler.metrics.registry, settings.scheduler.metrics)

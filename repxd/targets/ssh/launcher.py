@@ -25,8 +25,9 @@ import asyncio
 import base64
 import json
 import logging
+import os
 import secrets
-from contextlib import asynccontextmanager
+from contextlib import asynccontextmanager, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -116,6 +117,8 @@ class SshLauncher:
     _poll_task: asyncio.Task | None = field(default=None, init=False)
     # Markers written in the mirror and not yet on the remote: remote repx dir -> its M line.
     _marks: dict[str, str] = field(default_factory=dict, init=False)
+    # Held while markers are on their way, so that a flush never sends them a second time.
+    _sending: asyncio.Lock = field(default_factory=asyncio.Lock, init=False)
 
     # ---- the launcher interface ------------------------------------------------------------
 
@@ -164,20 +167,49 @@ class SshLauncher:
         self._ensure_polling()
 
     async def flush(self) -> None:
-        """Sends the markers not yet on the remote now (a run ending must not leave them behind)."""
-        if not self._marks:
-            return
-        sent = dict(self._marks)
+        """Sends the markers not yet on the remote now (a run ending, or the daemon stopping, must
+        not leave them behind); those a poll cycle is sending are waited for, not sent again."""
+        async with self._sending:
+            if not self._marks:
+                return
+            sent = dict(self._marks)
+            try:
+                result = await self._command(["sh", self.helper, "status"], stdin="".join(sent.values()))
+            except ConnectionProblem as exc:
+                log.warning("could not send %d marker(s) to the remote: %s; the next connection sends them",
+                            len(sent), exc)
+                return
+            if result.ok:
+                self._sent(sent)
+            else:
+                log.warning("sending markers to the remote: %s", result.failure())
+
+    async def reconcile(self) -> None:
+        """Fills in, on the remote, the markers and completion lines of the mirror that an earlier
+        repx did not get to send (killed, or the host unreachable when it stopped); one command."""
+        listing = await asyncio.to_thread(self._mirror_marks)
+        completions = self.mirror.local / "outputs" / COMPLETIONS
         try:
-            result = await self._command(["sh", self.helper, "status"], stdin="".join(sent.values()))
+            result = await self._command(["sh", self.helper, "reconcile", self.mirror.path(completions)],
+                                         stdin=listing)
         except ConnectionProblem as exc:
-            log.warning("could not send %d marker(s) to the remote: %s; they are kept in the local mirror only",
-                        len(sent), exc)
+            log.warning("could not bring the remote's markers up to date: %s; the next connection does", exc)
             return
-        if result.ok:
-            self._sent(sent)
-        else:
-            log.warning("sending markers to the remote: %s", result.failure())
+        if not result.ok:
+            log.warning("bringing the remote's markers up to date: %s", result.failure())
+
+    def _mirror_marks(self) -> str:
+        """A line "REMOTE_REPX<tab>MARKER" per marker in the mirror, ".", then the mirror's completion
+        lines; out/ directories (outputs `repxctl pull` brought) are not walked."""
+        lines = []
+        for directory, subdirs, files in os.walk(self.mirror.local / "outputs"):
+            subdirs[:] = [d for d in subdirs if d != "out"]
+            if os.path.basename(directory) == "repx":
+                lines += [f"{self.mirror.path(directory)}\t{m}\n" for m in ("SUCCESS", "FAIL") if m in files]
+        lines.append(".\n")
+        with suppress(FileNotFoundError):
+            lines.append((self.mirror.local / "outputs" / COMPLETIONS).read_text())
+        return "".join(lines)
 
     def _sent(self, sent: dict[str, str]) -> None:
         for key, line in sent.items():
@@ -262,22 +294,23 @@ class SshLauncher:
     async def _poll(self) -> None:
         while self._followed or self._marks:
             await asyncio.sleep(self.poll_interval)
-            followed = [f for f in self._followed.values() if not f.future.done()]
-            marks = dict(self._marks)
-            if not followed and not marks:
-                continue
-            listing = "".join(marks.values()) + "".join("\t".join([self._remote_guard(f.guard), f.handle.pid, f.handle.started,
-                                          self.mirror.path(f.repx), self.mirror.path(f.out)]) + "\n"
-                              for f in followed)
-            try:
-                result = await self._command(["sh", self.helper, "status"], stdin=listing)
-            except ConnectionProblem as exc:
-                log.warning("remote status of %d process(es): %s; asking again", len(followed), exc)
-                continue
-            if not result.ok or not result.stdout.rstrip().endswith("E"):
-                log.warning("remote status: %s", result.failure())
-                continue
-            self._sent(marks)
+            async with self._sending:
+                followed = [f for f in self._followed.values() if not f.future.done()]
+                marks = dict(self._marks)
+                if not followed and not marks:
+                    continue
+                listing = "".join(marks.values()) + "".join("\t".join([self._remote_guard(f.guard), f.handle.pid, f.handle.started,
+                                              self.mirror.path(f.repx), self.mirror.path(f.out)]) + "\n"
+                                  for f in followed)
+                try:
+                    result = await self._command(["sh", self.helper, "status"], stdin=listing)
+                except ConnectionProblem as exc:
+                    log.warning("remote status of %d process(es): %s; asking again", len(followed), exc)
+                    continue
+                if not result.ok or not result.stdout.rstrip().endswith("E"):
+                    log.warning("remote status: %s", result.failure())
+                    continue
+                self._sent(marks)
             try:
                 self._settle(followed, result.stdout)
             except (OSError, ValueError) as exc:

@@ -126,6 +126,26 @@ mark() {  # REPX MARKER COMPLETIONS LINE: a marker repx wrote in its mirror, and
     [ -z "$4" ] || printf '%s\n' "$4" >> "$3"
 }
 
+reconcile() {  # COMPLETIONS; stdin: "REPX<tab>MARKER" per marker in repx's mirror, a line ".", then
+    # the mirror's completion lines. Fills in what a repx that stopped before sending them left out:
+    # a marker where the remote has none (for a process that ran there: its out/ exists), and the
+    # completion lines the remote lacks (as a multiset, in the mirror's order: a line may repeat).
+    tab=$(printf '\t')
+    while IFS=$tab read -r repx marker; do
+        [ "$repx" = . ] && break
+        [ -d "${repx%/repx}/out" ] || continue
+        [ -e "$repx/SUCCESS" ] || [ -e "$repx/FAIL" ] || : > "$repx/$marker" \
+            || echo "repx: could not write the marker $repx/$marker" >&2
+    done
+    mkdir -p "$(dirname "$1")" && touch "$1" || exit 3
+    awk -v held="$1" 'BEGIN { while ((getline line < held) > 0) count[line]++ }
+        count[$0] > 0 { count[$0]--; next } { print }' > "$1.missing.$$" \
+        && cat "$1.missing.$$" >> "$1"
+    status=$?
+    rm -f "$1.missing.$$"
+    return "$status"
+}
+
 status() {  # stdin: first a line "M<tab>REPX<tab>MARKER<tab>COMPLETIONS<tab>LINE" per marker to write,
     # then a line "GUARD<tab>PID<tab>STARTTIME<tab>REPX<tab>OUT" per process (any number: a command
     # line would be bounded). Prints a line per process, and the files of ended ones.
@@ -163,6 +183,6 @@ stop() {  # PID STARTTIME...: TERM to each process's group, if it is still that 
 command=$1
 shift
 case "$command" in
-    start|child|resolve|status|stop) "$command" "$@" ;;
+    start|child|resolve|reconcile|status|stop) "$command" "$@" ;;
     *) echo "repx helper: unknown command $command" >&2; exit 2 ;;
 esac

@@ -71,8 +71,14 @@ class SshTarget:
                                transient=(SshUnreachable,))
         if self.config.local and self.config.local.poll_interval:
             launcher.poll_interval = self.config.local.poll_interval
+        await launcher.reconcile()  # what a repx that stopped early left out of the remote layout
         self.launcher = launcher
         return launcher
+
+    async def flush(self) -> None:
+        """The markers waiting for the next poll cycle sent now (the daemon is stopping)."""
+        if self.launcher is not None:
+            await self.launcher.flush()
 
     async def push_lab(self, lab: Lab, job_ids: list[str]) -> None:
         """The Lab's artifacts (and the verified copies these jobs run) to the remote."""
