@@ -212,11 +212,11 @@ class Agent:
         image = lab.image_of(item["job"])
         name, target = resolve_target(self.settings.target_config(), item["target"])
         kind = choose_execution_type(target, item["options"].get("runtime"), image is not None, scheduler_of(target))
-        if target is not None and target.address:
-            from ..targets.ssh.target import native_only  # asyncssh only for an SSH target
-
-            native_only(name, kind)
         rkey = (kind, item["lab_path"], item["base_path"], image)
+        if rkey not in self._runtimes and target is not None and target.address:
+            from ..targets.ssh.target import ssh_runtime  # asyncssh only for an SSH target
+
+            self._runtimes[rkey] = ssh_runtime(name, kind, lab, layout, image, target)
         if rkey not in self._runtimes:
             runtime = make_runtime(kind, lab, layout, image, target)
             runtime.prepare()

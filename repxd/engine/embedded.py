@@ -162,11 +162,13 @@ class EmbeddedRun:
         if image not in self.runtimes:
             kind = choose_execution_type(self.plan.target, self.options.runtime, image is not None, self.scheduler)
             if self.remote is not None:
-                from ..targets.ssh.target import native_only
+                from ..targets.ssh.target import ssh_runtime
 
-                native_only(self.plan.target_name, kind)
-            runtime = make_runtime(kind, self.plan.lab, self.plan.layout, image, self.plan.target)
-            runtime.prepare()
+                runtime = ssh_runtime(self.plan.target_name, kind, self.plan.lab, self.plan.layout, image,
+                                      self.plan.target)
+            else:
+                runtime = make_runtime(kind, self.plan.lab, self.plan.layout, image, self.plan.target)
+                runtime.prepare()
             self.runtimes[image] = runtime
         return self.runtimes[image]
 

@@ -126,6 +126,46 @@ mark() {  # REPX MARKER COMPLETIONS LINE: a marker repx wrote in its mirror, and
     [ -z "$4" ] || printf '%s\n' "$4" >> "$3"
 }
 
+apply_layer() {  # LAYER DEST: one image layer extracted, honouring OCI whiteouts (.wh.NAME, .wh..wh..opq)
+    root=$(cd "$2" && pwd -P) || return 1
+    tar -tf "$1" | while IFS= read -r name; do
+        name=${name%/}
+        dir=$(dirname "$name") file=$(basename "$name")
+        # Only inside the root filesystem: a symlinked directory of the image may point anywhere.
+        case "$(cd "$2/$dir" 2>/dev/null && pwd -P)" in "$root"|"$root"/*) ;; *) continue ;; esac
+        case "$file" in
+            .wh..wh..opq) [ -d "$2/$dir" ] && find "$2/$dir" -mindepth 1 -maxdepth 1 -exec rm -rf {} + ;;
+            .wh.*) rm -rf "${2:?}/$dir/${file#.wh.}" ;;
+        esac
+    done
+    tar -xf "$1" -C "$2" --no-same-owner --exclude='.wh.*'
+}
+
+image() {  # ROOTFS IMAGE BASE LAYER... -- ARGV...: the image's root filesystem extracted once
+    # (by the first job's process; the others wait on its lock), then ARGV (bwrap) run.
+    rootfs=$1 image=$2 base=$3
+    shift 3
+    top=$(dirname "$rootfs")
+    mkdir -p "$top" && exec 8>> "$top/lock" && flock 8 || { echo "repx: cannot lock $top/lock" >&2; exit 3; }
+    if [ ! -e "$top/complete" ]; then
+        rm -rf "$top/rootfs.partial"
+        mkdir -p "$top/rootfs.partial" || exit 3
+        while [ "$#" -gt 0 ] && [ "$1" != -- ]; do
+            apply_layer "$image/$1" "$top/rootfs.partial" \
+                || { echo "repx: image layer $image/$1 could not be extracted into $top" >&2; exit 3; }
+            shift
+        done
+        rm -rf "$rootfs" && mv "$top/rootfs.partial" "$rootfs" && : > "$top/complete" || exit 3
+    else
+        while [ "$#" -gt 0 ] && [ "$1" != -- ]; do shift; done
+    fi
+    shift
+    # Mount points for bwrap's binds: the rootfs itself is mounted read-only.
+    mkdir -p "$rootfs/tmp" "$rootfs/dev" "$rootfs/proc" "$rootfs/${base#/}" || exit 3
+    exec 8>&-
+    exec "$@"
+}
+
 reconcile() {  # COMPLETIONS; stdin: "REPX<tab>MARKER" per marker in repx's mirror, a line ".", then
     # the mirror's completion lines. Fills in what a repx that stopped before sending them left out:
     # a marker where the remote has none (for a process that ran there: its out/ exists), and the
@@ -183,6 +223,6 @@ stop() {  # PID STARTTIME...: TERM to each process's group, if it is still that 
 command=$1
 shift
 case "$command" in
-    start|child|resolve|reconcile|status|stop) "$command" "$@" ;;
+    start|child|resolve|reconcile|image|status|stop) "$command" "$@" ;;
     *) echo "repx helper: unknown command $command" >&2; exit 2 ;;
 esac

@@ -62,6 +62,7 @@ class RemoteBase:
         self.connection = connection
         self.base = remote_path(base_path).rstrip("/") or "/"
         self._deployed: set[str] = set()
+        self.image_stats: TransferStats | None = None  # the last push's phase 3
 
     @property
     def name(self) -> str:
@@ -111,12 +112,14 @@ class RemoteBase:
 
     # -- phase 2: Lab transfer ----------------------------------------------------------------
 
-    async def push_artifacts(self, local_artifacts: Path, progress: Callable[[str], None] | None = None
-                             ) -> TransferStats:
+    async def push_artifacts(self, local_artifacts: Path, progress: Callable[[str], None] | None = None,
+                             images: Path | None = None) -> TransferStats:
         """Send the local `artifacts/` tree incrementally. It lands in a new stage (a hard-linked copy
         of the current one, so unchanged files cost nothing), and only a complete stage replaces
         `artifacts` (one atomic rename of the symlink). A failed transfer leaves `artifacts` as it was
-        and removes its stage."""
+        and removes its stage. `images` (see images.images_tree) replaces the Lab's `images/`: its
+        content-addressed layers go with a second rsync into the same stage (phase 3), its
+        statistics kept in `image_stats`."""
         if not local_artifacts.is_dir():
             raise SyncError(f"target {self.name!r}: nothing to send: {local_artifacts} is not a directory")
         stage = f".artifacts/{time.strftime('%Y%m%dT%H%M%S')}-{secrets.token_hex(4)}"
@@ -129,8 +132,11 @@ class RemoteBase:
             raise SyncError(f"target {self.name!r}: preparing the transfer in {self.base} failed: "
                             f"{_disk_hint(prepared.stderr)}")
         try:
-            stats = await self._rsync([f"{local_artifacts}/", f"{self.connection.rsync_host}:{self.base}/{stage}/"],
+            destination = f"{self.connection.rsync_host}:{self.base}/{stage}/"
+            stats = await self._rsync([*(["--exclude=/images/"] if images else []), f"{local_artifacts}/", destination],
                                       progress)
+            if images:  # content-addressed names: a file the remote has holds the same bytes
+                self.image_stats = await self._rsync(["--ignore-existing", f"{images}/", destination], progress)
         except SyncError as exc:
             # rsync does not always pass on the receiver's "No space left on device": ask the disk,
             # before the stage is dropped and frees it.

@@ -8,9 +8,10 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 from ...config import TargetConfig
-from ...errors import ConfigError, RepxError
+from ...errors import RepxError
 from ...exec.artifacts import verified_executable
 from ...exec.layout import OutputLayout
+from ...exec.runtimes import Runtime
 from ...lab.model import Lab
 from ..commands import CommandMissing
 from .connection import (
@@ -20,6 +21,7 @@ from .connection import (
     connection_for,
     is_connection_problem,
 )
+from .images import helper_path, images_tree, remote_runtime
 from .launcher import HELPER, Mirror, SshLauncher
 from .sync import RemoteBase
 
@@ -34,10 +36,13 @@ class TargetUnavailable(RepxError):
         self.connection_problem = connection_problem
 
 
-def native_only(target_name: str, kind: str) -> None:
-    if kind != "native":
-        raise ConfigError(f"target {target_name!r} (ssh) runs jobs natively only in this version, not with {kind};"
-                          " drop --runtime, or use a local target for Labs with images")
+def ssh_runtime(target_name: str, kind: str, lab: Lab, layout: OutputLayout, image: str | None,
+                target: TargetConfig) -> Runtime:
+    """A job's runtime on the SSH target's host (prepared): native, or bwrap with its image."""
+    helper = helper_path(layout.base, HELPER.name, HELPER.read_bytes())
+    runtime = remote_runtime(target_name, kind, lab, layout, image, target, helper)
+    runtime.prepare()
+    return runtime
 
 
 @dataclass
@@ -81,10 +86,12 @@ class SshTarget:
             await self.launcher.flush()
 
     async def push_lab(self, lab: Lab, job_ids: list[str]) -> None:
-        """The Lab's artifacts (and the verified copies these jobs run) to the remote."""
+        """The Lab's artifacts (and the verified copies these jobs run) to the remote, and the
+        layers of their images it does not have yet."""
         await asyncio.to_thread(self.prepare_executables, lab, job_ids)
+        images = await asyncio.to_thread(images_tree, lab, self.layout, job_ids)
         with _unavailable():
-            await self.remote.push_artifacts(self.layout.artifacts)
+            await self.remote.push_artifacts(self.layout.artifacts, images=images)
 
     async def close(self) -> None:
         """The markers of the last jobs sent first: the remote base keeps upstream's layout."""
