@@ -7,6 +7,7 @@ import asyncio
 import shutil
 
 from cli import repxctl
+from service import Daemon
 
 from repxd.config import load_config
 from repxd.engine.embedded import base_path_for, open_lab, resolve_target
@@ -118,3 +119,20 @@ def test_a_changed_image_sends_its_new_layer_only(remote, tmp_path, busybox_root
     new_layer = sum(p.stat().st_size for p in (tmp_path / "changed" / "images").rglob("layer.tar"))
     assert second.files_transferred >= 1 and second.bytes_sent >= new_layer * 0.5
     assert len(remote.host.ssh(f"ls {remote.base}/artifacts/store").stdout.split()) == 2
+
+
+def test_the_daemon_runs_an_image_lab_on_the_remote(remote, tmp_path, busybox_rootfs):
+    config = bwrap_config(remote, tmp_path / "bwrap.toml", f"/home/{remote.host.user}/{tmp_path.name}-node")
+    daemon = Daemon.create(extra=config.read_text())
+    daemon.env = remote.env
+    daemon.start("all")
+    try:
+        env = {**remote.env, "REPX_API": str(daemon.socket)}
+        lab = image_lab(tmp_path / "lab", busybox_rootfs)
+        result = repxctl("run", "probe", "--lab", lab, "--target", "remote", "--json", env=env, timeout=120)
+        assert result.code == 0, result.stderr + daemon.logs()
+        assert result.json()["state"] == "succeeded", result.stdout + daemon.logs()
+        outputs = remote.host.ssh(f"cat {remote.base}/outputs/*/out/probe.txt").stdout.splitlines()
+        assert outputs == ["busybox", "image-root", "42"]
+    finally:
+        daemon.stop()
