@@ -74,4 +74,17 @@ class LocalCommands:
             proc.kill()
             await proc.wait()
             return CommandResult(tuple(argv), 124, "", f"timed out after {timeout:.0f}s")
+        except asyncio.CancelledError:
+            # The run is stopping (Ctrl-C): a scheduler command under way gets a moment to finish,
+            # and is reaped either way, so no child outlives the event loop that started it.
+            await asyncio.shield(_reap(proc, grace=5.0))
+            raise
         return CommandResult(tuple(argv), proc.returncode, out.decode(errors="replace"), err.decode(errors="replace"))
+
+
+async def _reap(proc: asyncio.subprocess.Process, grace: float) -> None:
+    try:
+        await asyncio.wait_for(proc.wait(), grace)
+    except TimeoutError:
+        proc.kill()
+        await proc.wait()

@@ -111,7 +111,10 @@ def test_stop_leaves_nothing_behind():
             host.ssh("setsid nohup sleep 300 >/dev/null 2>&1 < /dev/null &")
             sshd, uid = host.sshd_pid, pwd.getpwnam(host.user).pw_uid
             assert sshd is not None
-            assert subprocess.run(["pgrep", "-U", str(uid), "sleep"], capture_output=True).returncode == 0
+            deadline = time.monotonic() + 20  # setsid and nohup exec into sleep after the ssh session returns
+            while subprocess.run(["pgrep", "-U", str(uid), "sleep"], capture_output=True).returncode != 0:
+                assert time.monotonic() < deadline, "the detached sleep never started on the host"
+                time.sleep(0.1)
         finally:
             host.stop()
         assert not alive(sshd)
