@@ -8,16 +8,19 @@ import signal
 import sys
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 
-from repxd.api.client import Api
 from repxd.engine.local import RunSummary
 from repxd.errors import RepxError
 from repxd.exec.layout import OutputLayout
 from repxd.lab.loader import load_lab
 
 from .render import PlainReporter
+
+if TYPE_CHECKING:  # the HTTP clients: only a run through the daemon imports them (daemon.connect)
+    from repxd.api.client import Api
 
 # The daemon's reason for jobs it dropped after a failure (repxd.store.queries._settle_job).
 NOT_STARTED = "not started: an earlier job failed"
