@@ -205,22 +205,13 @@ async def spawn_and_wait(invocation: Invocation, repx: Path, guard: Guard,
     stops every process the job started, in or out of its session: the job's process is a child
     subreaper (the spawner makes it one), so descendants that leave the job's session and lose
     their parent stay under it."""
-    flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC
-    status_fd = os.open(exit_file(guard.path), flags, 0o600)
-    logs: list[int] = []
-    try:
-        # A placeholder (no status: "-" is no number) holds a block for the status, so that the
-        # spawner's overwrite finds room even after the job filled the disk.
-        os.write(status_fd, b"-\n")
-        for name in ("stdout.log", "stderr.log"):
-            logs.append(os.open(repx / name, flags, 0o666))
-        # The job gets the guard's lock as descriptor 3 (held while it or a descendant runs); the
-        # exit record stays with the spawner, which writes it when the job exits.
-        proc = await spawner().spawn(invocation.argv, invocation.env, str(invocation.cwd),
-                                     [*logs, guard.fd, status_fd], identity, exit_record=True)
-    finally:
-        for fd in (status_fd, *logs):
-            os.close(fd)
+    # The job gets the guard's lock as descriptor 3 (held while it or a descendant runs). The
+    # spawner creates the logs and the exit record (with a placeholder holding a block for the
+    # status, so that its overwrite finds room even after the job filled the disk), and writes the
+    # record when the job exits.
+    proc = await spawner().spawn(invocation.argv, invocation.env, str(invocation.cwd), [guard.fd], identity,
+                                 logs=(str(repx / "stdout.log"), str(repx / "stderr.log")),
+                                 exit_record=str(exit_file(guard.path)))
     if on_spawn is not None:
         on_spawn(proc.pid)
     try:

@@ -127,8 +127,15 @@ def write_marker(repx_dir: Path, name: str) -> None:
 
 def write_json(path: Path, value) -> None:
     """For files rewritten before every attempt (inputs.json, parameters.json): a crash leaves
-    the attempt unstarted, and the next one writes them again."""
-    path.write_text(json.dumps(value, indent=2))
+    the attempt unstarted, and the next one writes them again. One write on a bare descriptor:
+    a text file object costs four more system calls (fstat, ioctl, two lseeks)."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o666)
+    try:
+        data = memoryview(json.dumps(value, indent=2).encode())
+        while data:
+            data = data[os.write(fd, data):]
+    finally:
+        os.close(fd)
 
 
 def write_json_atomic(path: Path, value) -> None:

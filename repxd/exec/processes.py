@@ -67,16 +67,20 @@ class Spawner:
         loop.add_reader(self._channel, self._receive)
 
     async def spawn(self, argv: list[str], env: dict[str, str], cwd: str, fds: list[int],
-                    identity: Identity | None, *, exit_record: bool = False) -> SpawnedProcess:
-        """Start `argv` with `fds` as its stdout, stderr, then descriptors 3, 4, ... (in that
-        order). With `exit_record` the last of `fds` is not given to the process: the spawner
-        writes its exit status there, before it closes its copies of the others."""
+                    identity: Identity | None, *, logs: tuple[str, str] | None = None,
+                    exit_record: str | None = None) -> SpawnedProcess:
+        """Start `argv` with `fds` as its descriptors 3, 4, ... (in that order) and the files
+        `logs` (created or truncated by the spawner) as its stdout and stderr; without `logs` the
+        first two of `fds` are its stdout and stderr. With `exit_record` (a path) the spawner
+        creates that file and writes the exit status there, before it closes its copies of `fds`.
+        A log or record that cannot be opened raises OSError, as opening it here would."""
         if not self.alive:
             raise SpawnerGone("the process that starts the jobs exited")
         request_id = next(self._ids)
         started = self.loop.create_future()
         self._starting[request_id] = started
-        message = json.dumps({"id": request_id, "argv": argv, "env": env, "cwd": cwd, "exit_record": exit_record,
+        message = json.dumps({"id": request_id, "argv": argv, "env": env, "cwd": cwd, "logs": logs,
+                              "exit_record": exit_record,
                               "identity": None if identity is None else [identity.uid, identity.gid, list(identity.groups)]})
         while True:
             try:
@@ -106,7 +110,10 @@ class Spawner:
             if "id" in answer:
                 started = self._starting.pop(answer["id"])
                 if "error" in answer:
-                    started.set_exception(OSError(f"cannot start the job's process: {answer['error']}"))
+                    if answer.get("filename"):  # a log or the exit record: said as open() would
+                        started.set_exception(OSError(answer["errno"], answer["error"], answer["filename"]))
+                    else:
+                        started.set_exception(OSError(f"cannot start the job's process: {answer['error']}"))
                     continue
                 exited = self.loop.create_future()
                 self._running[answer["pid"]] = exited

@@ -75,6 +75,8 @@ class Runtime:
     # A target's node_local_path: where image caches live instead of the base path (upstream's
     # repx-executor context.rs puts them in <node_local_path>/repx/cache).
     cache_root: Path | None = field(default=None, kw_only=True)
+    # The jobs' environment (this process's, with the host tools first on PATH), taken at the first job.
+    _environment: dict[str, str] | None = field(default=None, init=False, repr=False, compare=False)
 
     def prepare(self) -> None:
         """One-time work before the first job (image extraction, image load)."""
@@ -90,9 +92,11 @@ class Runtime:
         return replace(self, devices=grant)
 
     def invocation(self, script: Path, out: Path, repx: Path, args: list[str]) -> Invocation:
-        inherited = os.environ.get("PATH", SANDBOX_PATH)
-        env = dict(os.environ)
-        env["PATH"] = os.pathsep.join([*self.host_tool_dirs, inherited])
+        if self._environment is None:
+            # Taken once per runtime: copying os.environ decodes every entry (~0.15 ms a job).
+            self._environment = dict(os.environ)
+            self._environment["PATH"] = os.pathsep.join([*self.host_tool_dirs, os.environ.get("PATH", SANDBOX_PATH)])
+        env = dict(self._environment)
         env.update(self.devices.visible_env())
         return Invocation([str(script), *args], env, out)
 

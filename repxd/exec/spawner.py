@@ -3,9 +3,11 @@ their exit records.
 
 Run as `python -S spawner.py FD` (standard library only, so it starts without the package or
 site-packages), in its own session. The launcher sends it one request per job over the
-SOCK_SEQPACKET socket FD: a JSON object (argv, env, cwd, identity, exit_record) with the
-process's descriptors attached: stdout, stderr, then the ones the child gets as 3, 4, ... (the
-guard's lock; the exit record, last, stays with the spawner). It forks; the child becomes a child subreaper (descendants
+SOCK_SEQPACKET socket FD: a JSON object (argv, env, cwd, identity, logs, exit_record) with the
+descriptors the child gets as 3, 4, ... attached (the guard's lock). It opens the logs (the
+child's stdout and stderr, truncated) and the exit record (a placeholder written) itself: three
+file creations a job fewer on the launcher's event loop, which is what limits throughput. It
+forks; the child becomes a child subreaper (descendants
 that leave the job's session and lose their parent stay under it, where a stop finds them),
 starts a new session, takes the identity and execs the job itself: no wrapper process. The
 spawner answers `{"id", "pid"}` right after the fork; when the child exits it writes the status
@@ -38,13 +40,37 @@ MAX_FDS = 8
 FIRST_KEPT_FD = 3  # the descriptors after stdout and stderr land on 3, 4, ... in the child
 
 
-def start_child(request: dict, fds: list[int], devnull: int, libc) -> int:
+LOG_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC
+# No status: "-" is no number. It holds a block for the status, so that the overwrite when the
+# job exits finds room even after the job filled the disk.
+PLACEHOLDER = b"-\n"
+
+
+def open_files(request: dict) -> tuple[list[int], int | None]:
+    """The logs (stdout, stderr) and the exit record of `request`, opened; closed again on failure."""
+    opened: list[int] = []
+    try:
+        for path in request.get("logs") or ():
+            opened.append(os.open(path, LOG_FLAGS, 0o666))
+        record = None
+        if request.get("exit_record"):
+            record = os.open(request["exit_record"], LOG_FLAGS, 0o600)
+            opened.append(record)
+            os.write(record, PLACEHOLDER)
+    except OSError:
+        for fd in opened:
+            os.close(fd)
+        raise
+    return opened[:2] if request.get("logs") else [], record
+
+
+def start_child(request: dict, given: list[int], devnull: int, libc) -> int:
+    """`given`: the child's stdout, stderr, then its descriptors 3, 4, ..."""
     pid = os.fork()
     if pid:
         return pid
     try:
         # Every descriptor first above the ones it may land on, so no move overwrites another.
-        given = fds[:-1] if request.get("exit_record") else fds  # the record is the spawner's to write
         high = [fcntl.fcntl(fd, fcntl.F_DUPFD_CLOEXEC, FIRST_KEPT_FD + MAX_FDS) for fd in [devnull, *given]]
         for target, fd in enumerate(high):
             os.dup2(fd, target)  # 0 stdin, 1 stdout, 2 stderr, then the kept ones from FIRST_KEPT_FD
@@ -76,7 +102,7 @@ class Children:
 
     def __init__(self, channel: socket.socket) -> None:
         self.channel: socket.socket | None = channel
-        self.held: dict[int, tuple[list[int], bool]] = {}
+        self.held: dict[int, tuple[list[int], int | None]] = {}
 
     def tell(self, answer: dict) -> None:
         if self.channel is not None:
@@ -92,9 +118,9 @@ class Children:
             if pid == 0:
                 return
             status = os.waitstatus_to_exitcode(wait_status)
-            fds, exit_record = self.held.pop(pid, ([], False))
-            if exit_record:
-                record_exit(fds[-1], status)
+            fds, exit_record = self.held.pop(pid, ([], None))
+            if exit_record is not None:
+                record_exit(exit_record, status)
             for fd in fds:
                 os.close(fd)
             self.tell({"pid": pid, "status": status})
@@ -135,15 +161,25 @@ def serve(channel: socket.socket) -> None:
                     children.channel = None
                     continue
                 request = json.loads(data)
-                kept = fds[2:]
+                opened: list[int] = []
                 try:
-                    pid = start_child(request, fds, devnull, libc)
-                except OSError as exc:  # fork failed (no memory, too many processes)
-                    children.tell({"id": request["id"], "error": str(exc)})
+                    logs, record = open_files(request)
+                    opened = [*logs, *([] if record is None else [record])]
+                    pid = start_child(request, [*logs, *fds], devnull, libc)
+                except OSError as exc:  # a log not writable, or fork failed (no memory, too many processes)
+                    children.tell({"id": request["id"], "error": exc.strerror or str(exc), "errno": exc.errno,
+                                   "filename": exc.filename})
+                    for fd in opened:
+                        os.close(fd)
                     kept = []
                 else:
-                    children.held[pid] = (kept, bool(request.get("exit_record")))
+                    # Held until the child is reaped: the guard's lock (so no one takes it before
+                    # the exit record is written) and the record itself, last.
+                    kept = [*fds, record] if record is not None else fds
+                    children.held[pid] = (kept, record)
                     children.tell({"id": request["id"], "pid": pid})
+                    for fd in logs:
+                        os.close(fd)
                 for fd in fds:
                     if fd not in kept:
                         os.close(fd)

@@ -4,6 +4,7 @@ real descriptors, the exit status and the guard's files as the launcher leaves t
 from __future__ import annotations
 
 import asyncio
+import errno
 import os
 import signal
 import subprocess
@@ -111,3 +112,28 @@ def test_waiting_jobs_learn_when_the_spawner_dies(tmp_path):
         assert spawner() is not starter  # the next job gets a new spawner
 
     asyncio.run(main())
+
+
+def test_a_log_that_cannot_be_created_fails_the_start_naming_it_and_the_next_job_still_runs(tmp_path):
+    """The spawner creates the job's logs: a job directory removed under the run makes the start
+    fail with the errno and path, as the launcher's own open() would say it, and nothing is left
+    running or held."""
+    gone = tmp_path / "removed" / "repx"
+    out = tmp_path / "out"
+    out.mkdir()
+
+    async def main() -> tuple[OSError, int]:
+        async with guarded(tmp_path / "guards" / "job") as guard:
+            with pytest.raises(OSError) as failed:
+                await SubprocessLauncher().run(Invocation(["/bin/true"], {}, out), gone, guard,
+                                               launch_request("job", "", 1))
+        async with guarded(tmp_path / "guards" / "next") as guard:
+            status = await SubprocessLauncher().run(Invocation(["/bin/sh", "-c", "echo ran"], {}, out),
+                                                    out, guard, launch_request("next", "", 1))
+        return failed.value, status
+
+    error, status = asyncio.run(main())
+    assert error.errno == errno.ENOENT and error.filename == str(gone / "stdout.log")
+    assert f"{error.strerror}: {error.filename}".startswith("No such file or directory: ")
+    assert adoptable_status(tmp_path / "guards" / "job") is None
+    assert status == 0 and (out / "stdout.log").read_text() == "ran\n"
