@@ -137,3 +137,11 @@ def test_a_log_that_cannot_be_created_fails_the_start_naming_it_and_the_next_job
     assert f"{error.strerror}: {error.filename}".startswith("No such file or directory: ")
     assert adoptable_status(tmp_path / "guards" / "job") is None
     assert status == 0 and (out / "stdout.log").read_text() == "ran\n"
+
+
+def test_jobs_get_the_launchers_scheduling_policy_not_the_spawners(tmp_path):
+    """The spawner runs as a batch task (it must not preempt the launcher's event loop); the jobs
+    it starts are scheduled as the launcher is."""
+    status, stdout, _ = _run(tmp_path, "grep '^policy' /proc/self/sched")
+    assert status == 0
+    assert int(stdout.split(":")[1]) == os.sched_getscheduler(0)
