@@ -32,8 +32,17 @@ def sync_artifacts(lab: Lab, layout: OutputLayout) -> int:
         dest_dir.mkdir(parents=True, exist_ok=True)
         for name in filenames:
             src, dest = Path(dirpath) / name, dest_dir / name
-            if top in _IMMUTABLE_TOPS and _holds(dest, src, digests.get(str(rel_dir / name))):
+            try:
+                # A name not there yet (a fresh base path: every file): linked in one system
+                # call, and a hard link is never seen half-written.
+                os.link(src, dest)
+                placed += 1
                 continue
+            except FileExistsError:
+                if top in _IMMUTABLE_TOPS and _holds(dest, src, digests.get(str(rel_dir / name))):
+                    continue
+            except OSError:
+                pass  # another filesystem: copied
             _place(src, dest)
             placed += 1
     stamp.parent.mkdir(parents=True, exist_ok=True)
