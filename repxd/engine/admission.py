@@ -43,13 +43,20 @@ class Admission:
         self._free_mem -= req.mem
 
     def _wake(self) -> None:
+        if self._free_slots < 1:
+            return  # nothing fits without a slot; whoever holds one passes here again on release
         still = []
-        for req, fut in self._waiters:
+        for i, (req, fut) in enumerate(self._waiters):
             if fut.done():
                 continue
             if self._fits(req):
                 self._take(req)
                 fut.set_result(None)
+                if self._free_slots < 1:
+                    # The rest keep their order untouched: no walk over every waiter per release
+                    # (a wide DAG has thousands), which made each job's cost grow with the width.
+                    still.extend(self._waiters[i + 1:])
+                    break
             else:
                 still.append((req, fut))
         self._waiters = still
