@@ -28,9 +28,14 @@ def test_help_and_version_import_no_heavy_library(args):
 
 
 def test_a_command_still_loads_what_it_needs():
-    loaded = loaded_modules_after("status", "--help")
+    loaded = loaded_modules_after("status", "--api", "/nonexistent/repx.sock")  # tries the daemon
     assert "httpx" in loaded
     assert "aiohttp" not in loaded  # one HTTP client library (httpx) for repxctl and the agent
+
+
+def test_run_loads_the_http_client_only_to_talk_to_a_daemon():
+    # `repxctl run --embedded` never connects: the client's import (~0.3 s) is not paid.
+    assert "httpx" not in loaded_modules_after("run", "--help")
 
 
 @pytest.mark.parametrize("name", sorted(LAZY_COMMANDS))
