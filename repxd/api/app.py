@@ -40,6 +40,9 @@ METRICS = web.AppKey("metrics", ApiMetrics)
 ROLE_REGISTRIES = web.AppKey("role_registries", tuple)
 PEERS = web.AppKey("peers", weakref.WeakKeyDictionary)
 SUBMITTING = web.AppKey("submitting", dict)  # submissions being loaded, per caller name
+# Finished runs' answers to GET /v1/runs/{id}, encoded: status reads of them skip the store.
+DONE_RUNS = web.AppKey("done_runs", dict)
+DONE_RUNS_KEPT = 10_000
 # Loading, unpacking and verifying a Lab is heavy; one user may not occupy every worker thread.
 MAX_SUBMITS_PER_USER = 2
 
@@ -192,7 +195,18 @@ async def list_runs(request: web.Request) -> web.Response:
 
 async def show_run(request: web.Request) -> web.Response:
     caller(request)
-    return web.json_response(run_json(await _run_or_404(request)))
+    done = request.app[DONE_RUNS]
+    if (known := done.get(request.match_info["run"])) is not None:
+        return web.Response(body=known, content_type="application/json")
+    run = run_json(await _run_or_404(request))
+    encoded = json.dumps(run).encode()
+    # A finished run changes only by a retry through this API (which empties the cache); keyed by
+    # its whole id only, since a prefix may name another run (or none) once more runs exist.
+    if run["done"] and run["id"] == request.match_info["run"]:
+        if len(done) >= DONE_RUNS_KEPT:
+            done.clear()
+        done[run["id"]] = encoded
+    return web.Response(body=encoded, content_type="application/json")
 
 
 async def _owner_action(request: web.Request, action: str, transition, result_key: str) -> web.Response:
@@ -200,6 +214,7 @@ async def _owner_action(request: web.Request, action: str, transition, result_ke
     who = caller(request)
     run = await _run_or_404(request)
     require_owner(who, run.submitter_uid, run.submitter_name, action)
+    request.app[DONE_RUNS].clear()  # a retried run is active again
     count = await db(request).run(transition, db(request).db, run.id)
     wakeups(db(request)).schedule.set()
     return web.json_response({"run": run.id, result_key: count})
@@ -447,6 +462,7 @@ def make_app(settings: Settings, database: AsyncDatabase, version: str, role_reg
     app = web.Application(middlewares=[observe])
     app[SETTINGS] = settings
     app[SUBMITTING] = {}
+    app[DONE_RUNS] = {}
     app[DB] = database
     app[CALLER] = Authenticator(settings.api)
     app[METRICS] = ApiMetrics()
