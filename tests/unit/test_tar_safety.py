@@ -63,7 +63,7 @@ def test_one_tar_unpacked_by_many_threads_at_once_is_whole_for_each(tmp_path: Pa
     for round_ in range(5):
         unpack = tmp_path / f"unpack{round_}"
         with ThreadPoolExecutor(8) as pool:
-            labs = list(pool.map(lambda _: load_lab(tar, unpack_dir=unpack), range(16)))
+            labs = list(pool.map(lambda _, into=unpack: load_lab(tar, unpack_dir=into), range(16)))
         assert len({lab.root for lab in labs}) == 1
         assert all(len(lab.jobs) == len(labs[0].jobs) > 0 for lab in labs)
         assert not list(unpack.glob(".*repx-tmp"))
