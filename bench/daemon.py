@@ -1,5 +1,6 @@
 """The daemon: API latency under concurrent clients, end-to-end throughput of a no-op DAG through
-`repxd all` (next to the embedded engine on the same DAG), and recovery after kill -9.
+`repxd all` (next to the embedded engine on the same DAG), recovery after kill -9, and its memory with a
+100,000-job Lab submitted.
 
 Every daemon runs in a fresh directory with a private Unix socket and loopback metrics ports.
 
@@ -7,6 +8,7 @@ Every daemon runs in a fresh directory with a private Unix socket and loopback m
     python bench/daemon.py --quick          # 5 s phases, 1,000 jobs
     python bench/daemon.py --only throughput --jobs 5000 --slots 8
     python bench/daemon.py --quick --only throughput --py-spy .bench/daemon/all.svg   # profile `repxd all`
+    python bench/daemon.py --only memory    # RSS (VmHWM) of `repxd all` with a 100,000-job Lab submitted
 """
 
 from __future__ import annotations
@@ -36,6 +38,7 @@ ROOT = Path(__file__).resolve().parent.parent
 BENCH = ROOT / ".bench" / "daemon"
 BIN = Path(sys.executable).parent
 READ_P99_GOAL, SUBMIT_P50_GOAL, THROUGHPUT_GOAL, RECOVERY_GOAL = 0.025, 0.050, 300.0, 2.0
+RSS_GOAL_MB = 300
 
 
 def free_port() -> int:
@@ -328,6 +331,37 @@ def bench_throughput(args) -> dict:
     return {"daemon": daemon, "embedded": embedded, "limit": limit}
 
 
+def memory_kb(pid: int) -> dict[str, int]:
+    """The process's resident set now (VmRSS) and at its peak (VmHWM), in kB."""
+    fields = dict(line.split(":", 1) for line in Path(f"/proc/{pid}/status").read_text().splitlines() if ":" in line)
+    return {key: int(fields[key].split()[0]) for key in ("VmRSS", "VmHWM")}
+
+
+def bench_memory(args) -> dict:
+    n = args.memory_jobs
+    print(f"Memory of `repxd all` with a {n}-job Lab submitted (then {args.settle:.0f} s of running it):", flush=True)
+    lab = cached_lab(n)
+    d = Daemon(args.slots)
+    try:
+        d.start()
+        idle = memory_kb(d.proc.pid)
+        started = time.perf_counter()
+        run = d.submit(lab)
+        submitted = time.perf_counter() - started
+        after_submit = memory_kb(d.proc.pid)
+        time.sleep(args.settle)  # the scheduler places, the agent loads the Lab and runs jobs
+        running = memory_kb(d.proc.pid)
+        counts = d.call("GET", f"/v1/runs/{run['id']}")["counts"]
+    finally:
+        d.close()
+    peak = running["VmHWM"] / 1024
+    verdict = "meets" if peak <= RSS_GOAL_MB else "misses"
+    print(f"  idle {idle['VmRSS'] / 1024:.0f} MB; submit took {submitted:.1f} s, then RSS {after_submit['VmRSS'] / 1024:.0f} MB; "
+          f"after {args.settle:.0f} s RSS {running['VmRSS'] / 1024:.0f} MB, peak (VmHWM) {peak:.0f} MB "
+          f"({verdict} the goal of {RSS_GOAL_MB} MB); jobs then: {counts}", flush=True)
+    return {"idle_kb": idle, "after_submit_kb": after_submit, "running_kb": running, "submit_seconds": submitted}
+
+
 def log_after(path: Path, offset: int, needle: str) -> bool:
     return needle.encode() in path.read_bytes()[offset:]
 
@@ -372,7 +406,7 @@ def bench_recovery(args) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="5 s latency phases and 1,000 jobs")
-    parser.add_argument("--only", choices=("latency", "throughput", "recovery"), action="append")
+    parser.add_argument("--only", choices=("latency", "throughput", "recovery", "memory"), action="append")
     parser.add_argument("--seconds", type=float, help="duration of the read phase (default 30, quick 5)")
     parser.add_argument("--submit-seconds", type=float, help="duration of the submit phase (default 10, quick 3)")
     parser.add_argument("--clients", type=int, default=200)
@@ -380,6 +414,8 @@ def main() -> None:
     parser.add_argument("--small", type=int, default=10, help="jobs in the Lab read and submitted in the latency phase")
     parser.add_argument("--slots", type=int, default=8, help="the agent's slots (and -j of the embedded run)")
     parser.add_argument("--py-spy", type=Path, help="record the throughput daemon with py-spy (pip install py-spy) to this SVG")
+    parser.add_argument("--memory-jobs", type=int, default=100_000, help="jobs in the Lab of the memory phase")
+    parser.add_argument("--settle", type=float, default=10.0, help="seconds the memory phase lets the run go before reading")
     parser.add_argument("--no-finish", dest="finish", action="store_false", help="do not wait for the recovered run")
     parser.add_argument("--json", type=Path, help="also write the figures here")
     args = parser.parse_args()
@@ -387,7 +423,7 @@ def main() -> None:
     args.submit_seconds = args.submit_seconds or (3.0 if args.quick else 10.0)
     args.jobs = args.jobs or (1000 if args.quick else 10000)
     print(f"machine: {len(os.sched_getaffinity(0))} CPUs, load {os.getloadavg()[0]:.2f}; python {sys.version.split()[0]}", flush=True)
-    benches = {"latency": bench_latency, "throughput": bench_throughput, "recovery": bench_recovery}
+    benches = {"latency": bench_latency, "throughput": bench_throughput, "recovery": bench_recovery, "memory": bench_memory}
     results = {name: fn(args) for name, fn in benches.items() if not args.only or name in args.only}
     if args.json:
         args.json.write_text(json.dumps(results, indent=2))
