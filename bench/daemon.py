@@ -1,5 +1,6 @@
 """The daemon: API latency under concurrent clients, end-to-end throughput of a no-op DAG through
-`repxd all` (next to the embedded engine on the same DAG), and recovery after kill -9.
+`repxd all` (next to the embedded engine on the same DAG), recovery after kill -9, and its memory with a
+100,000-job Lab submitted.
 
 Every daemon runs in a fresh directory with a private Unix socket and loopback metrics ports.
 
@@ -7,6 +8,7 @@ Every daemon runs in a fresh directory with a private Unix socket and loopback m
     python bench/daemon.py --quick          # 5 s phases, 1,000 jobs
     python bench/daemon.py --only throughput --jobs 5000 --slots 8
     python bench/daemon.py --quick --only throughput --py-spy .bench/daemon/all.svg   # profile `repxd all`
+    python bench/daemon.py --only memory    # RSS (VmHWM) of `repxd all` with a 100,000-job Lab submitted
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ import resource
 import shutil
 import signal
 import socket
+import stat
 import statistics
 import subprocess
 import sys
@@ -27,7 +30,6 @@ import tempfile
 import time
 from pathlib import Path
 
-import aiohttp
 import httpx
 from dag import RUN_NAME, default_width, write_lab
 from throughput import last_cpu, run_limit
@@ -35,7 +37,8 @@ from throughput import last_cpu, run_limit
 ROOT = Path(__file__).resolve().parent.parent
 BENCH = ROOT / ".bench" / "daemon"
 BIN = Path(sys.executable).parent
-READ_P99_GOAL, THROUGHPUT_GOAL, RECOVERY_GOAL = 0.025, 300.0, 2.0
+READ_P99_GOAL, SUBMIT_P50_GOAL, THROUGHPUT_GOAL, RECOVERY_GOAL = 0.025, 0.050, 300.0, 2.0
+RSS_GOAL_MB = 300
 
 
 def free_port() -> int:
@@ -125,26 +128,68 @@ def cached_lab(n: int) -> Path:
     return work / "lab"
 
 
-async def hammer(sock: Path, method: str, path: str, body: dict | None, clients: int, seconds: float) -> dict:
-    """`clients` coroutines, each with its own connection, issuing requests back to back for `seconds`."""
+# The submit phase's clients are this many distinct users (uids with no passwd entry: the
+# socket names a peer by its uid; allowed_groups is empty, so any uid may submit). The API lets
+# one user load at most two submissions at once (429 beyond): as one user, 200 clients measure
+# that limit, not a submit.
+SUBMIT_UID_BASE = 61000
+
+
+def connect_as(sock: Path, uid: int | None) -> socket.socket:
+    """A connection to the API socket whose peer credentials (taken at connect) are `uid`'s."""
+    conn = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    if uid is None:
+        conn.connect(str(sock))
+        return conn
+    os.setegid(uid)
+    os.seteuid(uid)
+    try:
+        conn.connect(str(sock))
+    finally:
+        os.seteuid(0)
+        os.setegid(0)
+    return conn
+
+
+async def exchange(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, request: bytes) -> tuple[int, bytes]:
+    """One HTTP/1.1 request on a kept-alive connection; the answer's status and body. A minimal
+    client: the bench's own CPU competes with the daemon's on the same cores."""
+    writer.write(request)
+    head = await reader.readuntil(b"\r\n\r\n")
+    lines = head.split(b"\r\n")
+    length = next(int(line.split(b":", 1)[1]) for line in lines if line.lower().startswith(b"content-length:"))
+    return int(lines[0].split()[1]), await reader.readexactly(length)
+
+
+async def hammer(sock: Path, method: str, path: str, body: dict | None, clients: int, seconds: float,
+                 uids: list[int] | None = None) -> dict:
+    """`clients` coroutines, each with its own connection (as uids[i % len(uids)] when given),
+    issuing requests back to back for `seconds`."""
     latencies: list[float] = []
     failures: list[str] = []
+    payload = json.dumps(body).encode() if body is not None else b""
+    request = (f"{method} {path} HTTP/1.1\r\nHost: repx\r\nContent-Type: application/json\r\n"
+               f"Content-Length: {len(payload)}\r\n\r\n").encode() + payload
+    connections = [connect_as(sock, uids[i % len(uids)] if uids else None) for i in range(clients)]
     deadline = time.perf_counter() + seconds
 
-    async def client() -> None:
-        timeout = aiohttp.ClientTimeout(total=120)
-        async with aiohttp.ClientSession(connector=aiohttp.UnixConnector(path=str(sock)), timeout=timeout) as session:
-            while time.perf_counter() < deadline:
+    async def client(conn: socket.socket) -> None:
+        reader, writer = await asyncio.open_unix_connection(sock=conn, limit=1 << 24)
+        try:
+            sent = 0
+            while not sent or time.perf_counter() < deadline:  # one request at least
+                sent += 1
                 started = time.perf_counter()
-                async with session.request(method, f"http://repx{path}", json=body) as response:
-                    await response.read()
-                    if response.status >= 300:
-                        failures.append(f"{response.status} {(await response.text())[:120]}")
-                        continue
+                status, answer = await exchange(reader, writer, request)
+                if status >= 300:
+                    failures.append(f"{status} {answer[:120].decode(errors='replace')}")
+                    continue
                 latencies.append(time.perf_counter() - started)
+        finally:
+            writer.close()
 
     started = time.perf_counter()
-    await asyncio.gather(*(client() for _ in range(clients)))
+    await asyncio.gather(*(client(c) for c in connections))
     elapsed = time.perf_counter() - started
     if not latencies:
         raise RuntimeError(f"{method} {path}: no request succeeded ({failures[:3]})")
@@ -163,12 +208,12 @@ def show(label: str, r: dict) -> None:
         print(f"    {count} x {kind}", flush=True)
 
 
-def phases(d: Daemon, label: str, request: tuple, levels: list[int], seconds: float) -> dict:
+def phases(d: Daemon, label: str, request: tuple, levels: list[int], seconds: float, uids: list[int] | None = None) -> dict:
     """One closed-loop phase per concurrency level; the largest gets `seconds`, the others at most 5 s."""
     out = {}
     for clients in levels:
         cpu = d.cpu()
-        r = asyncio.run(hammer(d.socket, *request, clients, seconds if clients == levels[-1] else min(5.0, seconds)))
+        r = asyncio.run(hammer(d.socket, *request, clients, seconds if clients == levels[-1] else min(5.0, seconds), uids))
         r["cpu_us"] = 1e6 * (d.cpu() - cpu) / r["requests"]
         show(label, r)
         out[clients] = r
@@ -189,11 +234,40 @@ def bench_latency(args) -> dict:
         verdict = "meets" if top["p99_ms"] <= 1000 * READ_P99_GOAL else "misses"
         print(f"    read p99 {verdict} the goal of {1000 * READ_P99_GOAL:.0f} ms at {args.clients} clients "
               f"(Little's law: {args.clients} clients / {top['rps']:.0f} req/s = {1000 * args.clients / top['rps']:.0f} ms mean)", flush=True)
-        body = {"lab": str(lab), "selection": [RUN_NAME]}  # its jobs succeeded already: planning and the store only
-        submits = phases(d, f"POST /v1/runs ({args.small} jobs)", ("POST", "/v1/runs", body), [1, args.clients], args.submit_seconds)
+        # Its jobs succeeded already: loading (cached), planning and the store. Each client is a
+        # user of its own when the bench is root (the daemon then reads the Lab as that user:
+        # lab_access lists its files as them on every submit); else all are the bench's user.
+        uids = [SUBMIT_UID_BASE + i for i in range(args.clients)] if os.geteuid() == 0 else None
+        shared = shared_copy(lab, d.root)
+        body = {"lab": str(shared), "selection": [RUN_NAME]}
+        # Untimed: each user's first submission, which copies the Lab as that user (lab_access);
+        # the phases then measure submissions of an unchanged Lab.
+        asyncio.run(hammer(d.socket, "POST", "/v1/runs", body, args.clients, 0.0, uids))
+        submits = phases(d, f"POST /v1/runs ({args.small} jobs)", ("POST", "/v1/runs", body), [1, args.clients],
+                         args.submit_seconds, uids)
+        top = submits[args.clients]
+        verdict = "meets" if top["p50_ms"] <= 1000 * SUBMIT_P50_GOAL else "misses"
+        print(f"    submit p50 {verdict} the goal of {1000 * SUBMIT_P50_GOAL:.0f} ms at {args.clients} clients, "
+              f"{'one user each' if uids else 'all one user (not root: expect 429s)'}", flush=True)
     finally:
         d.close()
     return {"reads": reads, "submits": submits}
+
+
+def shared_copy(lab: Path, root: Path) -> Path:
+    """The Lab where any user can read it (the submit phase's users have no home of their own)."""
+    shared = root / "shared-lab"
+    shutil.copytree(lab, shared, symlinks=True)
+    root.chmod(0o755)
+    for top, dirs, files in os.walk(shared):
+        for name in dirs:
+            os.chmod(os.path.join(top, name), 0o755)
+        for name in files:
+            path = os.path.join(top, name)
+            mode = os.lstat(path).st_mode
+            if not stat.S_ISLNK(mode):
+                os.chmod(path, mode | 0o444 | (0o111 if mode & 0o100 else 0))
+    return shared
 
 
 def run_embedded(lab: Path, n: int, slots: int) -> dict:
@@ -221,7 +295,10 @@ def bench_throughput(args) -> dict:
     d = Daemon(args.slots)
     try:
         d.start()
-        spy = args.py_spy and subprocess.Popen(["py-spy", "record", "--threads", "-r", "200", "-o", str(args.py_spy), "-p", str(d.proc.pid)],
+        # A .txt profile is py-spy's collapsed stacks (one line per stack and its count), for grep and sort.
+        form = ["--format", "raw"] if args.py_spy and args.py_spy.suffix == ".txt" else []
+        spy = args.py_spy and subprocess.Popen(["py-spy", "record", "--threads", "-r", "200", *form, "-o", str(args.py_spy),
+                                                "-p", str(d.proc.pid)],
                                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         cpu, load, started = d.cpu(), os.getloadavg()[0], time.perf_counter()
         run = d.submit(lab)
@@ -252,6 +329,37 @@ def bench_throughput(args) -> dict:
           f"see throughput.py); daemon {daemon['jobs_per_s'] / limit['jobs_per_s']:.0%} of it, "
           f"embedded {embedded['jobs_per_s'] / limit['jobs_per_s']:.0%}", flush=True)
     return {"daemon": daemon, "embedded": embedded, "limit": limit}
+
+
+def memory_kb(pid: int) -> dict[str, int]:
+    """The process's resident set now (VmRSS) and at its peak (VmHWM), in kB."""
+    fields = dict(line.split(":", 1) for line in Path(f"/proc/{pid}/status").read_text().splitlines() if ":" in line)
+    return {key: int(fields[key].split()[0]) for key in ("VmRSS", "VmHWM")}
+
+
+def bench_memory(args) -> dict:
+    n = args.memory_jobs
+    print(f"Memory of `repxd all` with a {n}-job Lab submitted (then {args.settle:.0f} s of running it):", flush=True)
+    lab = cached_lab(n)
+    d = Daemon(args.slots)
+    try:
+        d.start()
+        idle = memory_kb(d.proc.pid)
+        started = time.perf_counter()
+        run = d.submit(lab)
+        submitted = time.perf_counter() - started
+        after_submit = memory_kb(d.proc.pid)
+        time.sleep(args.settle)  # the scheduler places, the agent loads the Lab and runs jobs
+        running = memory_kb(d.proc.pid)
+        counts = d.call("GET", f"/v1/runs/{run['id']}")["counts"]
+    finally:
+        d.close()
+    peak = running["VmHWM"] / 1024
+    verdict = "meets" if peak <= RSS_GOAL_MB else "misses"
+    print(f"  idle {idle['VmRSS'] / 1024:.0f} MB; submit took {submitted:.1f} s, then RSS {after_submit['VmRSS'] / 1024:.0f} MB; "
+          f"after {args.settle:.0f} s RSS {running['VmRSS'] / 1024:.0f} MB, peak (VmHWM) {peak:.0f} MB "
+          f"({verdict} the goal of {RSS_GOAL_MB} MB); jobs then: {counts}", flush=True)
+    return {"idle_kb": idle, "after_submit_kb": after_submit, "running_kb": running, "submit_seconds": submitted}
 
 
 def log_after(path: Path, offset: int, needle: str) -> bool:
@@ -298,7 +406,7 @@ def bench_recovery(args) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="5 s latency phases and 1,000 jobs")
-    parser.add_argument("--only", choices=("latency", "throughput", "recovery"), action="append")
+    parser.add_argument("--only", choices=("latency", "throughput", "recovery", "memory"), action="append")
     parser.add_argument("--seconds", type=float, help="duration of the read phase (default 30, quick 5)")
     parser.add_argument("--submit-seconds", type=float, help="duration of the submit phase (default 10, quick 3)")
     parser.add_argument("--clients", type=int, default=200)
@@ -306,6 +414,8 @@ def main() -> None:
     parser.add_argument("--small", type=int, default=10, help="jobs in the Lab read and submitted in the latency phase")
     parser.add_argument("--slots", type=int, default=8, help="the agent's slots (and -j of the embedded run)")
     parser.add_argument("--py-spy", type=Path, help="record the throughput daemon with py-spy (pip install py-spy) to this SVG")
+    parser.add_argument("--memory-jobs", type=int, default=100_000, help="jobs in the Lab of the memory phase")
+    parser.add_argument("--settle", type=float, default=10.0, help="seconds the memory phase lets the run go before reading")
     parser.add_argument("--no-finish", dest="finish", action="store_false", help="do not wait for the recovered run")
     parser.add_argument("--json", type=Path, help="also write the figures here")
     args = parser.parse_args()
@@ -313,7 +423,7 @@ def main() -> None:
     args.submit_seconds = args.submit_seconds or (3.0 if args.quick else 10.0)
     args.jobs = args.jobs or (1000 if args.quick else 10000)
     print(f"machine: {len(os.sched_getaffinity(0))} CPUs, load {os.getloadavg()[0]:.2f}; python {sys.version.split()[0]}", flush=True)
-    benches = {"latency": bench_latency, "throughput": bench_throughput, "recovery": bench_recovery}
+    benches = {"latency": bench_latency, "throughput": bench_throughput, "recovery": bench_recovery, "memory": bench_memory}
     results = {name: fn(args) for name, fn in benches.items() if not args.only or name in args.only}
     if args.json:
         args.json.write_text(json.dumps(results, indent=2))

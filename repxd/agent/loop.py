@@ -26,10 +26,10 @@ from ..exec.launcher import SubprocessLauncher, forget_exit
 from ..exec.layout import OutputLayout
 from ..exec.runtimes import choose_execution_type, make_runtime
 from ..exec.systemd_unit import UnitStopped, choose_launcher
-from ..lab.loader import load_lab
 from ..observe import notify
 from ..observe.metrics import AgentMetrics
 from ..service.settings import Settings
+from ..service.submit import open_lab_cached
 from ..targets.cluster import ClusterLauncher
 from ..targets.commands import LocalCommands
 from ..targets.schedulers import CLUSTER_SCHEDULERS, cluster_launcher
@@ -204,7 +204,7 @@ class Agent:
         layout = OutputLayout(base)
         key = (item["lab_path"], item["base_path"])
         if key not in self._labs:
-            self._labs[key] = load_lab(item["lab_path"], verify=False, unpack_dir=layout.cache / "labs")
+            self._labs[key] = open_lab_cached(Path(item["lab_path"]), base, verify=False)
         lab = self._labs[key]
         if key not in self._synced:
             sync_artifacts(lab, layout)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import os
 import time
@@ -23,6 +22,7 @@ from ..service.submit import plan_submission
 from ..store import queries as q
 from ..store import reads
 from ..store.db import AsyncDatabase, StoreFull
+from . import agent_calls
 from .auth import Authenticator, Caller, deny, require_admin, require_agent, require_owner
 from .models import (
     ClaimRequest,
@@ -40,6 +40,9 @@ METRICS = web.AppKey("metrics", ApiMetrics)
 ROLE_REGISTRIES = web.AppKey("role_registries", tuple)
 PEERS = web.AppKey("peers", weakref.WeakKeyDictionary)
 SUBMITTING = web.AppKey("submitting", dict)  # submissions being loaded, per caller name
+# Finished runs' answers to GET /v1/runs/{id}, encoded: status reads of them skip the store.
+DONE_RUNS = web.AppKey("done_runs", dict)
+DONE_RUNS_KEPT = 10_000
 # Loading, unpacking and verifying a Lab is heavy; one user may not occupy every worker thread.
 MAX_SUBMITS_PER_USER = 2
 
@@ -192,7 +195,18 @@ async def list_runs(request: web.Request) -> web.Response:
 
 async def show_run(request: web.Request) -> web.Response:
     caller(request)
-    return web.json_response(run_json(await _run_or_404(request)))
+    done = request.app[DONE_RUNS]
+    if (known := done.get(request.match_info["run"])) is not None:
+        return web.Response(body=known, content_type="application/json")
+    run = run_json(await _run_or_404(request))
+    encoded = json.dumps(run).encode()
+    # A finished run changes only by a retry through this API (which empties the cache); keyed by
+    # its whole id only, since a prefix may name another run (or none) once more runs exist.
+    if run["done"] and run["id"] == request.match_info["run"]:
+        if len(done) >= DONE_RUNS_KEPT:
+            done.clear()
+        done[run["id"]] = encoded
+    return web.Response(body=encoded, content_type="application/json")
 
 
 async def _owner_action(request: web.Request, action: str, transition, result_key: str) -> web.Response:
@@ -200,6 +214,7 @@ async def _owner_action(request: web.Request, action: str, transition, result_ke
     who = caller(request)
     run = await _run_or_404(request)
     require_owner(who, run.submitter_uid, run.submitter_name, action)
+    request.app[DONE_RUNS].clear()  # a retried run is active again
     count = await db(request).run(transition, db(request).db, run.id)
     wakeups(db(request)).schedule.set()
     return web.json_response({"run": run.id, result_key: count})
@@ -349,61 +364,36 @@ async def hardware(request: web.Request) -> web.Response:
 
 async def register_agent(request: web.Request) -> web.Response:
     require_agent(caller(request))
-    req = await body(request, RegisterRequest)
-    lease = request.app[SETTINGS].scheduler.lease_seconds
-    agent = await db(request).run(q.register_agent, db(request).db, req.id, req.host, req.inventory, req.labels, lease)
-    live = await db(request).run(db(request).db.read, f"SELECT id FROM attempts WHERE agent_id=? AND state IN {q.LIVE_ATTEMPT_STATES} AND state!='assigned'", (req.id,))
-    wakeups(db(request)).schedule.set()
-    return web.json_response({"agent": asdict(agent), "lease_seconds": lease, "adopt": [r["id"] for r in live]})
+    return web.json_response(await agent_calls.register(db(request), request.app[SETTINGS], await body(request, RegisterRequest)))
 
 
 async def heartbeat(request: web.Request) -> web.Response:
     require_agent(caller(request))
     req = await body(request, HeartbeatRequest)
-    lease = request.app[SETTINGS].scheduler.lease_seconds
-    state, cancel, adopt = await db(request).run(q.heartbeat, db(request).db, request.match_info["agent"], lease, req.running,
-                                                 req.handles)
-    if state is None:
-        return error(404, f"agent {request.match_info['agent']!r} is not registered; register again")
-    return web.json_response({"state": state, "cancel": cancel, "adopt": adopt, "lease_seconds": lease})
+    try:
+        return web.json_response(await agent_calls.heartbeat(db(request), request.app[SETTINGS], request.match_info["agent"], req))
+    except agent_calls.NotFound as exc:
+        return error(404, str(exc))
 
 
 async def claim(request: web.Request) -> web.Response:
     require_agent(caller(request))
     req = await body(request, ClaimRequest)
-    deadline = time.monotonic() + req.wait
-    agent = request.match_info["agent"]
-    placed = wakeups(db(request)).placed
-    while True:
-        work = await db(request).run(q.claim, db(request).db, agent, req.max)
-        if work or time.monotonic() >= deadline:
-            return web.json_response(work)
-        with contextlib.suppress(TimeoutError):  # woken at once by a scheduler in this process
-            await asyncio.wait_for(placed.wait(), 0.05)
+    return web.json_response(await agent_calls.claim(db(request), request.match_info["agent"], req))
 
 
 async def attempt_details(request: web.Request) -> web.Response:
     require_agent(caller(request))
-    rows = await db(request).run(db(request).db.read, "SELECT a.*, r.lab_path, r.options, r.target, r.submitter_uid FROM attempts a JOIN runs r ON r.id=a.run_id WHERE a.id=?",
-                                 (attempt_id(request),))
-    if not rows:
-        return error(404, "no such attempt")
-    row = rows[0]
-    return web.json_response({"attempt": row["id"], "run": row["run_id"], "job": row["job_id"], "base_path": row["base_path"],
-                              "lab_path": row["lab_path"], "target": row["target"], "options": json.loads(row["options"]),
-                              "cpus": row["cpus"], "mem": row["mem"], "state": row["state"],
-                              "devices": json.loads(row["devices"] or "[]"), "submitter_uid": row["submitter_uid"]})
+    try:
+        return web.json_response(await agent_calls.attempt_details(db(request), attempt_id(request)))
+    except agent_calls.NotFound as exc:
+        return error(404, str(exc))
 
 
 async def report(request: web.Request) -> web.Response:
     require_agent(caller(request))
     req = await body(request, ReportRequest)
-    s = request.app[SETTINGS].scheduler
-    policy = q.RetryPolicy(s.max_lost, s.job_retries, s.backoff)
-    recorded = await db(request).run(q.complete_attempt, db(request).db, attempt_id(request),
-                                     req.outcome, req.exit_status, req.reason, policy)
-    wakeups(db(request)).schedule.set()  # room freed, dependents may be placeable
-    return web.json_response({"recorded": recorded})
+    return web.json_response(await agent_calls.report(db(request), request.app[SETTINGS], attempt_id(request), req))
 
 
 async def agent_state(request: web.Request) -> web.Response:
@@ -472,6 +462,7 @@ def make_app(settings: Settings, database: AsyncDatabase, version: str, role_reg
     app = web.Application(middlewares=[observe])
     app[SETTINGS] = settings
     app[SUBMITTING] = {}
+    app[DONE_RUNS] = {}
     app[DB] = database
     app[CALLER] = Authenticator(settings.api)
     app[METRICS] = ApiMetrics()

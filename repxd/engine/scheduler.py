@@ -34,8 +34,12 @@ class Wakeups:
     def __init__(self) -> None:
         self.schedule = asyncio.Event()
         self.placed = asyncio.Event()
+        # Placements so far: a claim that found nothing compares it with the count it saw before
+        # asking, so a pulse while it asked (not waiting yet) does not cost it a poll interval.
+        self.placements = 0
 
     def pulse_placed(self) -> None:
+        self.placements += 1
         self.placed.set()  # wakes every current waiter
         self.placed.clear()
 

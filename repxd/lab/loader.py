@@ -12,6 +12,7 @@ import os
 import shutil
 import stat
 import tarfile
+import threading
 import zlib
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
@@ -410,7 +411,8 @@ def unpack_tar_lab(tar_path: Path, unpack_dir: Path) -> Path:
         dest = unpack_dir / f"{tar_path.name.split('.')[0]}-{sha256_of(tar_path)[:32]}"
         if not dest.is_dir():
             unpack_dir.mkdir(parents=True, exist_ok=True)
-            tmp = unpack_dir / f".{dest.name}.{os.getpid()}.repx-tmp"
+            # Per thread too: the daemon unpacks the same content for several submitters at once.
+            tmp = unpack_dir / f".{dest.name}.{os.getpid()}.{threading.get_ident()}.repx-tmp"
             shutil.rmtree(tmp, ignore_errors=True)
             try:
                 tarsafe.extract(tf, tmp, members)

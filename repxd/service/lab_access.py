@@ -32,14 +32,17 @@ READ_TIMEOUT_SECONDS = 600
 SHELL_PATH = "/usr/bin:/bin"
 # As the submitter: the identity of every file under the Lab, links followed; then, on request,
 # the Lab itself as a tar on stdout. A Lab given as a file (a tar Lab) is streamed as it is.
-LIST = 'cd / && find -L "$1" -printf "%p %D %i %s %T@ %C@ %y\\n"'
+# (find itself, no shell in front: this runs on every submission, and a process start is most of its cost)
+LIST = ["find", "-L", "{path}", "-printf", "%p %D %i %s %T@ %C@ %y\\n"]
 STREAM = ('if [ -d "$1" ]; then exec tar --create --dereference --sparse --file=- --directory="$1" .; '
           'else exec cat -- "$1"; fi')
 
 
-def _as(uid: int, script: str, path: str, **popen) -> subprocess.Popen:
+def _as(uid: int, script: str | list[str], path: str, **popen) -> subprocess.Popen:
+    """`script` (a shell script, or an argv with {path}) run as `uid`, on `path` (absolute: no option)."""
     who = user_identity(uid)
-    return subprocess.Popen(["/bin/sh", "-c", script, "sh", path], user=who.uid, group=who.gid,
+    argv = [path if arg == "{path}" else arg for arg in script] if isinstance(script, list) else ["/bin/sh", "-c", script, "sh", path]
+    return subprocess.Popen(argv, user=who.uid, group=who.gid,
                             extra_groups=list(who.groups), cwd="/", env={"PATH": SHELL_PATH},
                             stdin=subprocess.DEVNULL, **popen)
 

@@ -16,6 +16,7 @@ from aiohttp import web
 
 from .. import __version__
 from ..agent.loop import Agent
+from ..api.agent_calls import InProcessApi
 from ..api.app import make_app
 from ..api.client import AsyncApi
 from ..engine.scheduler import Scheduler
@@ -167,7 +168,10 @@ async def run_all(settings: Settings) -> None:
     """api, scheduler and agent in one process, sharing one database connection."""
     database = _database(settings)
     scheduler = Scheduler(settings.scheduler, database)
-    agent = Agent(settings, agent_api(settings))
+    # The agent answers itself through the store, not over HTTP to its own socket (unless it is
+    # pointed at another API).
+    direct = settings.agent.api in (None, "", str(settings.api.socket))
+    agent = Agent(settings, InProcessApi(database, settings) if direct else agent_api(settings))
     _exit_on_signals(asyncio.get_running_loop(), "all", agent.flush_remote)
     await start_api(settings, database, (scheduler.metrics.registry, agent.metrics.registry))
     if settings.scheduler.metrics:

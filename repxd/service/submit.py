@@ -21,10 +21,12 @@ from .lab_access import lab_as_submitter
 from .settings import Settings
 
 # Loaded (and verified) Labs by where they are and what their files are: loading and verifying
-# the Lab on every submit made a 10-job submit take 1.6 s at 200 clients. A few entries only,
-# since a large Lab holds hundreds of MB.
+# the Lab on every submit made a 10-job submit take 1.6 s at 200 clients. A large Lab holds
+# hundreds of MB, so few are kept: at most LAB_CACHE_ENTRIES, and beyond LAB_CACHE_JOBS jobs in
+# all only the newest. The agent of `repxd all` takes its Labs from here too (one copy in memory).
 LAB_CACHE_ENTRIES = 4
-_lab_cache: OrderedDict[tuple, Lab] = OrderedDict()
+LAB_CACHE_JOBS = 150_000
+_lab_cache: OrderedDict[tuple, tuple[Lab, bool]] = OrderedDict()  # key -> (Lab, verified)
 _lab_cache_lock = threading.Lock()
 
 
@@ -44,19 +46,22 @@ def lab_identity(path: Path) -> tuple:
 
 
 def open_lab_cached(lab_path: Path, base: Path, verify: bool) -> Lab:
-    """The Lab at `lab_path`, loaded again only when one of its files changed (or it is new)."""
+    """The Lab at `lab_path`, loaded again only when one of its files changed (or it is new); a
+    verified copy also serves an unverified load."""
     try:
-        key = (verify, str(base), lab_identity(lab_path))
+        key = (str(base), lab_identity(lab_path))
     except OSError:
         return open_lab(lab_path, base, verify=verify)  # the loader names what is missing
     with _lab_cache_lock:
-        if (lab := _lab_cache.get(key)) is not None:
+        if (known := _lab_cache.get(key)) is not None and (known[1] or not verify):
             _lab_cache.move_to_end(key)
-            return lab
+            return known[0]
     lab = open_lab(lab_path, base, verify=verify)
     with _lab_cache_lock:
-        _lab_cache[key] = lab
-        while len(_lab_cache) > LAB_CACHE_ENTRIES:
+        _lab_cache[key] = (lab, verify)
+        _lab_cache.move_to_end(key)
+        while len(_lab_cache) > 1 and (len(_lab_cache) > LAB_CACHE_ENTRIES
+                                        or sum(len(entry.jobs) for entry, _ in _lab_cache.values()) > LAB_CACHE_JOBS):
             _lab_cache.popitem(last=False)
     return lab
 

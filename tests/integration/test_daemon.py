@@ -89,6 +89,9 @@ def test_cancel_and_retry(daemon, tmp_path):
     assert not (repx / "SUCCESS").exists() and not (repx / "FAIL").exists()
     retried = repxctl("retry", run_id, "--json", env=env)
     assert retried.code == 0 and json.loads(retried.stdout)["requeued"] == 1
+    # Read before the retry as finished (the API keeps finished runs' answers), it reads active now.
+    again = json.loads(repxctl("runs", run_id, "--json", env=env).stdout)
+    assert again["state"] == "active" and not again["done"], again
     assert repxctl("cancel", run_id, env=env).code == 0  # leave no job behind
     while json.loads(repxctl("runs", run_id, "--json", env=env).stdout)["state"] != "cancelled":
         assert time.monotonic() < deadline + 40, daemon.logs()

@@ -9,6 +9,7 @@ import subprocess
 import sys
 import sysconfig
 import tarfile
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -52,6 +53,20 @@ def test_a_tar_with_the_same_name_size_and_mtime_gets_its_own_tree(tmp_path: Pat
     assert other.root != lab.root
     assert load_lab(genuine, unpack_dir=tmp_path / "unpack").root == lab.root
     assert script.read_bytes() == before
+
+
+def test_one_tar_unpacked_by_many_threads_at_once_is_whole_for_each(tmp_path: Path) -> None:
+    """A root daemon unpacks each submitter's copy of a Lab in its worker threads: 200 users
+    submitting one Lab once shared one temporary directory and loaded a tree another thread
+    was still writing ("listed in the manifest but missing")."""
+    tar = build_tar(tmp_path / "lab.tar", image=False)
+    for round_ in range(5):
+        unpack = tmp_path / f"unpack{round_}"
+        with ThreadPoolExecutor(8) as pool:
+            labs = list(pool.map(lambda _, into=unpack: load_lab(tar, unpack_dir=into), range(16)))
+        assert len({lab.root for lab in labs}) == 1
+        assert all(len(lab.jobs) == len(labs[0].jobs) > 0 for lab in labs)
+        assert not list(unpack.glob(".*repx-tmp"))
 
 
 def test_a_refused_tar_leaves_nothing_behind(tmp_path: Path) -> None:
