@@ -21,7 +21,8 @@ from ..config import parse_memory
 from ..engine.admission import Admission
 from ..engine.embedded import resolve_target, scheduler_of
 from ..exec.artifacts import sync_artifacts
-from ..exec.job import JobContext, disk_full_reason, execute_job
+from ..exec.execute import execute_job
+from ..exec.job import JobContext, disk_full_reason
 from ..exec.launcher import SubprocessLauncher, forget_exit
 from ..exec.layout import OutputLayout
 from ..exec.runtimes import choose_execution_type, make_runtime

@@ -11,7 +11,8 @@ from .. import hardware
 from ..config import Config, Resources, TargetConfig, parse_memory, state_home
 from ..errors import ConfigError
 from ..exec.artifacts import sync_artifacts
-from ..exec.job import JobContext, JobResult, execute_job
+from ..exec.execute import execute_job
+from ..exec.job import JobContext, JobResult
 from ..exec.launcher import SubprocessLauncher
 from ..exec.layout import OutputLayout
 from ..exec.runtimes import Runtime, choose_execution_type, make_runtime

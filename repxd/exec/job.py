@@ -200,13 +200,8 @@ def finish(ctx: JobContext, job_id: str, repx: Path, ok: bool, reason: str | Non
     return JobResult(job_id, ok, reason)
 
 
-async def execute_job(ctx: JobContext, job: Job) -> JobResult:
-    """Run `job` to a SUCCESS or FAIL marker. Raises CancelledError/AdmissionClosed without
-    writing any marker when the run stops before the job finishes."""
-    if job.is_scatter_gather:
-        from .scatter import execute_scatter_gather
-
-        return await execute_scatter_gather(ctx, job)
+async def execute_single(ctx: JobContext, job: Job) -> JobResult:
+    """Run `job`, one process, to a SUCCESS or FAIL marker (see `execute.execute_job`)."""
     layout = ctx.layout
     out, repx = layout.out_dir(job.id), layout.repx_dir(job.id)
     inputs = resolve_inputs(ctx.lab, job, layout)
