@@ -209,9 +209,17 @@ async def spawn_and_wait(invocation: Invocation, repx: Path, guard: Guard,
     # spawner creates the logs and the exit record (with a placeholder holding a block for the
     # status, so that its overwrite finds room even after the job filled the disk), and writes the
     # record when the job exits.
-    proc = await spawner().spawn(invocation.argv, invocation.env, str(invocation.cwd), [guard.fd], identity,
-                                 logs=(str(repx / "stdout.log"), str(repx / "stderr.log")),
-                                 exit_record=str(exit_file(guard.path)))
+    starting = asyncio.ensure_future(spawner().spawn(
+        invocation.argv, invocation.env, str(invocation.cwd), [guard.fd], identity,
+        logs=(str(repx / "stdout.log"), str(repx / "stderr.log")), exit_record=str(exit_file(guard.path))))
+    try:
+        proc = await asyncio.shield(starting)
+    except asyncio.CancelledError:
+        # Cancelled (Ctrl-C) after the request went out: the spawner may start the process
+        # anyway, and nobody would stop it. Wait for its answer, then stop what it started.
+        with contextlib.suppress(Exception):
+            await asyncio.shield(_stop_cancelled(await asyncio.shield(starting), guard.path))
+        raise
     if on_spawn is not None:
         on_spawn(proc.pid)
     try:

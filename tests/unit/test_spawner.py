@@ -145,3 +145,38 @@ def test_jobs_get_the_launchers_scheduling_policy_not_the_spawners(tmp_path):
     status, stdout, _ = _run(tmp_path, "grep '^policy' /proc/self/sched")
     assert status == 0
     assert int(stdout.split(":")[1]) == os.sched_getscheduler(0)
+
+
+def test_a_run_cancelled_while_its_process_is_being_started_stops_that_process(tmp_path):
+    """Ctrl-C between the request to the spawner and its answer: the process it then starts is
+    stopped, not left running (nor waited for when the run exits)."""
+    out, repx = tmp_path / "out", tmp_path / "repx"
+    out.mkdir()
+    repx.mkdir()
+    pid_file = tmp_path / "job.pid"
+    invocation = Invocation(["/bin/sh", "-c", f"echo $$ > {pid_file}; exec sleep 60"], {"PATH": os.environ["PATH"]}, out)
+
+    async def main() -> None:
+        async with guarded(tmp_path / "guards" / "job") as guard:
+            run = asyncio.create_task(SubprocessLauncher().run(invocation, repx, guard, launch_request("job", "", 1)))
+            await asyncio.sleep(0)  # the request is sent; the spawner has not answered yet
+            run.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await run
+
+    asyncio.run(main())
+    deadline = time.monotonic() + 10
+    while not pid_file.exists() or not pid_file.read_text().strip():
+        assert time.monotonic() < deadline, "the job never started"
+        time.sleep(0.05)
+    pid = int(pid_file.read_text())
+    while os.path.exists(f"/proc/{pid}") and "zombie" not in _state(pid):
+        assert time.monotonic() < deadline + 20, "the job started during the cancellation still runs"
+        time.sleep(0.1)
+
+
+def _state(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/status").read_text().split("State:")[1].split("\n")[0]
+    except (OSError, IndexError):
+        return "gone"
