@@ -39,9 +39,10 @@ def resolve_target(config: Config, name: str | None) -> tuple[str, TargetConfig 
         raise ConfigError(f"unknown target {name!r} (targets: {known}); define [targets.{name}] in config.toml")
     if target is None:
         return name, None
-    if target.address and config.scheduler_of(target) != "local":
+    if target.address and config.scheduler_of(target) not in ("local", "slurm"):
         raise ConfigError(f"target {name!r} has an address (ssh) and uses {config.scheduler_of(target)}; this version runs"
-                          " jobs on an SSH host with its local scheduler only: set default_scheduler = \"local\"")
+                          " jobs on an SSH host with its local scheduler or its SLURM only: set default_scheduler ="
+                          " \"local\" or \"slurm\"")
     if target.artifact_store == "node-local":
         raise ConfigError(f"target {name!r}: artifact_store = \"node-local\" concerns cluster nodes, which this version"
                           " cannot run yet; remove it or set \"shared\"")

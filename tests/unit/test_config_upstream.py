@@ -69,15 +69,17 @@ def test_relative_base_path_is_rejected_for_local_targets(tmp_path: Path) -> Non
 def test_remote_only_settings_are_refused_not_ignored(tmp_path: Path) -> None:
     """Upstream uses `address`, the slurm scheduler and `artifact_store = "node-local"` to run on
     cluster nodes (repx-client client.rs). This version runs SSH targets with their local
-    scheduler only, and no node-local store: the rest is refused with a sentence when the target
-    is used, never silently run locally."""
+    scheduler or their SLURM, and no node-local store: the rest (an SSH host's Grid Engine, too)
+    is refused with a sentence when the target is used, never silently run locally."""
     config = config_from(tmp_path, 'default_scheduler = "local"\n'
                                    '[targets.ssh]\naddress = "login"\nbase_path = "/s"\n'
                                    '[targets.ssh_slurm]\naddress = "login"\nbase_path = "/s"\ndefault_scheduler = "slurm"\n'
+                                   '[targets.ssh_sge]\naddress = "login"\nbase_path = "/s"\ndefault_scheduler = "sge"\n'
                                    '[targets.nodes]\nbase_path = "/n"\nartifact_store = "node-local"\n'
                                    '[targets.shared]\nbase_path = "/n"\nartifact_store = "shared"\n')
     assert resolve_target(config, "ssh")[0] == "ssh"
-    one_line_error(lambda: resolve_target(config, "ssh_slurm"), "'ssh_slurm'", "slurm", 'default_scheduler = "local"')
+    assert resolve_target(config, "ssh_slurm")[1].default_scheduler == "slurm"
+    one_line_error(lambda: resolve_target(config, "ssh_sge"), "'ssh_sge'", "sge", 'default_scheduler = "local" or "slurm"')
     one_line_error(lambda: resolve_target(config, "nodes"), "artifact_store", "node-local", "cannot run yet")
     assert resolve_target(config, "shared")[0] == "shared"
     one_line_error(lambda: config_from(tmp_path, '[targets.a]\nbase_path = "/a"\nartifact_store = "nfs"\n'),

@@ -4,6 +4,7 @@ Lab's artifacts), then hand out the launcher that runs the jobs there."""
 from __future__ import annotations
 
 import asyncio
+import secrets
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 
@@ -78,12 +79,24 @@ class SshTarget:
             launcher.poll_interval = self.config.local.poll_interval
         await launcher.reconcile()  # what a repx that stopped early left out of the remote layout
         self.launcher = launcher
+        if self.config.default_scheduler == "slurm":  # resolved: the target's, else the config's
+            return await self._remote_slurm(launcher)
         return launcher
 
     async def flush(self) -> None:
         """The markers waiting for the next poll cycle sent now (the daemon is stopping)."""
         if self.launcher is not None:
             await self.launcher.flush()
+
+    async def _remote_slurm(self, markers: SshLauncher):
+        """The launcher submitting to the remote's SLURM (remote_slurm), its markers sent by `markers`."""
+        from .remote_slurm import HELPER as SLURM_HELPER
+        from .remote_slurm import remote_slurm_launcher
+
+        with _unavailable():
+            helper = await self.remote.deploy_helper(SLURM_HELPER.name, SLURM_HELPER.read_bytes())
+            return await remote_slurm_launcher(self.connection, self.config, markers.mirror, helper, markers,
+                                               secrets.token_hex(4), self.layout.cache / "slurm")
 
     async def push_lab(self, lab: Lab, job_ids: list[str]) -> None:
         """The Lab's artifacts (and the verified copies these jobs run) to the remote, and the

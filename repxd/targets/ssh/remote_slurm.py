@@ -1,0 +1,167 @@
+"""Jobs of an SSH target whose host submits to its own SLURM (`default_scheduler = "slurm"`).
+
+The SLURM launcher does the work, with the SSH connection as its command runner: `sbatch`,
+`squeue`, `sacct` and `scancel` run on the remote login node. As for the SSH launcher, the local
+base path is a mirror of the remote one (the same `Mirror`): the engine prepares each job here,
+the batch script and sbatch's options carry the remote paths, and each submission goes with the
+files its jobs read (`repx/*.json`) and a fresh `out/` for them, staged by `remote_slurm.sh` in
+the same remote command as the sbatch. Once per poll, after the status query, one more remote
+command brings back what the jobs that ended left there (exit files, logs, a scatter's
+work_items.json, SLURM's batch output), which the SLURM launcher then reads as it would locally.
+The markers the engine writes here reach the remote as with the SSH launcher's own jobs."""
+
+from __future__ import annotations
+
+import base64
+import os
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ...config import TargetConfig
+from ...exec.launcher import LaunchRequest, exit_file
+from ...exec.runtimes import Invocation
+from ..cluster import Phase, options_from
+from ..commands import CommandResult
+from ..slurm.launcher import SlurmLauncher
+from .connection import SshConnection, SshError
+from .launcher import SSH_FAILURE, Mirror, RemoteError, SshLauncher
+
+HELPER = Path(__file__).with_name("remote_slurm.sh")
+# What a job sees of the remote account's environment (a local job gets ours); the rest of the
+# login session's variables (SSH_CONNECTION, ...) say nothing the job should depend on.
+KEPT_ENV = ("PATH", "HOME", "USER", "LOGNAME", "SHELL", "LANG", "LC_ALL", "TZ", "TMPDIR")
+
+
+def remote_text(mirror: Mirror, text: str) -> str:
+    """A batch script or an option with every path under the local base made remote."""
+    root = str(mirror.local)
+    return mirror.remote if text == root else text.replace(root + "/", mirror.remote + "/")
+
+
+@dataclass
+class MirroredCommands:
+    """The SSH connection as the SLURM launcher's CommandRunner: local base paths in the argv and
+    the batch script become remote ones, and an sbatch goes with the files staged for it."""
+
+    connection: SshConnection
+    mirror: Mirror
+    helper: str  # the deployed remote_slurm.sh
+    _staged: list[str] = field(default_factory=list)
+
+    @property
+    def calls(self) -> Counter:
+        return self.connection.calls
+
+    def stage(self, lines: str) -> None:
+        """Staging lines (remote paths already) for the next sbatch: every process queued before
+        a submission is in it, since the launcher submits after its submit window."""
+        self._staged.append(lines)
+
+    async def run(self, argv: list[str], stdin: str | None = None, timeout: float = 120.0,
+                  identity=None) -> CommandResult:
+        """`identity` has no meaning here: jobs are the SSH account's on the remote cluster."""
+        argv = [remote_text(self.mirror, a) for a in argv]
+        submitting = os.path.basename(argv[0]) == "sbatch"
+        if submitting:
+            self.calls["sbatch"] += 1
+            staged, self._staged = "".join(self._staged), []
+            stdin = staged + ".\n" + remote_text(self.mirror, stdin or "")
+            argv = ["sh", self.helper, "submit", *argv]
+        try:
+            return await self.connection.run(argv, stdin=stdin, timeout=timeout)
+        except SshError as exc:
+            if not submitting:
+                raise  # a status query is asked again next poll
+            # The submission's futures fail with this line rather than wait for an answer that
+            # will not come; whether sbatch ran on the remote is unknown (see the report).
+            return CommandResult(tuple(argv), SSH_FAILURE, "", str(exc))
+
+
+@dataclass
+class RemoteSlurmLauncher(SlurmLauncher):
+    mirror: Mirror | None = None
+    markers: SshLauncher | None = None  # sends the engine's markers to the remote, as for SSH jobs
+    remote_env: dict[str, str] = field(default_factory=dict)
+
+    # ---- the launcher interface ------------------------------------------------------------
+
+    async def run(self, invocation: Invocation, repx: Path, guard, request: LaunchRequest, on_spawn=None) -> int:
+        self.commands.stage(self._staging(invocation.cwd, repx, guard.path, request))
+        remote = Invocation(invocation.argv, self._job_env(invocation.env), invocation.cwd)
+        return await super().run(remote, repx, guard, request, on_spawn)
+
+    def mirror_marker(self, repx: Path, marker: str, completion: str | None) -> None:
+        self.markers.mirror_marker(repx, marker, completion)
+
+    async def flush(self) -> None:
+        await self.markers.flush()
+
+    # ---- staging ----------------------------------------------------------------------------
+
+    def _staging(self, cwd: Path, repx: Path, guard: Path, request: LaunchRequest) -> str:
+        m = self.mirror
+        lines = [f"R\t{m.path(cwd)}\t{m.path(repx)}\t{m.path(exit_file(guard))}\n"]
+        if self.log_dir is not None:
+            batch = self.log_dir if request.user is None else self.log_dir / str(request.user)
+            lines.append(f"D\t{m.path(batch)}\n")
+        lines += [f"F\t{m.path(path)}\n{base64.b64encode(data).decode()}\n"
+                  for path, data in self.markers._inputs(repx)]
+        return "".join(lines)
+
+    def _job_env(self, local: dict[str, str]) -> dict[str, str]:
+        """The remote account's environment, with the Lab's tool directories (under the base
+        path, made remote in the script) first on PATH as a local job has them."""
+        tools = [d for d in local.get("PATH", "").split(":") if self.mirror.path(d) != d]
+        env = dict(self.remote_env)
+        env["PATH"] = ":".join([*tools, env.get("PATH", "/usr/local/bin:/usr/bin:/bin")])
+        return env
+
+    # ---- status -----------------------------------------------------------------------------
+
+    async def _query(self, slurm_ids: list[str]) -> dict:
+        """SLURM's word, and for the jobs it says ended, their files from the remote (one command
+        for all of them) before the launcher reads them: a failure is asked again next poll."""
+        states = await super()._query(slurm_ids)
+        ended = [s for s in slurm_ids if s in self._guards and (state := states.get(s)) is not None
+                 and state.phase is not Phase.WAITING]
+        if ended:
+            await self._fetch(ended)
+        return states
+
+    async def _fetch(self, slurm_ids: list[str]) -> None:
+        m = self.mirror
+        batch = m.path(self.log_dir) if self.log_dir is not None else "/nonexistent"
+        listing = ""
+        for slurm_id in slurm_ids:
+            guard = self._guards[slurm_id]
+            repx = self.markers._repx_of(guard)
+            listing += "\t".join([m.path(exit_file(guard)), m.path(repx), m.path(repx.parent / "out"),
+                                  batch, slurm_id]) + "\n"
+        result = await self.commands.connection.run(["sh", self.commands.helper, "fetch"], stdin=listing)
+        if not result.ok or not result.stdout.rstrip().endswith("E"):
+            raise RemoteError(f"reading the ended jobs' files on the remote host: {result.failure()}")
+        lines = iter(result.stdout.splitlines())
+        for line in lines:
+            if line.startswith("F "):
+                self._receive(line[2:], next(lines, ""))
+
+    def _receive(self, remote: str, encoded: str) -> None:
+        path = self.mirror.local_path(remote)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.repx-tmp")
+        tmp.write_bytes(base64.b64decode(encoded))
+        tmp.replace(path)
+
+
+async def remote_slurm_launcher(connection: SshConnection, config: TargetConfig, mirror: Mirror, helper: str,
+                                markers: SshLauncher, tag: str, log_dir: Path) -> RemoteSlurmLauncher:
+    """The launcher for a target's jobs on its host's SLURM; `helper` is the deployed remote_slurm.sh."""
+    found = await connection.run(["sh", "-c", "env"])
+    if not found.ok:
+        raise SshError(f"reading the remote account's environment: {found.failure()}")
+    variables = dict(line.split("=", 1) for line in found.stdout.splitlines() if "=" in line)
+    remote_env = {k: v for k, v in variables.items() if k in KEPT_ENV}
+    return RemoteSlurmLauncher(MirroredCommands(connection, mirror, helper), options_from(config.slurm), tag, log_dir,
+                               mirror=mirror, markers=markers, remote_env=remote_env)
+
