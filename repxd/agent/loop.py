@@ -60,9 +60,10 @@ def cluster_targets(settings: Settings) -> list[str]:
 
 def cluster_slots(settings: Settings, name: str) -> int:
     """Jobs at once on a target: an SSH host runs its local_concurrency (default: as many as this
-    machine's CPUs, as an embedded run would); a cluster, agent.cluster_slots."""
-    target = settings.target_config().targets[name]
-    if target.address:
+    machine's CPUs, as an embedded run would); a cluster (an SSH host's SLURM too), agent.cluster_slots."""
+    config = settings.target_config()
+    target = config.targets[name]
+    if target.address and config.scheduler_of(target) not in CLUSTER_SCHEDULERS:
         return (target.local.local_concurrency if target.local and target.local.local_concurrency
                 else os.cpu_count() or 1)
     return settings.agent.cluster_slots
