@@ -13,7 +13,9 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import subprocess
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -59,6 +61,25 @@ class NamespacedSlurmCluster(SlurmCluster):
         """The batch jobs slurmctld accepted, from its log: one line per sbatch it answered."""
         log = self.workdir / "log" / "slurmctld.log"
         return [line for line in log.read_text(errors="replace").splitlines() if "_slurm_rpc_submit_batch_job" in line]
+
+    @contextlib.contextmanager
+    def slow_sbatch(self, seconds: float) -> Iterator[Path]:
+        """sbatch on the host made to wait `seconds` before submitting, and to log each call to
+        the file yielded: a wrapper bind-mounted over /usr/bin/sbatch in the host's mount
+        namespace only, running a copy of the real one."""
+        real = self.workdir / "sbatch.real"
+        shutil.copy2("/usr/bin/sbatch", real)
+        calls = self.workdir / "sbatch-calls.log"
+        wrapper = self.workdir / "sbatch.slow"
+        wrapper.write_text(f'#!/bin/sh\necho "sbatch $*" >> {calls}\nsleep {seconds}\nexec {real} "$@"\n')
+        wrapper.chmod(0o755)
+        calls.touch(mode=0o666)
+        calls.chmod(0o666)  # the remote user's sbatch writes it
+        subprocess.run(self._enter("mount", "--bind", str(wrapper), "/usr/bin/sbatch"), check=True)
+        try:
+            yield calls
+        finally:
+            subprocess.run(self._enter("umount", "/usr/bin/sbatch"), check=False)
 
     def stop(self) -> None:
         """The daemons only: the SSH host's end takes the rest of its namespaces (job steps too)."""

@@ -12,8 +12,11 @@ The markers the engine writes here reach the remote as with the SSH launcher's o
 
 from __future__ import annotations
 
+import asyncio
 import base64
+import logging
 import os
+import secrets
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,9 +27,10 @@ from ...exec.runtimes import Invocation
 from ..cluster import Phase, options_from
 from ..commands import CommandResult
 from ..slurm.launcher import SlurmLauncher
-from .connection import SshConnection, SshError
+from .connection import SshConnection, SshError, is_connection_problem
 from .launcher import SSH_FAILURE, Mirror, RemoteError, SshLauncher
 
+log = logging.getLogger("repx.ssh")
 HELPER = Path(__file__).with_name("remote_slurm.sh")
 # What a job sees of the remote account's environment (a local job gets ours); the rest of the
 # login session's variables (SSH_CONNECTION, ...) say nothing the job should depend on.
@@ -47,6 +51,7 @@ class MirroredCommands:
     connection: SshConnection
     mirror: Mirror
     helper: str  # the deployed remote_slurm.sh
+    retry_interval: float = 2.0  # between tries of a submission while the host does not answer
     _staged: list[str] = field(default_factory=list)
 
     @property
@@ -62,20 +67,26 @@ class MirroredCommands:
                   identity=None) -> CommandResult:
         """`identity` has no meaning here: jobs are the SSH account's on the remote cluster."""
         argv = [remote_text(self.mirror, a) for a in argv]
-        submitting = os.path.basename(argv[0]) == "sbatch"
-        if submitting:
-            self.calls["sbatch"] += 1
-            staged, self._staged = "".join(self._staged), []
-            stdin = staged + ".\n" + remote_text(self.mirror, stdin or "")
-            argv = ["sh", self.helper, "submit", *argv]
-        try:
-            return await self.connection.run(argv, stdin=stdin, timeout=timeout)
-        except SshError as exc:
-            if not submitting:
-                raise  # a status query is asked again next poll
-            # The submission's futures fail with this line rather than wait for an answer that
-            # will not come; whether sbatch ran on the remote is unknown (see the report).
-            return CommandResult(tuple(argv), SSH_FAILURE, "", str(exc))
+        if os.path.basename(argv[0]) != "sbatch":
+            return await self.connection.run(argv, stdin=stdin, timeout=timeout)  # a failed query is asked again next poll
+        self.calls["sbatch"] += 1
+        staged, self._staged = "".join(self._staged), []
+        stdin = staged + ".\n" + remote_text(self.mirror, stdin or "")
+        answers = f"{self.mirror.remote}/cache/submissions"
+        argv = ["sh", self.helper, "submit", answers, secrets.token_hex(8), *argv]
+        while True:  # while the host does not answer, the jobs wait to be submitted
+            try:
+                result = await self.connection.run(argv, stdin=stdin, timeout=timeout)
+            except SshError as exc:
+                if not is_connection_problem(exc):
+                    return CommandResult(tuple(argv), SSH_FAILURE, "", str(exc))
+                log.warning("submitting to the remote SLURM: %s; trying again", exc)
+            else:
+                # Timed out, or the channel closed without a status: the same token asks for the answer.
+                if result.returncode not in (SSH_FAILURE, 124):
+                    return result
+                log.warning("submitting to the remote SLURM: %s; asking again", result.failure())
+            await asyncio.sleep(self.retry_interval)
 
 
 @dataclass

@@ -2,7 +2,7 @@
 # repx's helper for an SSH target whose host submits to its SLURM: stages the files of the jobs
 # an sbatch submits, then runs that sbatch; reads back what ended jobs left. POSIX sh and
 # coreutils only. Deployed content-addressed under <remote base>/bin/ by the SSH target; repx
-# calls it as `sh HELPER submit SBATCH_ARGV... | fetch`.
+# calls it as `sh HELPER submit ANSWERS TOKEN SBATCH_ARGV... | fetch`.
 
 stage() {  # stdin until a line ".": one line per thing to prepare (fields separated by tabs)
     #   R CWD REPX EXIT   a new attempt: no outcome yet, empty out/ and logs
@@ -23,10 +23,31 @@ stage() {  # stdin until a line ".": one line per thing to prepare (fields separ
     return 1
 }
 
-submit() {  # SBATCH_ARGV...; stdin: the staging lines, ".", then the batch script for sbatch
+submit() {  # ANSWERS TOKEN SBATCH_ARGV...; stdin: the staging lines, ".", then the batch script
+    # A submission whose answer the link lost is sent again with the same TOKEN: it gets the
+    # answer sbatch gave the first time, kept under ANSWERS, instead of a second submission.
+    answers=$1 token=$2
+    shift 2
     trap '' HUP  # a dropped connection must not stop a submission half-way
-    stage || { echo "repx: could not stage the jobs' files on the remote host" >&2; exit 3; }
-    exec "$@"  # sbatch reads the rest of stdin: the script
+    mkdir -p "$answers" || exit 3
+    find "$answers" -mindepth 1 -maxdepth 1 -mtime +1 -exec rm -rf {} + 2>/dev/null  # nobody came back for these
+    answer=$answers/$token
+    if ! mkdir "$answer.lock" 2>/dev/null; then  # sent before: wait for that submission's answer
+        cat > /dev/null
+        tries=0
+        while [ ! -f "$answer" ]; do
+            tries=$((tries + 1))
+            [ "$tries" -le 120 ] || { echo "repx: an earlier try of this submission never finished" >&2; exit 3; }
+            sleep 1
+        done
+    else
+        stage || { echo "repx: could not stage the jobs' files on the remote host" >&2; exit 3; }
+        "$@" > "$answer.out" 2> "$answer.err"  # sbatch reads the rest of stdin: the script
+        echo "$?" > "$answer.tmp" && mv -f "$answer.tmp" "$answer"
+    fi
+    cat "$answer.out"
+    cat "$answer.err" >&2
+    exit "$(cat "$answer")"
 }
 
 send() {  # a file back to repx: "F PATH" and its content in base64 (the last 16 MiB)

@@ -4,6 +4,7 @@ submits with the remote's sbatch, and brings the results back."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import shutil
@@ -20,7 +21,11 @@ from service import Daemon
 from ssh_host import ALIAS, SshHost
 from ssh_slurm_host import NamespacedSlurmCluster, missing_programs, start_cluster_on
 
+from repxd.config import load_config
+from repxd.engine.embedded import resolve_target
+from repxd.exec.layout import OutputLayout
 from repxd.lab.writer import LabWriter
+from repxd.targets.ssh.target import SshTarget
 
 from .test_ssh_target import SELECTION, Remote, local_out_files, slow_lab, wait_for
 
@@ -169,3 +174,41 @@ def test_a_cut_link_is_waited_out_and_no_slurm_job_runs_twice(remote, tmp_path):
     assert proc.returncode == 0, err
     executions = remote.executions()
     assert sorted(executions) == sorted(set(executions)) and len(executions) == 3
+
+
+def test_a_submission_whose_answer_the_link_lost_is_not_submitted_twice(remote, remote_cluster, tmp_path):
+    """The link is cut while the remote sbatch works: repx's wait for the answer times out and it
+    asks again with the same token once the host is back; the remote gives the first
+    submission's answer instead of submitting again."""
+    config = load_config(remote.config)
+    name, target = resolve_target(config, "remote")
+    submitted = len(remote_cluster.submissions())
+
+    async def scenario():
+        ssh = SshTarget(name, target, OutputLayout(tmp_path / "mirror"))
+        launcher = await ssh.open()
+        loop = asyncio.get_running_loop()
+        try:
+            commands = launcher.commands
+            commands.retry_interval = 0.5
+            cut = loop.call_later(1, remote.host.cut_link)
+            restore = loop.call_later(5, remote.host.restore_link)
+            try:
+                # Each try gives up after 2 s, before the slow sbatch answers: only the answer
+                # kept under the token ends the tries (60 s: the test fails rather than hangs).
+                return await asyncio.wait_for(commands.run(["sbatch", "--parsable", "--output=/dev/null"],
+                                                           stdin="#!/bin/sh\ntrue\n", timeout=2), 60)
+            finally:
+                cut.cancel()
+                restore.cancel()
+                remote.host.restore_link()
+        finally:
+            await ssh.close()
+
+    with remote_cluster.slow_sbatch(3) as calls:
+        result = asyncio.run(scenario())
+    assert result.ok, result.failure()
+    assert len(calls.read_text().splitlines()) == 1  # sbatch ran once on the remote
+    accepted = remote_cluster.submissions()[submitted:]
+    assert len(accepted) == 1
+    assert f"JobId={result.stdout.strip()} " in accepted[0]
