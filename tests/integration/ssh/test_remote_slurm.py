@@ -22,9 +22,17 @@ from ssh_host import ALIAS, SshHost
 from ssh_slurm_host import NamespacedSlurmCluster, missing_programs, start_cluster_on
 
 from repxd.config import load_config
-from repxd.engine.embedded import resolve_target
+from repxd.engine.embedded import (
+    EmbeddedRun,
+    ExecutionOptions,
+    base_path_for,
+    open_lab,
+    plan_run,
+    resolve_target,
+)
 from repxd.exec.layout import OutputLayout
 from repxd.lab.writer import LabWriter
+from repxd.targets.ssh.connection import SshConnection
 from repxd.targets.ssh.target import SshTarget
 
 from .test_ssh_target import SELECTION, Remote, local_out_files, slow_lab, wait_for
@@ -212,3 +220,37 @@ def test_a_submission_whose_answer_the_link_lost_is_not_submitted_twice(remote, 
     accepted = remote_cluster.submissions()[submitted:]
     assert len(accepted) == 1
     assert f"JobId={result.stdout.strip()} " in accepted[0]
+
+
+def test_remote_commands_per_poll_do_not_grow_with_the_jobs(remote, tmp_path, monkeypatch):
+    """Every remote command of a sweep on the remote SLURM, recorded at the SSH connection: per
+    poll one squeue for all followed jobs and at most one command fetching the ended ones'
+    files; submissions in arrays, far fewer than processes."""
+    for key in ("HOME", "XDG_STATE_HOME"):
+        monkeypatch.setenv(key, remote.env[key])
+    commands: list[tuple[list[str], str | None]] = []
+    real_run = SshConnection.run
+
+    async def recorded(self, argv, stdin=None, timeout=120.0, identity=None):
+        commands.append((list(argv), stdin))
+        return await real_run(self, argv, stdin=stdin, timeout=timeout, identity=identity)
+
+    monkeypatch.setattr(SshConnection, "run", recorded)
+    name, target = resolve_target(load_config(remote.config), "remote")
+    base = base_path_for(target, None)
+    lab = open_lab(build("sweep-scatter", tmp_path / "lab"), base)
+    run = EmbeddedRun(plan_run(lab, base, ["sweep"], name, target), ExecutionOptions())
+    run.prepare()
+    started = time.monotonic()
+    summary = asyncio.run(run.run())
+    seconds = time.monotonic() - started
+    assert summary.ok
+    processes = list((base / "outputs").rglob("stdout.log"))
+    queries = [argv for argv, _ in commands if argv[0] == "squeue"]
+    fetches = [stdin.splitlines() for argv, stdin in commands if argv[:1] == ["sh"] and argv[2:3] == ["fetch"]]
+    submissions = [argv for argv, _ in commands if argv[:1] == ["sh"] and argv[2:3] == ["submit"]]
+    polls = seconds / target.slurm.poll_interval + 1
+    assert len(queries) <= polls and len(fetches) <= len(queries)
+    assert max(len(arg.split(",")) for argv in queries for arg in argv if arg.startswith("--jobs=")) >= 2
+    assert max(len(listing) for listing in fetches) >= 2  # a stage's ended jobs in one command
+    assert len(submissions) < len(processes)
