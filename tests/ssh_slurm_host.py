@@ -36,8 +36,10 @@ def missing_programs() -> list[str]:
 class NamespacedSlurmCluster(SlurmCluster):
     host_pid: int = 0  # sshd, PID 1 of the SSH host's namespaces
 
-    def _enter(self, *argv: str, pid: bool = False) -> list[str]:
-        return ["nsenter", "--target", str(self.host_pid), "--net", "--mount", *(["--pid"] if pid else []), "--", *argv]
+    def _enter(self, *argv: str) -> list[str]:
+        """argv inside the host's namespaces; its PID namespace too, where its /proc (and so
+        /proc/self, which mount and umount read) belongs."""
+        return ["nsenter", "--target", str(self.host_pid), "--net", "--mount", "--pid", "--", *argv]
 
     def run(self, *argv: str, check: bool = True, timeout: float = 60) -> subprocess.CompletedProcess:
         result = subprocess.run(self._enter(*argv), env=self.env, capture_output=True, text=True, timeout=timeout)
@@ -51,7 +53,7 @@ class NamespacedSlurmCluster(SlurmCluster):
 
         log = self.workdir / "log" / f"{name}.out"
         with log.open("ab") as out:
-            launcher = subprocess.Popen(self._enter(*argv, pid=True), stdin=subprocess.DEVNULL, stdout=out,
+            launcher = subprocess.Popen(self._enter(*argv), stdin=subprocess.DEVNULL, stdout=out,
                                         stderr=subprocess.STDOUT, env=self.env)
         daemon = _Daemon(name, launcher, log)
         self._daemons[name] = daemon
@@ -79,7 +81,16 @@ class NamespacedSlurmCluster(SlurmCluster):
         try:
             yield calls
         finally:
-            subprocess.run(self._enter("umount", "/usr/bin/sbatch"), check=False)
+            subprocess.run(self._enter("umount", "/usr/bin/sbatch"), check=True)
+
+    @contextlib.contextmanager
+    def without_sbatch(self) -> Iterator[None]:
+        """No usable sbatch on the host (/dev/null over it, in its mount namespace only)."""
+        subprocess.run(self._enter("mount", "--bind", "/dev/null", "/usr/bin/sbatch"), check=True)
+        try:
+            yield
+        finally:
+            subprocess.run(self._enter("umount", "/usr/bin/sbatch"), check=True)
 
     def stop(self) -> None:
         """The daemons only: the SSH host's end takes the rest of its namespaces (job steps too)."""

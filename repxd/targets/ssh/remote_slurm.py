@@ -27,7 +27,7 @@ from ...exec.runtimes import Invocation
 from ..cluster import Phase, options_from
 from ..commands import CommandResult
 from ..slurm.launcher import SlurmLauncher
-from .connection import SshConnection, SshError, is_connection_problem
+from .connection import SshConnection, SshError, SshToolMissing, is_connection_problem
 from .launcher import SSH_FAILURE, Mirror, RemoteError, SshLauncher
 
 log = logging.getLogger("repx.ssh")
@@ -167,12 +167,17 @@ class RemoteSlurmLauncher(SlurmLauncher):
 
 async def remote_slurm_launcher(connection: SshConnection, config: TargetConfig, mirror: Mirror, helper: str,
                                 markers: SshLauncher, tag: str, log_dir: Path) -> RemoteSlurmLauncher:
-    """The launcher for a target's jobs on its host's SLURM; `helper` is the deployed remote_slurm.sh."""
-    found = await connection.run(["sh", "-c", "env"])
+    """The launcher for a target's jobs on its host's SLURM; `helper` is the deployed remote_slurm.sh.
+    One remote command checks that SLURM's commands are there and reads the account's environment."""
+    found = await connection.run(["sh", "-c", "for c in sbatch squeue scancel; do command -v $c >/dev/null || "
+                                  "{ echo $c; exit 12; }; done; env"])
+    if found.returncode == 12:
+        raise SshToolMissing(f"target {connection.target_name!r}: {found.stdout.strip()} is not on the PATH of an ssh"
+                             f" session on {connection.host}; default_scheduler = \"slurm\" submits with SLURM's"
+                             " commands there (install them, or set default_scheduler = \"local\")")
     if not found.ok:
-        raise SshError(f"reading the remote account's environment: {found.failure()}")
+        raise SshError(f"target {connection.target_name!r}: reading the remote account's environment: {found.failure()}")
     variables = dict(line.split("=", 1) for line in found.stdout.splitlines() if "=" in line)
     remote_env = {k: v for k, v in variables.items() if k in KEPT_ENV}
     return RemoteSlurmLauncher(MirroredCommands(connection, mirror, helper), options_from(config.slurm), tag, log_dir,
                                mirror=mirror, markers=markers, remote_env=remote_env)
-

@@ -254,3 +254,14 @@ def test_remote_commands_per_poll_do_not_grow_with_the_jobs(remote, tmp_path, mo
     assert max(len(arg.split(",")) for argv in queries for arg in argv if arg.startswith("--jobs=")) >= 2
     assert max(len(listing) for listing in fetches) >= 2  # a stage's ended jobs in one command
     assert len(submissions) < len(processes)
+
+
+def test_a_host_without_sbatch_is_one_line_and_nothing_runs(remote, remote_cluster, tmp_path):
+    lab = build("simple", tmp_path / "lab")
+    with remote_cluster.without_sbatch():
+        result = remote.run(SELECTION["simple"], "--lab", lab)
+    assert result.code == 1, result.stderr
+    lines = [line for line in result.stderr.splitlines() if line.startswith("repxctl: error")]
+    assert len(lines) == 1 and "Traceback" not in result.stderr, result.stderr
+    assert "'remote'" in lines[0] and "sbatch" in lines[0] and 'default_scheduler = "local"' in lines[0]
+    assert remote.markers() == set()
