@@ -53,6 +53,7 @@ class MirroredCommands:
     helper: str  # the deployed remote_slurm.sh
     retry_interval: float = 2.0  # between tries of a submission while the host does not answer
     _staged: list[str] = field(default_factory=list)
+    _submitting: asyncio.Lock = field(default_factory=asyncio.Lock)
 
     @property
     def calls(self) -> Counter:
@@ -70,10 +71,16 @@ class MirroredCommands:
         if os.path.basename(argv[0]) != "sbatch":
             return await self.connection.run(argv, stdin=stdin, timeout=timeout)  # a failed query is asked again next poll
         self.calls["sbatch"] += 1
-        staged, self._staged = "".join(self._staged), []
-        stdin = staged + ".\n" + remote_text(self.mirror, stdin or "")
-        answers = f"{self.mirror.remote}/cache/submissions"
-        argv = ["sh", self.helper, "submit", answers, secrets.token_hex(8), *argv]
+        # One submission at a time: an sbatch carries every file staged so far, also those of
+        # processes another array submits, which must not reach SLURM before its files are there.
+        async with self._submitting:
+            staged, self._staged = "".join(self._staged), []
+            stdin = staged + ".\n" + remote_text(self.mirror, stdin or "")
+            answers = f"{self.mirror.remote}/cache/submissions"
+            argv = ["sh", self.helper, "submit", answers, secrets.token_hex(8), *argv]
+            return await self._submit(argv, stdin, timeout)
+
+    async def _submit(self, argv: list[str], stdin: str, timeout: float) -> CommandResult:
         while True:  # while the host does not answer, the jobs wait to be submitted
             try:
                 result = await self.connection.run(argv, stdin=stdin, timeout=timeout)
@@ -152,17 +159,17 @@ class RemoteSlurmLauncher(SlurmLauncher):
         result = await self.commands.connection.run(["sh", self.commands.helper, "fetch"], stdin=listing)
         if not result.ok or not result.stdout.rstrip().endswith("E"):
             raise RemoteError(f"reading the ended jobs' files on the remote host: {result.failure()}")
-        lines = iter(result.stdout.splitlines())
+        await asyncio.to_thread(self._store, result.stdout)  # logs of up to 16 MiB each: off the loop
+
+    def _store(self, answer: str) -> None:
+        lines = iter(answer.splitlines())
         for line in lines:
             if line.startswith("F "):
-                self._receive(line[2:], next(lines, ""))
-
-    def _receive(self, remote: str, encoded: str) -> None:
-        path = self.mirror.local_path(remote)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.repx-tmp")
-        tmp.write_bytes(base64.b64decode(encoded))
-        tmp.replace(path)
+                path = self.mirror.local_path(line[2:])
+                path.parent.mkdir(parents=True, exist_ok=True)
+                tmp = path.with_name(f".{path.name}.repx-tmp")
+                tmp.write_bytes(base64.b64decode(next(lines, "")))
+                tmp.replace(path)
 
 
 async def remote_slurm_launcher(connection: SshConnection, config: TargetConfig, mirror: Mirror, helper: str,
