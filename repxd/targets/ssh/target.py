@@ -9,7 +9,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 from ...config import TargetConfig
-from ...errors import RepxError
+from ...errors import ConfigError, RepxError
 from ...exec.artifacts import verified_executable
 from ...exec.layout import OutputLayout
 from ...exec.runtimes import Runtime
@@ -40,6 +40,9 @@ class TargetUnavailable(RepxError):
 def ssh_runtime(target_name: str, kind: str, lab: Lab, layout: OutputLayout, image: str | None,
                 target: TargetConfig) -> Runtime:
     """A job's runtime on the SSH target's host (prepared): native, or bwrap with its image."""
+    if target.default_scheduler == "slurm" and kind != "native":  # resolved: the target's, else the config's
+        raise ConfigError(f"target {target_name!r} (ssh, its SLURM) runs jobs natively only in this version, not with"
+                          f" {kind}; use default_scheduler = \"local\" on this host for Labs with images")
     helper = helper_path(layout.base, HELPER.name, HELPER.read_bytes())
     runtime = remote_runtime(target_name, kind, lab, layout, image, target, helper)
     runtime.prepare()

@@ -31,7 +31,7 @@ from repxd.engine.embedded import (
     resolve_target,
 )
 from repxd.exec.layout import OutputLayout
-from repxd.lab.writer import LabWriter
+from repxd.lab.writer import ImageSpec, LabWriter
 from repxd.targets.ssh.connection import SshConnection
 from repxd.targets.ssh.target import SshTarget
 
@@ -265,3 +265,21 @@ def test_a_host_without_sbatch_is_one_line_and_nothing_runs(remote, remote_clust
     assert len(lines) == 1 and "Traceback" not in result.stderr, result.stderr
     assert "'remote'" in lines[0] and "sbatch" in lines[0] and 'default_scheduler = "local"' in lines[0]
     assert remote.markers() == set()
+
+
+def test_an_image_job_on_the_remote_slurm_is_refused_with_one_line(remote, remote_cluster, tmp_path):
+    """Images on the host's SLURM are not supported yet: said before anything is sent or submitted."""
+    rootfs = tmp_path / "rootfs" / "etc"
+    rootfs.mkdir(parents=True)
+    (rootfs / "hostname").write_text("image\n")
+    writer = LabWriter(git_hash="1a6e51a7" * 5)
+    writer.run("probe", image=ImageSpec(rootfs.parent, "localhost/repx-probe:test")).job(
+        "probe", HEADER + 'echo ran > "$out/ran.txt"\n', outputs={"ran": "$out/ran.txt"})
+    submitted = len(remote_cluster.submissions())
+    result = remote.run("probe", "--lab", writer.write(tmp_path / "lab"), "--runtime", "bwrap")
+    assert result.code == 2, result.stderr
+    lines = [line for line in result.stderr.splitlines() if line.startswith("repxctl: error")]
+    assert len(lines) == 1 and "Traceback" not in result.stderr, result.stderr
+    assert "'remote'" in lines[0] and "natively only" in lines[0] and "bwrap" in lines[0]
+    assert len(remote_cluster.submissions()) == submitted
+    assert remote.host.ssh(f"ls {remote.base}/outputs", check=False).stdout.strip() == ""
