@@ -36,7 +36,7 @@ from ..exec.launcher import (
 )
 from ..exec.runtimes import Invocation
 from .batch import Process
-from .commands import CommandRunner
+from .commands import CommandRunner, RunnerUnreachable
 
 log = logging.getLogger("repx.cluster")
 # A job that no status query lists this many times in a row is gone (purged, or never existed).
@@ -343,7 +343,10 @@ class ClusterLauncher:
             await asyncio.sleep(self.options.poll_interval)
             try:
                 states = await self._query(sorted(self._followed))
-            except Exception:  # a failing query is retried next cycle; the jobs keep running
+            except RunnerUnreachable as exc:  # the jobs keep running; the next cycle asks again
+                log.warning("%s status query: %s; asking again in %gs", self.name, exc, self.options.poll_interval)
+                continue
+            except Exception:  # unexpected: kept whole in the log, and retried next cycle as well
                 log.exception("%s status query failed", self.name)
                 continue
             for job_id in list(self._followed):

@@ -42,6 +42,10 @@ class CommandMissing(Exception):
     """The scheduler's command is not installed where the runner runs it."""
 
 
+class RunnerUnreachable(Exception):
+    """Where the commands run cannot be reached just now (a dropped link): ask again later."""
+
+
 @dataclass
 class LocalCommands:
     """Commands on this host, with `env` added to ours (SLURM_CONF and the like)."""

@@ -183,6 +183,10 @@ class SlurmLauncher(ClusterLauncher):
             found = [master_id(line) for line in result.stdout.split()] if result.ok else []
         return found[0] if found else None
 
+    def _account(self) -> str:
+        """The user SLURM's association limits apply to: whoever runs the commands."""
+        return getpass.getuser()
+
     async def _cluster_limits(self) -> tuple[int, int | None]:
         if self._limits is None:
             size = self.options.max_array_size
@@ -192,7 +196,7 @@ class SlurmLauncher(ClusterLauncher):
                 size = int(match.group(1)) if match else 1001
             submit_limit = None
             result = await self.commands.run(["sacctmgr", "--noheader", "--parsable2", "show", "associations",
-                                              f"where user={getpass.getuser()}", "format=MaxSubmitJobs"])
+                                              f"where user={self._account()}", "format=MaxSubmitJobs"])
             if result.ok:
                 limits = [int(v) for v in result.stdout.split() if v.strip().isdigit()]
                 submit_limit = min(limits) if limits else None

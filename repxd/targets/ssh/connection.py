@@ -20,7 +20,7 @@ from asyncssh.config import SSHClientConfig
 
 from ...config import SshSettings, TargetConfig
 from ...errors import ConfigError
-from ..commands import CommandMissing, CommandResult
+from ..commands import CommandMissing, CommandResult, RunnerUnreachable
 
 DEFAULT_KNOWN_HOSTS = Path("~/.ssh/known_hosts")
 DEFAULT_SSH_CONFIG = Path("~/.ssh/config")
@@ -36,7 +36,7 @@ class SshError(Exception):
     connection_problem = False
 
 
-class SshUnreachable(SshError):
+class SshUnreachable(SshError, RunnerUnreachable):
     """No route, refused, timed out or dropped: transient, the jobs wait for the host."""
 
     connection_problem = True

@@ -115,6 +115,10 @@ class RemoteSlurmLauncher(SlurmLauncher):
     async def flush(self) -> None:
         await self.markers.flush()
 
+    def _account(self) -> str:
+        """The ssh account: its association limits, not the local user's, bound what may be queued."""
+        return self.remote_env.get("USER") or self.remote_env.get("LOGNAME") or super()._account()
+
     # ---- staging ----------------------------------------------------------------------------
 
     def _staging(self, cwd: Path, repx: Path, guard: Path, request: LaunchRequest) -> str:
