@@ -3,8 +3,8 @@ their exit records.
 
 Run as `python -S spawner.py FD` (standard library only, so it starts without the package or
 site-packages), in its own session. The launcher sends it one request per job over the
-SOCK_SEQPACKET socket FD: a JSON object (argv, env, cwd, identity, logs, exit_record) with the
-descriptors the child gets as 3, 4, ... attached (the guard's lock). It opens the logs (the
+SOCK_SEQPACKET socket FD: a JSON object (argv, env_id, cwd, identity, logs, exit_record; env too
+when env_id is new) with the descriptors the child gets as 3, 4, ... attached (the guard's lock). It opens the logs (the
 child's stdout and stderr, truncated) and the exit record (a placeholder written) itself: three
 file creations a job fewer on the launcher's event loop, which is what limits throughput. It
 forks; the child becomes a child subreaper (descendants
@@ -38,6 +38,7 @@ PR_SET_CHILD_SUBREAPER = 36
 MAX_REQUEST_BYTES = 1 << 20
 MAX_FDS = 8
 FIRST_KEPT_FD = 3  # the descriptors after stdout and stderr land on 3, 4, ... in the child
+KEPT_ENVIRONMENTS = 8  # as in processes.py: the launcher refers only to the newest this many
 
 
 LOG_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC
@@ -64,7 +65,7 @@ def open_files(request: dict) -> tuple[list[int], int | None]:
     return opened[:2] if request.get("logs") else [], record
 
 
-def start_child(request: dict, given: list[int], devnull: int, libc, policy: int | None) -> int:
+def start_child(request: dict, env: dict, given: list[int], devnull: int, libc, policy: int | None) -> int:
     """`given`: the child's stdout, stderr, then its descriptors 3, 4, ..."""
     pid = os.fork()
     if pid:
@@ -90,7 +91,7 @@ def start_child(request: dict, given: list[int], devnull: int, libc, policy: int
             os.setgid(gid)
             os.setuid(uid)
         os.chdir(request["cwd"])
-        os.execvpe(request["argv"][0], request["argv"], request["env"])  # found on the job's PATH
+        os.execvpe(request["argv"][0], request["argv"], env)  # found on the job's PATH
     except BaseException as exc:  # noqa: BLE001 - anything before exec: say why on the job's stderr
         with open(2, "w", closefd=False) as err:
             err.write(f"repx: cannot start the job's process: {exc}\n")
@@ -163,6 +164,7 @@ def serve(channel: socket.socket) -> None:
     selector.register(channel, selectors.EVENT_READ)
     selector.register(wake_read, selectors.EVENT_READ)
     children = Children(channel)
+    environments: dict[int, dict] = {}  # by id: the launcher sends each environment once
     while children.channel is not None or children.held:
         for key, _ in selector.select():
             if key.fileobj is channel:
@@ -179,11 +181,15 @@ def serve(channel: socket.socket) -> None:
                     children.channel = None
                     continue
                 request = json.loads(data)
+                if "env" in request:  # a new environment: later requests send only its id
+                    environments[request["env_id"]] = request["env"]
+                    for old in [env_id for env_id in environments if env_id <= request["env_id"] - KEPT_ENVIRONMENTS]:
+                        del environments[old]
                 opened: list[int] = []
                 try:
                     logs, record = open_files(request)
                     opened = [*logs, *([] if record is None else [record])]
-                    pid = start_child(request, [*logs, *fds], devnull, libc, policy)
+                    pid = start_child(request, environments[request["env_id"]], [*logs, *fds], devnull, libc, policy)
                 except OSError as exc:  # a log not writable, or fork failed (no memory, too many processes)
                     children.tell({"id": request["id"], "error": exc.strerror or str(exc), "errno": exc.errno,
                                    "filename": exc.filename})

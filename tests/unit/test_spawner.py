@@ -180,3 +180,28 @@ def _state(pid: int) -> str:
         return Path(f"/proc/{pid}/status").read_text().split("State:")[1].split("\n")[0]
     except (OSError, IndexError):
         return "gone"
+
+
+def test_each_job_gets_its_own_environment_when_environments_repeat_and_outnumber_those_kept(tmp_path):
+    """The spawner keeps the environments it was sent and later gets only their ids: jobs that
+    alternate among more environments than it keeps each still see exactly their own."""
+    from repxd.exec.processes import KEPT_ENVIRONMENTS
+
+    names = [f"env{i}" for i in range(KEPT_ENVIRONMENTS + 3)]
+    order = [*names, names[0], names[-1], names[1], *names[:3]]
+
+    async def main() -> list[str]:
+        starter = spawner()
+        seen = []
+        for index, name in enumerate(order):
+            log = tmp_path / f"{index}.log"
+            env = {"PATH": os.environ["PATH"], "WHICH": name}
+            process = await starter.spawn(["/bin/sh", "-c", "echo $WHICH; env | wc -l"], env, str(tmp_path), [],
+                                          None, logs=(str(log), str(log)))
+            assert await process.wait() == 0
+            seen.append(log.read_text().split())
+        return seen
+
+    seen = asyncio.run(main())
+    assert [line[0] for line in seen] == order
+    assert {int(line[1]) for line in seen} <= {2, 3, 4}  # PATH, WHICH, and what sh itself sets (PWD)
