@@ -67,6 +67,7 @@ class Spawner:
         self._starting: dict[int, asyncio.Future[SpawnedProcess]] = {}
         self._running: dict[int, asyncio.Future[int]] = {}
         self._environments: list[tuple[int, dict[str, str]]] = []  # (id, env) the spawner keeps, newest last
+        self._waiting_for_room: asyncio.Future[None] | None = None
         self._next_environment_id = 0  # ids without gaps: the spawner keeps the newest KEPT_ENVIRONMENTS
         self.alive = True
         loop.add_reader(self._channel, self._receive)
@@ -95,16 +96,25 @@ class Spawner:
                 socket.send_fds(self._channel, [message.encode()], fds)
                 break
             except BlockingIOError:  # its queue is full: wait for room
-                writable = self.loop.create_future()
-                self.loop.add_writer(self._channel, writable.set_result, None)
-                try:
-                    await writable
-                finally:
-                    self.loop.remove_writer(self._channel)
+                await asyncio.shield(self._room())
         if kept_id is None:  # only once sent: the spawner keeps it from now on
             self._environments = [*self._environments[1 - KEPT_ENVIRONMENTS:], (self._next_environment_id, dict(env))]
             self._next_environment_id += 1
         return await started
+
+    def _room(self) -> asyncio.Future[None]:
+        """Done when the socket has room again; one future for all waiters, since the loop keeps
+        one writer callback per descriptor (a second add_writer would replace the first's)."""
+        if self._waiting_for_room is None:
+            self._waiting_for_room = self.loop.create_future()
+            self.loop.add_writer(self._channel, self._has_room)
+        return self._waiting_for_room
+
+    def _has_room(self) -> None:
+        self.loop.remove_writer(self._channel)
+        waiting, self._waiting_for_room = self._waiting_for_room, None
+        if waiting is not None and not waiting.done():
+            waiting.set_result(None)
 
     def _kept_environment(self, env: dict[str, str]) -> int | None:
         """The id of an environment equal to `env` that the spawner keeps, if any."""
@@ -145,6 +155,11 @@ class Spawner:
     def _gone(self) -> None:
         self.alive = False
         self.loop.remove_reader(self._channel)
+        if self._waiting_for_room is not None:  # requests waiting for room learn it is gone
+            self.loop.remove_writer(self._channel)
+            if not self._waiting_for_room.done() and not self.loop.is_closed():
+                self._waiting_for_room.set_exception(SpawnerGone("the process that starts the jobs exited"))
+            self._waiting_for_room = None
         self._channel.close()
         for future in [*self._starting.values(), *self._running.values()]:
             if not future.done() and not self.loop.is_closed():

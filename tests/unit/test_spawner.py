@@ -205,3 +205,25 @@ def test_each_job_gets_its_own_environment_when_environments_repeat_and_outnumbe
     seen = asyncio.run(main())
     assert [line[0] for line in seen] == order
     assert {int(line[1]) for line in seen} <= {2, 3, 4}  # PATH, WHICH, and what sh itself sets (PWD)
+
+
+def test_jobs_started_at_once_past_the_sockets_queue_each_get_their_own_environment(tmp_path):
+    """Many requests at once, with environments large enough to fill the socket's queue: a request
+    that waits for room must not refer to an environment whose first sending is still waiting."""
+    padding = "x" * 60_000
+
+    async def main() -> list[list[str]]:
+        starter = spawner()
+
+        async def one(index: int) -> list[str]:
+            log = tmp_path / f"{index}.log"
+            env = {"PATH": os.environ["PATH"], "WHICH": f"env{index % 12}", "PADDING": padding}
+            process = await starter.spawn(["/bin/sh", "-c", "echo $WHICH"], env, str(tmp_path), [], None,
+                                          logs=(str(log), str(log)))
+            assert await process.wait() == 0
+            return [f"env{index % 12}", log.read_text().strip()]
+
+        return await asyncio.gather(*(one(index) for index in range(120)))
+
+    for wanted, seen in asyncio.run(main()):
+        assert seen == wanted
