@@ -132,15 +132,16 @@ class Scheduler:
         # leases get one more term after it recovers, so agents that kept running are not lost.
         store = self.db.db
         expire = store.full_since is None and now - store.recovered_at > self.settings.lease_seconds
-        survey = await self.db.run(_survey, store, now, self.policy, expire)
-        lost, pending = survey.lost, survey.pending
-        if lost:
-            self.metrics.lost.inc(lost)
-            log.warning("%d attempts lost with their agents; requeued where the policy allows", lost)
-        self.metrics.ready.set(len(pending))
-        placed = 0
-        if pending:
-            placed = await self._place(survey, now)
+        survey, placed, waits = await self.db.run(self._pass, store, now, expire)
+        if survey.lost:
+            self.metrics.lost.inc(survey.lost)
+            log.warning("%d attempts lost with their agents; requeued where the policy allows", survey.lost)
+        self.metrics.ready.set(len(survey.pending))
+        if placed:
+            self.wakeups.pulse_placed()
+            self.metrics.placed.inc(placed)
+            for wait in waits:
+                self.metrics.dispatch.observe(wait)
         if now - self._counts_at > 1.0:
             self._counts_at = now
             for state, count in (await self.db.run(reads.job_state_counts, self.db.db)).items():
@@ -150,7 +151,15 @@ class Scheduler:
         self.metrics.loop.observe(time.perf_counter() - started)
         return placed
 
-    async def _place(self, survey: Survey, now: float) -> int:
+    def _pass(self, store: Database, now: float, expire: bool) -> tuple[Survey, int, list[float]]:
+        """Read, decide and place in one call on the store's thread (placing is pure computation
+        between two store calls). Each hand-off to that thread waits its turn on a loop busy with
+        the agent's jobs (1-2 ms under load in `repxd all`): with one per read, a pass took ~12 ms
+        and the agent's slots stood idle waiting for placements. Returns what was read, the
+        attempts created, and how long each placed job had been ready."""
+        survey = _survey(store, now, self.policy, expire)
+        if not survey.pending:
+            return survey, 0, []
         pending, done = survey.pending, survey.done
         room, clusters = self._capacities(survey, now)
         decisions, reasons = [], []
@@ -174,15 +183,11 @@ class Scheduler:
                 if (q.UNSCHEDULABLE + why if why else None) != current:
                     reasons.append((row["run_id"], row["job_id"], why))
         if reasons:
-            await self.db.run(q.set_unschedulable, self.db.db, reasons)
-        created = await self.db.run(q.place, self.db.db, decisions, done)
-        if created:
-            self.wakeups.pulse_placed()
-            self.metrics.placed.inc(created)
-            for row, (_r, _j, agent, _d) in zip(pending, decisions, strict=True):
-                if agent is not None and row["ready_at"]:
-                    self.metrics.dispatch.observe(max(0.0, now - row["ready_at"]))
-        return created
+            q.set_unschedulable(store, reasons)
+        created = q.place(store, decisions, done)
+        waits = [max(0.0, now - row["ready_at"]) for row, (_r, _j, agent, _d) in zip(pending, decisions, strict=True)
+                 if created and agent is not None and row["ready_at"]]
+        return survey, created, waits
 
     @staticmethod
     def _choose(room: dict[str, Capacity], cpus: int, mem: int, gpus: int = 0,
@@ -251,10 +256,8 @@ class Survey:
 
 
 def _survey(store: Database, now: float, policy: q.RetryPolicy, expire: bool) -> Survey:
-    """Everything a pass reads, in one call on the store's thread. Each hand-off to that thread
-    waits its turn on a loop busy with the agent's jobs (1-2 ms under load in `repxd all`): six
-    of them made a pass take ~12 ms, and the agent's slots stood idle waiting for placements.
-    The SUCCESS markers are checked here too (stat calls, well under a millisecond for a pass)."""
+    """Everything a pass reads (see Scheduler._pass). The SUCCESS markers are checked here too:
+    stat calls, well under a millisecond for a pass."""
     lost = q.expire_agents(store, now, policy) if expire else 0
     pending = q.placeable(store, now, PLACEMENT_BATCH)
     if not pending:
