@@ -194,8 +194,13 @@ class Agent:
         task = asyncio.create_task(self._execute(item))
         self.running[item["attempt"]] = task
         self.metrics.running.set(len(self.running))
-        task.add_done_callback(lambda _t, a=item["attempt"]: (self.running.pop(a, None), self.metrics.running.set(len(self.running)),
-                                                              self._slot_freed.set()))
+        task.add_done_callback(lambda _t, a=item["attempt"]: self._finished(a))
+
+    def _finished(self, attempt: int) -> None:
+        """The attempt's slot is free: claim again."""
+        self.running.pop(attempt, None)
+        self.metrics.running.set(len(self.running))
+        self._slot_freed.set()
 
     def _context(self, item: dict):
         """Load (cached) the Lab, sync artifacts and prepare the runtime: blocking, run in a thread."""
@@ -334,6 +339,8 @@ class Agent:
         self.metrics.durations.labels(outcome).observe(time.monotonic() - started)
         log.info("attempt %s %s", attempt, outcome, extra=extra)
         await self._retrying("POST", f"/v1/attempts/{attempt}/report", report)
+        # Reported, the slot is free: claiming waits no longer for the exit files' removal (a thread hop).
+        self._finished(attempt)
         await asyncio.to_thread(lambda: [forget_exit(guard) for guard in recorded])
 
     def _run_as(self, item: dict) -> int | None:
