@@ -83,6 +83,7 @@ class Agent:
         self._labs: dict[tuple[str, str], object] = {}
         self._synced: set[tuple[str, str]] = set()
         self._runtimes: dict[tuple, object] = {}
+        self._prepared: dict[tuple, tuple] = {}  # _context_key -> what _context returned for it
         self._context_lock = threading.Lock()
         self.launcher = SubprocessLauncher()
         self._cluster_launchers: dict[str, ClusterLauncher] = {}
@@ -193,13 +194,32 @@ class Agent:
         task = asyncio.create_task(self._execute(item))
         self.running[item["attempt"]] = task
         self.metrics.running.set(len(self.running))
-        task.add_done_callback(lambda _t, a=item["attempt"]: (self.running.pop(a, None), self.metrics.running.set(len(self.running)),
-                                                              self._slot_freed.set()))
+        task.add_done_callback(lambda _t, a=item["attempt"]: self._finished(a))
+
+    def _finished(self, attempt: int) -> None:
+        """The attempt's slot is free: claim again."""
+        self.running.pop(attempt, None)
+        self.metrics.running.set(len(self.running))
+        self._slot_freed.set()
 
     def _context(self, item: dict):
         """Load (cached) the Lab, sync artifacts and prepare the runtime: blocking, run in a thread."""
         with self._context_lock:
-            return self._context_locked(item)
+            context = self._context_locked(item)
+            self._prepared[self._context_key(item, context[0])] = context
+            return context
+
+    @staticmethod
+    def _context_key(item: dict, lab) -> tuple:
+        """What _context's answer depends on besides the job itself."""
+        return item["lab_path"], item["base_path"], item["target"], item["options"].get("runtime"), lab.image_of(item["job"])
+
+    async def _context_of(self, item: dict):
+        """_context's answer; from memory, on the loop, for a job like one seen before (all but the
+        first of a run's jobs): the hop to a thread per job cost a no-op job ~1-2 ms under load."""
+        lab = self._labs.get((item["lab_path"], item["base_path"]))
+        context = lab is not None and self._prepared.get(self._context_key(item, lab))
+        return context or await asyncio.to_thread(self._context, item)
 
     def _context_locked(self, item: dict):
         base = Path(item["base_path"])
@@ -269,7 +289,7 @@ class Agent:
         try:
             grant = hardware.grant_for(self.inventory["hardware"], item.get("devices") or [])
             hardware.check_present(grant, hardware.hardware_root(self.settings.agent.hardware_root))
-            lab, layout, runtime, _target = await asyncio.to_thread(self._context, item)
+            lab, layout, runtime, _target = await self._context_of(item)
             runtime = runtime.with_devices(grant)
             job = lab.jobs[job_id]
             resources = self.settings.resources.for_job(job_id, job.resource_hints, item["target"])
@@ -319,6 +339,8 @@ class Agent:
         self.metrics.durations.labels(outcome).observe(time.monotonic() - started)
         log.info("attempt %s %s", attempt, outcome, extra=extra)
         await self._retrying("POST", f"/v1/attempts/{attempt}/report", report)
+        # Reported, the slot is free: claiming waits no longer for the exit files' removal (a thread hop).
+        self._finished(attempt)
         await asyncio.to_thread(lambda: [forget_exit(guard) for guard in recorded])
 
     def _run_as(self, item: dict) -> int | None:
