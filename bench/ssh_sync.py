@@ -27,9 +27,9 @@ sys.path[:0] = [str(ROOT / "tests"), str(ROOT)]
 
 from ssh_host import start_ssh_host  # noqa: E402
 
-from repxd.config import SshSettings  # noqa: E402
 from repxd.targets.ssh.connection import SshConnection  # noqa: E402
 from repxd.targets.ssh.sync import RemoteBase  # noqa: E402
+from repxd.user_config import SshSettings  # noqa: E402
 
 
 def lab_tree(root: Path, megabytes: int, files: int) -> int:

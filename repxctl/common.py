@@ -8,12 +8,12 @@ from pathlib import Path
 
 import click
 
-from repxd.config import Config, TargetConfig, load_config, parse_memory
 from repxd.engine.embedded import base_path_for, open_lab, resolve_target
 from repxd.errors import RepxError
 from repxd.exec.layout import OutputLayout
 from repxd.lab.graph import JobStatus
 from repxd.lab.model import Lab
+from repxd.user_config import Config, TargetConfig, load_config, parse_memory
 
 
 def default_lab() -> str | None:

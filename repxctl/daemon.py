@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING
 import click
 
 from repxd.errors import RepxError
-from repxd.service.settings import SYSTEM_SOCKET, personal_socket
+from repxd.service.daemon_config import SYSTEM_SOCKET, personal_socket
 from repxd.store.queries import JOB_STATES
 
 from .table import print_table

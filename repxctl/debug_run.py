@@ -8,8 +8,8 @@ from pathlib import Path
 
 import click
 
-from repxd.config import load_resources
 from repxd.engine.embedded import EmbeddedRun, ExecutionOptions, plan_run
+from repxd.user_config import load_resources
 
 from .common import default_resources, lab_options, open_session
 from .complete import complete_jobs

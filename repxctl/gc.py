@@ -9,7 +9,6 @@ from pathlib import Path
 
 import click
 
-from repxd.config import load_config
 from repxd.engine.embedded import base_path_for, open_lab, resolve_target
 from repxd.errors import RepxError, SelectionError
 from repxd.exec.gcroots import (
@@ -29,6 +28,7 @@ from repxd.exec.gcroots import (
     size_of,
 )
 from repxd.exec.layout import OutputLayout
+from repxd.user_config import load_config
 
 from .common import default_lab, default_target
 from .table import print_table

@@ -11,12 +11,12 @@ import click
 import httpx
 
 from repxd.api.client import ApiError
-from repxd.config import Resources, load_resources
 from repxd.errors import RepxError, SelectionError
 from repxd.exec.inputs import resolve_inputs, resolve_output
 from repxd.exec.layout import FAIL, SUCCESS
 from repxd.lab.graph import JobStatus, matching_jobs, statuses
 from repxd.lab.model import Lab
+from repxd.user_config import Resources, load_resources
 
 from .common import Session, default_resources, lab_options, open_view
 from .complete import complete_jobs

@@ -90,7 +90,7 @@ def cli(global_lab, global_target, global_resources, verbose) -> None:
 def logging_settings():
     """config.toml's [logging]; defaults when the file is bad, as upstream — the command itself
     reports that file's error."""
-    from repxd.config import LoggingSettings, load_config
+    from repxd.user_config import LoggingSettings, load_config
 
     try:
         return load_config().logging

@@ -7,7 +7,6 @@ from pathlib import Path
 
 import click
 
-from repxd.config import load_config
 from repxd.engine.embedded import open_lab
 from repxd.errors import ConfigError, RepxError
 from repxd.exec.layout import OutputLayout
@@ -15,6 +14,7 @@ from repxd.lab.graph import select
 from repxd.targets.commands import CommandMissing
 from repxd.targets.ssh.connection import SshError, connection_for, is_connection_problem
 from repxd.targets.ssh.sync import RemoteBase, local_base_for
+from repxd.user_config import load_config
 
 from .common import default_lab, default_target
 

@@ -10,12 +10,12 @@ from pathlib import Path
 
 import click
 
-from repxd.config import load_resources
 from repxd.engine.embedded import EmbeddedRun, ExecutionOptions, plan_run
 from repxd.errors import RepxError
 from repxd.exec.gcroots import register_root
 from repxd.exec.runtimes import RUNTIMES
 from repxd.targets.schedulers import DISPLAY_NAMES
+from repxd.user_config import load_resources
 
 from . import daemon
 from .common import MemorySize, default_resources, lab_options, open_session

@@ -12,7 +12,7 @@ import click
 from . import __version__
 from .errors import RepxError
 from .lab.loader import load_lab
-from .service.settings import load_settings, token_file_errors, validation_errors
+from .service.daemon_config import load_settings, token_file_errors, validation_errors
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -81,7 +81,7 @@ def check_config(path: Path, no_files: bool) -> None:
 
     from pydantic import ValidationError
 
-    from .service.settings import Settings
+    from .service.daemon_config import Settings
 
     try:
         data = tomllib.loads(path.read_text())

@@ -17,7 +17,6 @@ from pathlib import Path
 
 from .. import errors, hardware
 from ..api.client import ApiError, ApiUnavailable, AsyncApi
-from ..config import parse_memory
 from ..engine.admission import Admission
 from ..engine.embedded import resolve_target, scheduler_of
 from ..exec.artifacts import sync_artifacts
@@ -29,11 +28,12 @@ from ..exec.runtimes import choose_execution_type, make_runtime
 from ..exec.systemd_unit import UnitStopped, choose_launcher
 from ..observe import notify
 from ..observe.metrics import AgentMetrics
-from ..service.settings import Settings
+from ..service.daemon_config import Settings
 from ..service.submit import open_lab_cached
 from ..targets.cluster import ClusterLauncher
 from ..targets.commands import LocalCommands
 from ..targets.schedulers import CLUSTER_SCHEDULERS, cluster_launcher
+from ..user_config import parse_memory
 from .identity import job_uid
 
 log = logging.getLogger("repx.agent")

@@ -16,7 +16,7 @@ from pydantic import BaseModel, ValidationError
 
 from ..engine.scheduler import wakeups
 from ..errors import RepxError
-from ..service.settings import Settings
+from ..service.daemon_config import Settings
 from ..store import queries as q
 from ..store.db import AsyncDatabase, StoreFull
 from .client import ApiError

@@ -17,7 +17,7 @@ from ..engine.scheduler import wakeups
 from ..errors import RepxError
 from ..exec.layout import FAIL, SUCCESS, OutputLayout, open_job_file
 from ..observe.metrics import ApiMetrics, exposition
-from ..service.settings import Settings
+from ..service.daemon_config import Settings
 from ..service.submit import plan_submission
 from ..store import queries as q
 from ..store import reads

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 from aiohttp import web
 
-from ..service.settings import ApiSettings, read_token
+from ..service.daemon_config import ApiSettings, read_token
 
 
 @dataclass(frozen=True)

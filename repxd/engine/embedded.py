@@ -8,7 +8,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .. import hardware
-from ..config import Config, Resources, TargetConfig, parse_memory, state_home
 from ..errors import ConfigError
 from ..exec.artifacts import sync_artifacts
 from ..exec.execute import execute_job
@@ -21,6 +20,7 @@ from ..lab.loader import load_lab
 from ..lab.model import Lab
 from ..targets.commands import LocalCommands
 from ..targets.schedulers import CLUSTER_SCHEDULERS, cluster_launcher
+from ..user_config import Config, Resources, TargetConfig, parse_memory, state_home
 from .admission import Admission
 from .gpu_pool import GpuPool, GpuUnavailable
 from .local import Chain, LocalEngine, Reporter, RunSummary

@@ -17,7 +17,7 @@ from ..exec.layout import SUCCESS, OutputLayout
 from ..hardware import tightest_vendor
 from ..observe import notify
 from ..observe.metrics import SchedulerMetrics
-from ..service.settings import SchedulerSettings
+from ..service.daemon_config import SchedulerSettings
 from ..store import queries as q
 from ..store import reads
 from ..store.db import AsyncDatabase, Database, StoreFull

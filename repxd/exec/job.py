@@ -12,10 +12,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
-from ..config import parse_memory, parse_time, step_resources
 from ..engine.admission import Admission
 from ..lab.graph import Outcome
 from ..lab.model import Job, Lab
+from ..user_config import parse_memory, parse_time, step_resources
 from .artifacts import verified_executable
 from .inputs import resolve_inputs
 from .launcher import (

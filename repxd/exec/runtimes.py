@@ -17,11 +17,11 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from ..config import TargetConfig
 from ..errors import ConfigError, LabError, RepxError
 from ..hardware.devices import NO_DEVICES, DeviceGrant
 from ..lab import tarsafe
 from ..lab.model import Lab
+from ..user_config import TargetConfig
 from .layout import OutputLayout
 
 SANDBOX_PATH = "/usr/local/bin:/usr/bin:/bin:/usr/sbin:/sbin"

@@ -38,7 +38,7 @@ def _from_sbatch(opts: list[str]) -> int | None:
 
 
 def gpu_request(resources: dict[str, Any]) -> GpuRequest:
-    """From a job's merged resources (config.Resources.for_job)."""
+    """From a job's merged resources (user_config.Resources.for_job)."""
     mode = resources.get("gpu")
     count = resources.get("gpus")
     if count is None:

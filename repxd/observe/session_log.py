@@ -12,7 +12,7 @@ import sys
 import time
 from pathlib import Path
 
-from ..config import LoggingSettings
+from ..user_config import LoggingSettings
 
 PREFIX = "repx_"
 LEVELS = {"TRACE": logging.DEBUG, "DEBUG": logging.DEBUG, "INFO": logging.INFO,

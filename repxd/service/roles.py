@@ -24,7 +24,7 @@ from ..errors import RepxError
 from ..observe import notify
 from ..observe.logging import setup_logging
 from ..observe.metrics import AgentMetrics, SchedulerMetrics, serve_metrics
-from ..service.settings import Settings, read_token
+from ..service.daemon_config import Settings, read_token
 from ..store import queries as q
 from ..store.db import AsyncDatabase, StoreFull, open_database
 from ..store.startup import check_database, lock_role

@@ -9,7 +9,6 @@ import uuid
 from collections import OrderedDict
 from pathlib import Path
 
-from ..config import parse_memory
 from ..engine.embedded import base_path_for, inter_run_order, open_lab, plan_run, resolve_target
 from ..exec.layout import OutputLayout
 from ..hardware.request import gpu_request
@@ -17,8 +16,9 @@ from ..lab.graph import Outcome, topological_order
 from ..lab.model import Lab
 from ..store.queries import PlannedJob
 from ..store.records import RunRecord
+from ..user_config import parse_memory
+from .daemon_config import Settings
 from .lab_access import lab_as_submitter
-from .settings import Settings
 
 # Loaded (and verified) Labs by where they are and what their files are: loading and verifying
 # the Lab on every submit made a 10-job submit take 1.6 s at 200 clients. A large Lab holds

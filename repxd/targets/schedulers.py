@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ..config import TargetConfig
+from ..user_config import TargetConfig
 from .cluster import ClusterLauncher
 from .commands import CommandRunner
 from .sge import launcher as sge

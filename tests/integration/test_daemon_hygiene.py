@@ -17,7 +17,7 @@ import pytest
 from cli import repxctl
 from service import Daemon
 
-from repxd.service.settings import SYSTEM_SOCKET
+from repxd.service.daemon_config import SYSTEM_SOCKET
 
 
 def stale_socket(path: Path) -> Path:

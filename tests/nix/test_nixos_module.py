@@ -7,7 +7,7 @@ from __future__ import annotations
 import pytest
 from nixeval import module_error, module_report
 
-from repxd.service.settings import Settings
+from repxd.service.daemon_config import Settings
 
 CHECKED = "repxd-checked.toml"
 ROLES = ("repx-api", "repx-scheduler", "repx-agent")

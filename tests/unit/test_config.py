@@ -1,4 +1,4 @@
-"""config.toml and resources.toml (repxd.config, lab-format §8–9): validation errors, the resource
+"""config.toml and resources.toml (repxd.user_config, lab-format §8–9): validation errors, the resource
 merge order, and the memory / time parsers."""
 
 from __future__ import annotations
@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from repxd.config import Resources, load_config, load_resources, parse_memory, parse_time
 from repxd.errors import ConfigError
+from repxd.user_config import Resources, load_config, load_resources, parse_memory, parse_time
 
 GIB = 1024**3
 MIB = 1024**2

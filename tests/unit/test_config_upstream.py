@@ -7,11 +7,11 @@ from pathlib import Path
 
 import pytest
 
-from repxd.config import load_config, load_resources, wildmatch
 from repxd.engine.embedded import resolve_target
 from repxd.errors import ConfigError
 from repxd.exec.runtimes import choose_execution_type
-from repxd.service.settings import Settings
+from repxd.service.daemon_config import Settings
+from repxd.user_config import load_config, load_resources, wildmatch
 
 
 @pytest.fixture(autouse=True)
@@ -136,7 +136,7 @@ def test_daemon_targets_keep_their_execution_type_without_a_local_section(tmp_pa
 def test_step_hints_sit_between_the_job_and_the_worker_overlay():
     """Upstream's resources.rs resolve_worker_resources: the job's directives, then the step's
     Nix hints (merge_hints), then the last matching rule's worker_resources (merge_rule)."""
-    from repxd.config import Resources
+    from repxd.user_config import Resources
 
     resources = Resources.model_validate({"defaults": {"mem": "1G", "time": "00:10:00"},
                                           "rules": [{"job_id_glob": "*", "worker_resources": {"mem": "2G"}}]})

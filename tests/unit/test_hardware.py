@@ -14,7 +14,6 @@ import pytest
 from click.testing import CliRunner
 
 from repxd.cli import cli
-from repxd.config import Resources
 from repxd.engine.scheduler import Capacity, Scheduler, unschedulable
 from repxd.errors import ConfigError
 from repxd.hardware import (
@@ -30,6 +29,7 @@ from repxd.hardware import (
     without_gpus,
 )
 from repxd.hardware import gpus as gpus_module
+from repxd.user_config import Resources
 
 FIXTURES = Path(__file__).resolve().parent.parent / "fixtures" / "hardware"
 

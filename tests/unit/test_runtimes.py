@@ -7,11 +7,11 @@ from pathlib import Path
 
 import pytest
 
-from repxd.config import TargetConfig
 from repxd.errors import ConfigError
 from repxd.exec.layout import OutputLayout
 from repxd.exec.runtimes import BwrapRuntime, ContainerRuntime, Runtime, choose_execution_type
 from repxd.hardware import Inventory, detect, grant_for
+from repxd.user_config import TargetConfig
 
 FIXTURES = Path(__file__).resolve().parent.parent / "fixtures" / "hardware"
 

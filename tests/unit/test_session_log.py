@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 from cli import repxctl
 
-from repxd.config import LoggingSettings, load_config
 from repxd.observe.session_log import level_from_env, prune
+from repxd.user_config import LoggingSettings, load_config
 
 
 def test_logging_section_defaults_are_upstreams(tmp_path: Path) -> None:

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from repxd.config import TargetConfig
 from repxd.errors import ConfigError
 from repxd.targets.ssh.connection import Destination, remote_path
+from repxd.user_config import TargetConfig
 
 
 @pytest.mark.parametrize("address,parsed", [

@@ -15,8 +15,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
 
-from ...config import parse_memory, parse_time
 from ...exec.launcher import ExitStatus, LaunchRequest, adoptable_status
+from ...user_config import parse_memory, parse_time
 from ..batch import arm, batch_script
 from ..cluster import UNSEEN_POLLS, ClusterError, ClusterLauncher, Pending, Phase, options_from
 from ..commands import CommandRunner

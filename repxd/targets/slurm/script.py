@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from ...config import parse_memory
+from ...user_config import parse_memory
 
 # sbatch refuses scripts beyond SchedulerParameters=max_script_size (4 MB by default).
 MAX_SCRIPT_BYTES = 3 << 20

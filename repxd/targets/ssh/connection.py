@@ -18,8 +18,8 @@ from pathlib import Path
 import asyncssh
 from asyncssh.config import SSHClientConfig
 
-from ...config import SshSettings, TargetConfig
 from ...errors import ConfigError
+from ...user_config import SshSettings, TargetConfig
 from ..commands import CommandMissing, CommandResult, RunnerUnreachable
 
 DEFAULT_KNOWN_HOSTS = Path("~/.ssh/known_hosts")

@@ -21,9 +21,9 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ...config import TargetConfig
 from ...exec.launcher import LaunchRequest, exit_file
 from ...exec.runtimes import Invocation
+from ...user_config import TargetConfig
 from ..cluster import Phase, options_from
 from ..commands import CommandResult
 from ..slurm.launcher import SlurmLauncher

@@ -20,7 +20,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from ...config import state_home
+from ...user_config import state_home
 from ..commands import CommandMissing
 from .connection import SshConnection, SshError, SshToolMissing, remote_path
 

@@ -8,12 +8,12 @@ import secrets
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 
-from ...config import TargetConfig
 from ...errors import ConfigError, RepxError
 from ...exec.artifacts import verified_executable
 from ...exec.layout import OutputLayout
 from ...exec.runtimes import Runtime
 from ...lab.model import Lab
+from ...user_config import TargetConfig
 from ..commands import CommandMissing
 from .connection import (
     SshConnection,

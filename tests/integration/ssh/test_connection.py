@@ -8,7 +8,6 @@ import subprocess
 
 import pytest
 
-from repxd.config import SshSettings
 from repxd.targets.ssh.connection import (
     SshAuthFailed,
     SshConnection,
@@ -16,6 +15,7 @@ from repxd.targets.ssh.connection import (
     SshUnknownHostKey,
     is_connection_problem,
 )
+from repxd.user_config import SshSettings
 
 
 def by_alias(ssh_host, **settings) -> SshConnection:

@@ -21,7 +21,6 @@ from service import Daemon
 from ssh_host import ALIAS, SshHost
 from ssh_slurm_host import NamespacedSlurmCluster, missing_programs, start_cluster_on
 
-from repxd.config import load_config
 from repxd.engine.embedded import (
     EmbeddedRun,
     ExecutionOptions,
@@ -34,6 +33,7 @@ from repxd.exec.layout import OutputLayout
 from repxd.lab.writer import ImageSpec, LabWriter
 from repxd.targets.ssh.connection import SshConnection
 from repxd.targets.ssh.target import SshTarget
+from repxd.user_config import load_config
 
 from .test_ssh_target import SELECTION, Remote, local_out_files, slow_lab, wait_for
 

@@ -9,12 +9,12 @@ import shutil
 from cli import repxctl
 from service import Daemon
 
-from repxd.config import load_config
 from repxd.engine.embedded import base_path_for, open_lab, resolve_target
 from repxd.exec.artifacts import sync_artifacts
 from repxd.exec.layout import OutputLayout
 from repxd.lab.writer import ImageSpec, LabWriter
 from repxd.targets.ssh.target import SshTarget
+from repxd.user_config import load_config
 
 from . import test_ssh_target
 from .test_ssh_target import local_out_files

@@ -21,7 +21,6 @@ from definitions import HEADER, build
 from service import Daemon
 from ssh_host import ALIAS, SshHost
 
-from repxd.config import load_config
 from repxd.engine.embedded import (
     EmbeddedRun,
     ExecutionOptions,
@@ -31,6 +30,7 @@ from repxd.engine.embedded import (
     resolve_target,
 )
 from repxd.lab.writer import LabWriter
+from repxd.user_config import load_config
 
 SELECTION = {"simple": "@all", "sweep-scatter": "sweep"}
 

@@ -88,7 +88,7 @@ def test_a_daemon_killed_during_a_remote_start_runs_the_job_once(remote, tmp_pat
 PAUSED_AFTER_START = """
 import asyncio, sys
 from pathlib import Path
-from repxd.config import load_config
+from repxd.user_config import load_config
 from repxd.engine.embedded import EmbeddedRun, ExecutionOptions, base_path_for, open_lab, plan_run, resolve_target
 
 config, lab_path, flag = sys.argv[1:]

@@ -9,9 +9,9 @@ from pathlib import Path
 import pytest
 from conftest import missing
 
-from repxd.config import SshSettings
 from repxd.targets.ssh.connection import SshConnection
 from repxd.targets.ssh.sync import RemoteBase, SyncError
+from repxd.user_config import SshSettings
 
 
 @pytest.fixture

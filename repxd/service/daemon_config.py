@@ -14,9 +14,9 @@ from typing import Annotated, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError
 
-from ..config import Config, Resources, TargetConfig, parse_memory
-from ..config import SchedulerSettings as TargetSchedulerSettings
 from ..errors import ConfigError
+from ..user_config import Config, Resources, TargetConfig, parse_memory
+from ..user_config import SchedulerSettings as TargetSchedulerSettings
 
 DEFAULT_CONFIG = Path("/etc/repx/repxd.toml")
 
