@@ -132,7 +132,7 @@ class SshLauncher:
                 words = await self._resolve(path, words[1])
             if len(words) == 2:
                 log.info("following remote process %s started earlier for %s", words[0], request.job_id)
-                guard.leftover_status = await self._follow(Handle(*words), path, self._repx_of(path), None,
+                guard.leftover_status = await self._follow(Handle(*words), path, self.repx_of(path), None,
                                                            bool(request.time_seconds))
             try:
                 yield guard
@@ -225,14 +225,14 @@ class SshLauncher:
     def _remote_guard(self, guard: Path) -> str:
         return self.mirror.path(guard)
 
-    def _repx_of(self, guard: Path) -> Path:
+    def repx_of(self, guard: Path) -> Path:
         """The repx directory a guard stands for (the inverse of OutputLayout.guard)."""
         return guard.parent.parent.parent / "outputs" / guard.name.replace("%", "/")
 
     async def _start(self, token: str, invocation: Invocation, repx: Path, guard: Path,
                      request: LaunchRequest) -> Handle:
         files = "".join(f"{self.mirror.path(p)}\n{base64.b64encode(data).decode()}\n"
-                        for p, data in self._inputs(repx)) + ".\n"
+                        for p, data in self.input_files(repx)) + ".\n"
         prefix = ":".join(self.mirror.path(d) for d in invocation.env.get("PATH", "").split(":")
                           if self.mirror.path(d) != d)
         argv = ["sh", self.helper, "start", token, self._remote_guard(guard), self.mirror.path(invocation.cwd),
@@ -250,7 +250,7 @@ class SshLauncher:
                 return Handle(*words)
             raise RemoteError(f"the remote host could not start {request.job_id}: {result.failure()}")
 
-    def _inputs(self, repx: Path) -> list[tuple[Path, bytes]]:
+    def input_files(self, repx: Path) -> list[tuple[Path, bytes]]:
         """The JSON files the process reads from `repx/` directories: its own, its job's, and a
         scatter-gather branch's (work_item.json), with local paths made remote."""
         outputs = self.mirror.local / "outputs"

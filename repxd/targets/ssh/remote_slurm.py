@@ -128,7 +128,7 @@ class RemoteSlurmLauncher(SlurmLauncher):
             batch = self.log_dir if request.user is None else self.log_dir / str(request.user)
             lines.append(f"D\t{m.path(batch)}\n")
         lines += [f"F\t{m.path(path)}\n{base64.b64encode(data).decode()}\n"
-                  for path, data in self.markers._inputs(repx)]
+                  for path, data in self.markers.input_files(repx)]
         return "".join(lines)
 
     def _job_env(self, local: dict[str, str]) -> dict[str, str]:
@@ -157,7 +157,7 @@ class RemoteSlurmLauncher(SlurmLauncher):
         listing = ""
         for slurm_id in slurm_ids:
             guard = self._guards[slurm_id]
-            repx = self.markers._repx_of(guard)
+            repx = self.markers.repx_of(guard)
             listing += "\t".join([m.path(exit_file(guard)), m.path(repx), m.path(repx.parent / "out"),
                                   batch, slurm_id]) + "\n"
         result = await self.commands.connection.run(["sh", self.commands.helper, "fetch"], stdin=listing)
