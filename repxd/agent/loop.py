@@ -35,6 +35,7 @@ from ..targets.commands import LocalCommands
 from ..targets.schedulers import CLUSTER_SCHEDULERS, cluster_launcher
 from ..user_config import parse_memory
 from .identity import job_uid
+from .reports import ReportSender
 
 log = logging.getLogger("repx.agent")
 RETRY_SECONDS = 0.5
@@ -92,6 +93,8 @@ class Agent:
         self._ssh_labs: set[tuple[str, str]] = set()  # (target, Lab) whose artifacts the host has
         self._ssh_lock = asyncio.Lock()
         self._new_handles: dict[int, str] = {}  # sent with the next heartbeat
+        self._reports = ReportSender(lambda reports: self._retrying("POST", f"/v1/agents/{self.id}/reports",
+                                                                    {"reports": reports}))
         # The scheduler admits work; this only bounds processes of scatter-gather fan-out.
         self.admission = Admission(max(1, self.inventory["slots"]), self.inventory["cpus"], self.inventory["mem"])
 
@@ -338,7 +341,7 @@ class Agent:
             outcome = "error"
         self.metrics.durations.labels(outcome).observe(time.monotonic() - started)
         log.info("attempt %s %s", attempt, outcome, extra=extra)
-        await self._retrying("POST", f"/v1/attempts/{attempt}/report", report)
+        await self._reports.report(attempt, report)
         # Reported, the slot is free: claiming waits no longer for the exit files' removal (a thread hop).
         self._finished(attempt)
         await asyncio.to_thread(lambda: [forget_exit(guard) for guard in recorded])

@@ -1,4 +1,4 @@
-"""The agent's five calls (register, heartbeat, claim, attempt details, report) as store
+"""The agent's calls (register, heartbeat, claim, attempt details, report one or many) as store
 transactions, shared by the API's routes and by InProcessApi: the agent of `repxd all` calls
 them directly, without HTTP to its own socket (a third of the daemon's CPU per job went on
 encoding, sending and routing those requests to itself)."""
@@ -20,7 +20,7 @@ from ..service.daemon_config import Settings
 from ..store import queries as q
 from ..store.db import AsyncDatabase, StoreFull
 from .client import ApiError
-from .models import ClaimRequest, HeartbeatRequest, RegisterRequest, ReportRequest
+from .models import ClaimRequest, HeartbeatRequest, RegisterRequest, ReportRequest, ReportsRequest
 
 
 class NotFound(Exception):
@@ -71,15 +71,32 @@ async def attempt_details(database: AsyncDatabase, attempt: int) -> dict:
             "devices": json.loads(row["devices"] or "[]"), "submitter_uid": row["submitter_uid"]}
 
 
-async def report(database: AsyncDatabase, settings: Settings, attempt: int, req: ReportRequest) -> dict:
+def _retry_policy(settings: Settings) -> q.RetryPolicy:
     s = settings.scheduler
-    policy = q.RetryPolicy(s.max_lost, s.job_retries, s.backoff)
-    recorded = await database.run(q.complete_attempt, database.db, attempt, req.outcome, req.exit_status, req.reason, policy)
+    return q.RetryPolicy(s.max_lost, s.job_retries, s.backoff)
+
+
+async def report(database: AsyncDatabase, settings: Settings, attempt: int, req: ReportRequest) -> dict:
+    recorded = await database.run(q.complete_attempt, database.db, attempt, req.outcome, req.exit_status, req.reason,
+                                  _retry_policy(settings))
     wakeups(database).schedule.set()  # room freed, dependents may be placeable
     return {"recorded": recorded}
 
 
-_AGENT_CALL = re.compile(r"/v1/agents/(?P<agent>[^/]+)/(?P<action>heartbeat|claim)")
+async def reports(database: AsyncDatabase, settings: Settings, req: ReportsRequest) -> dict:
+    """Each report as `report` records it, all in one hand-off to the store's thread; `recorded`
+    in the reports' order (False for an attempt that had ended already or is unknown)."""
+    policy = _retry_policy(settings)
+
+    def complete_all(db) -> list[bool]:
+        return [q.complete_attempt(db, r.attempt, r.outcome, r.exit_status, r.reason, policy) for r in req.reports]
+
+    recorded = await database.run(complete_all, database.db)
+    wakeups(database).schedule.set()
+    return {"recorded": recorded}
+
+
+_AGENT_CALL = re.compile(r"/v1/agents/(?P<agent>[^/]+)/(?P<action>heartbeat|claim|reports)")
 _ATTEMPT = re.compile(r"/v1/attempts/(?P<attempt>[0-9]+)(?P<report>/report)?")
 
 
@@ -115,6 +132,8 @@ class InProcessApi:
         if method == "POST" and (m := _AGENT_CALL.fullmatch(path)):
             if m["action"] == "claim":
                 return await claim(self.database, m["agent"], body(ClaimRequest))
+            if m["action"] == "reports":
+                return await reports(self.database, self.settings, body(ReportsRequest))
             return await heartbeat(self.database, self.settings, m["agent"], body(HeartbeatRequest))
         if (m := _ATTEMPT.fullmatch(path)) and method == ("POST" if m["report"] else "GET"):
             if m["report"]:

@@ -29,6 +29,7 @@ from .models import (
     HeartbeatRequest,
     RegisterRequest,
     ReportRequest,
+    ReportsRequest,
     SubmitRequest,
 )
 from .openapi import openapi_document
@@ -396,6 +397,11 @@ async def report(request: web.Request) -> web.Response:
     return web.json_response(await agent_calls.report(db(request), request.app[SETTINGS], attempt_id(request), req))
 
 
+async def reports(request: web.Request) -> web.Response:
+    require_agent(caller(request))
+    return web.json_response(await agent_calls.reports(db(request), request.app[SETTINGS], await body(request, ReportsRequest)))
+
+
 async def agent_state(request: web.Request) -> web.Response:
     require_admin(caller(request), "changing an agent")
     agent, action = request.match_info["agent"], request.match_info["action"]
@@ -488,6 +494,7 @@ def make_app(settings: Settings, database: AsyncDatabase, version: str, role_reg
     r.add_post("/v1/agents", register_agent)
     r.add_post("/v1/agents/{agent}/heartbeat", heartbeat)
     r.add_post("/v1/agents/{agent}/claim", claim)
+    r.add_post("/v1/agents/{agent}/reports", reports)
     r.add_post("/v1/agents/{agent}/{action}", agent_state)
     r.add_delete("/v1/agents/{agent}", forget_agent)
     r.add_get("/v1/attempts/{attempt}", attempt_details)

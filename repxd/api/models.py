@@ -47,3 +47,13 @@ class ReportRequest(_Body):
     exit_status: int | None = None
     reason: str | None = None
 
+
+class AttemptReport(ReportRequest):
+    attempt: int
+
+
+class ReportsRequest(_Body):
+    """Several attempts' reports in one call: an agent sends what ended while its last call was
+    under way, so a busy agent makes one request for many jobs."""
+    reports: list[AttemptReport] = Field(min_length=1, max_length=1000)
+

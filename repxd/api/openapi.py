@@ -7,6 +7,7 @@ from .models import (
     HeartbeatRequest,
     RegisterRequest,
     ReportRequest,
+    ReportsRequest,
     SubmitRequest,
 )
 
@@ -28,6 +29,7 @@ _ROUTES = [
     ("post", "/v1/agents", "Register an agent (agents only)", RegisterRequest),
     ("post", "/v1/agents/{agent}/heartbeat", "Extend an agent's lease; returns attempts to cancel", HeartbeatRequest),
     ("post", "/v1/agents/{agent}/claim", "Long-poll for assigned attempts", ClaimRequest),
+    ("post", "/v1/agents/{agent}/reports", "Report how several attempts ended, in one call", ReportsRequest),
     ("post", "/v1/agents/{agent}/{action}", "drain or undrain an agent (admin)", None),
     ("delete", "/v1/agents/{agent}", "Forget an idle agent (admin)", None),
     ("get", "/v1/attempts/{attempt}", "What an agent needs to run an attempt", None),

@@ -259,7 +259,8 @@ def test_agent_endpoints_refuse_users_on_the_socket(users, daemons):
              ("POST", "/v1/agents/agent-x/heartbeat", {}),
              ("POST", "/v1/agents/agent-x/claim", {"wait": 0}),
              ("GET", "/v1/attempts/1", None),
-             ("POST", "/v1/attempts/1/report", {"outcome": "succeeded", "exit_status": 0})]
+             ("POST", "/v1/attempts/1/report", {"outcome": "succeeded", "exit_status": 0}),
+             ("POST", "/v1/agents/agent-x/reports", {"reports": [{"attempt": 1, "outcome": "succeeded"}]})]
     not_agent = f"only agents may use this endpoint; {ALICE} is not an agent"
     assert alice.requests(d.socket, calls) == [(403, not_agent)] * len(calls)
     # The daemon's own user (root here) is an agent on the socket.

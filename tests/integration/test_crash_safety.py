@@ -77,7 +77,7 @@ def test_random_kills_lose_nothing_and_run_nothing_twice():
             kills[role] += 1
             d.start(role)
         early = run_state(d, run_id)
-        assert not early["done"], f"the run ended before all kills happened: {early}"
+        assert not early["done"], f"the run ended before all kills happened: {early}\n{d.logs()[-20000:]}"
 
         deadline = time.monotonic() + 240
         while not (state := run_state(d, run_id))["done"]:

@@ -366,6 +366,9 @@ def fuzz_body(path: str, lab_dir: Path):
         "/v1/agents/{agent}/heartbeat": st.fixed_dictionaries({}, optional={"running": JSON, "handles": JSON}),
         "/v1/attempts/{attempt}/report": st.fixed_dictionaries({"outcome": WORDS | st.just("failed")},
                                                                optional={"exit_status": JSON, "reason": JSON}),
+        "/v1/agents/{agent}/reports": st.fixed_dictionaries({"reports": st.lists(
+            st.fixed_dictionaries({"attempt": st.integers(-5, 10**12) | JSON, "outcome": WORDS | st.just("failed")},
+                                  optional={"exit_status": JSON, "reason": JSON}), max_size=5)}),
     }.get(path)
     if path == "/v1/agents/{agent}/claim":
         return shaped  # arbitrary JSON could ask for a 60 s long poll
