@@ -14,7 +14,7 @@ from dataclasses import asdict
 
 from pydantic import BaseModel, ValidationError
 
-from ..engine.scheduler import wakeups
+from ..engine.wakeups import wakeups
 from ..errors import RepxError
 from ..service.daemon_config import Settings
 from ..store import queries as q
@@ -32,7 +32,7 @@ async def register(database: AsyncDatabase, settings: Settings, req: RegisterReq
     agent = await database.run(q.register_agent, database.db, req.id, req.host, req.inventory, req.labels, lease)
     live = await database.run(database.db.read, f"SELECT id FROM attempts WHERE agent_id=? AND state IN {q.LIVE_ATTEMPT_STATES}"
                                                 " AND state!='assigned'", (req.id,))
-    wakeups(database).schedule.set()
+    wakeups(database).wake_scheduler()
     return {"agent": asdict(agent), "lease_seconds": lease, "adopt": [r["id"] for r in live]}
 
 
@@ -79,7 +79,7 @@ def _retry_policy(settings: Settings) -> q.RetryPolicy:
 async def report(database: AsyncDatabase, settings: Settings, attempt: int, req: ReportRequest) -> dict:
     recorded = await database.run(q.complete_attempt, database.db, attempt, req.outcome, req.exit_status, req.reason,
                                   _retry_policy(settings))
-    wakeups(database).schedule.set()  # room freed, dependents may be placeable
+    wakeups(database).wake_scheduler()  # room freed, dependents may be placeable
     return {"recorded": recorded}
 
 
@@ -92,7 +92,7 @@ async def reports(database: AsyncDatabase, settings: Settings, req: ReportsReque
         return [q.complete_attempt(db, r.attempt, r.outcome, r.exit_status, r.reason, policy) for r in req.reports]
 
     recorded = await database.run(complete_all, database.db)
-    wakeups(database).schedule.set()
+    wakeups(database).wake_scheduler()
     return {"recorded": recorded}
 
 

@@ -13,7 +13,7 @@ from pathlib import Path
 from aiohttp import web
 from pydantic import BaseModel, ValidationError
 
-from ..engine.scheduler import wakeups
+from ..engine.wakeups import wakeups
 from ..errors import RepxError
 from ..exec.layout import FAIL, SUCCESS, OutputLayout, open_job_file
 from ..observe.metrics import ApiMetrics, exposition
@@ -171,7 +171,7 @@ async def submit(request: web.Request) -> web.Response:
     finally:
         busy[who.name] -= 1
     await db(request).run(q.create_run, db(request).db, run, jobs)
-    wakeups(db(request)).schedule.set()
+    wakeups(db(request)).wake_scheduler()
     return web.json_response(run_json(await db(request).run(reads.get_run, db(request).db, run.id)), status=201)
 
 
@@ -217,7 +217,7 @@ async def _owner_action(request: web.Request, action: str, transition, result_ke
     require_owner(who, run.submitter_uid, run.submitter_name, action)
     request.app[DONE_RUNS].clear()  # a retried run is active again
     count = await db(request).run(transition, db(request).db, run.id)
-    wakeups(db(request)).schedule.set()
+    wakeups(db(request)).wake_scheduler()
     return web.json_response({"run": run.id, result_key: count})
 
 
@@ -410,7 +410,7 @@ async def agent_state(request: web.Request) -> web.Response:
         return error(404, f"unknown action {action!r}; use drain or undrain")
     if not await db(request).run(q.set_agent_state, db(request).db, agent, states[action]):
         return error(404, f"no agent {agent!r}")
-    wakeups(db(request)).schedule.set()
+    wakeups(db(request)).wake_scheduler()
     return web.json_response({"agent": agent, "state": states[action]})
 
 

@@ -9,7 +9,6 @@ import logging
 import os
 import socket
 import time
-import weakref
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -21,36 +20,10 @@ from ..service.daemon_config import SchedulerSettings
 from ..store import queries as q
 from ..store import reads
 from ..store.db import AsyncDatabase, Database, StoreFull
+from .wakeups import wakeups
 
 log = logging.getLogger("repx.scheduler")
 PLACEMENT_BATCH = 2000
-
-
-class Wakeups:
-    """In-process wake-ups between roles sharing one AsyncDatabase (`repxd all`): the API sets
-    `schedule` when jobs may have become placeable or room was freed, the scheduler pulses `placed`
-    for claim long-polls. Roles in separate processes are never woken and poll as before."""
-
-    def __init__(self) -> None:
-        self.schedule = asyncio.Event()
-        self.placed = asyncio.Event()
-        # Placements so far: a claim that found nothing compares it with the count it saw before
-        # asking, so a pulse while it asked (not waiting yet) does not cost it a poll interval.
-        self.placements = 0
-
-    def pulse_placed(self) -> None:
-        self.placements += 1
-        self.placed.set()  # wakes every current waiter
-        self.placed.clear()
-
-
-_WAKEUPS: weakref.WeakKeyDictionary[AsyncDatabase, Wakeups] = weakref.WeakKeyDictionary()
-
-
-def wakeups(database: AsyncDatabase) -> Wakeups:
-    if database not in _WAKEUPS:
-        _WAKEUPS[database] = Wakeups()
-    return _WAKEUPS[database]
 
 
 @dataclass

@@ -20,6 +20,7 @@ from ..api.agent_calls import InProcessApi
 from ..api.app import make_app
 from ..api.client import AsyncApi
 from ..engine.scheduler import Scheduler
+from ..engine.wakeups import wakeups
 from ..errors import RepxError
 from ..observe import notify
 from ..observe.logging import setup_logging
@@ -139,6 +140,7 @@ def agent_api(settings: Settings) -> AsyncApi:
 async def run_api(settings: Settings) -> None:
     _exit_on_signals(asyncio.get_running_loop(), "api")
     database = _database(settings)
+    wakeups(database).across_processes(settings.state_dir, "api")
     await start_api(settings, database)
     listeners = str(settings.api.socket) + (f" and {settings.api.tcp}" if settings.api.tcp else "")
     notify.ready(f"serving on {listeners}")
@@ -149,6 +151,7 @@ async def run_api(settings: Settings) -> None:
 async def run_scheduler(settings: Settings) -> None:
     _exit_on_signals(asyncio.get_running_loop(), "scheduler")
     database = _database(settings)
+    wakeups(database).across_processes(settings.state_dir, "scheduler")
     metrics = SchedulerMetrics()
     if settings.scheduler.metrics:
         await serve_metrics(metrics.registry, settings.scheduler.metrics)

@@ -102,15 +102,22 @@ class Database:
 
 def _create_whole(path: Path) -> None:
     """A new database appears under its name only with its header written (in WAL mode), so a
-    zero-length state.db is never repxd's doing and can be refused as lost (store.startup)."""
-    fresh = path.with_name(path.name + ".new")
+    zero-length state.db is never repxd's doing and can be refused as lost (store.startup).
+    Roles starting at once on a new state_dir each make their own and link it in; the first
+    link wins, and the others open that one."""
+    fresh = path.with_name(f"{path.name}.new.{os.getpid()}")
     fresh.unlink(missing_ok=True)
     conn = sqlite3.connect(fresh, isolation_level=None)
     try:
         conn.execute("PRAGMA journal_mode=WAL")
     finally:
         conn.close()
-    os.replace(fresh, path)
+    try:
+        os.link(fresh, path)
+    except FileExistsError:
+        pass
+    finally:
+        fresh.unlink()
 
 
 class AsyncDatabase:

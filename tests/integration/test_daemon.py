@@ -66,6 +66,23 @@ def test_three_roles_as_separate_processes(daemon, tmp_path):
         time.sleep(0.2)
 
 
+def test_separate_roles_wake_each_other_instead_of_waiting_for_their_polls(tmp_path):
+    """A chain of four jobs through api, scheduler and agent as separate processes, with the
+    scheduler polling once a minute: each report must wake the scheduler (and each placement the
+    agent's claim), or the run would take minutes."""
+    d = Daemon.create(extra="")
+    d.config.write_text(d.config.read_text().replace("poll_interval = 0.05", "poll_interval = 60"))
+    try:
+        for role in ("api", "scheduler", "agent"):
+            d.start(role)
+        lab = simple().write(tmp_path / "simple")
+        result = repxctl("run", "@all", "--lab", lab, "--json", env=api_env(d), timeout=60)
+        assert result.code == 0, result.stderr + d.logs()
+        assert result.json()["counts"] == {"succeeded": 4}
+    finally:
+        d.stop()
+
+
 def test_cancel_and_retry(daemon, tmp_path):
     daemon.start("all")
     env = api_env(daemon)
