@@ -98,14 +98,14 @@ class Scheduler:
         return room, clusters
 
     async def tick(self) -> int:
-        """One pass; returns the number of attempts placed."""
+        """One pass; returns the number of jobs placed or settled (0: nothing to do until woken)."""
         started = time.perf_counter()
         now = time.time()
         # Heartbeats cannot be recorded while the store's disk is full: no lease lapses then, and
         # leases get one more term after it recovers, so agents that kept running are not lost.
         store = self.db.db
         expire = store.full_since is None and now - store.recovered_at > self.settings.lease_seconds
-        survey, placed, waits = await self.db.run(self._pass, store, now, expire)
+        survey, placed, settled, waits = await self.db.run(self._pass, store, now, expire)
         if survey.lost:
             self.metrics.lost.inc(survey.lost)
             log.warning("%d attempts lost with their agents; requeued where the policy allows", survey.lost)
@@ -122,45 +122,53 @@ class Scheduler:
             await self.db.run(q.touch_role, self.db.db, "scheduler", socket.gethostname(), os.getpid(), self.started)
         self.last_tick = time.monotonic()
         self.metrics.loop.observe(time.perf_counter() - started)
-        return placed
+        return placed + settled
 
-    def _pass(self, store: Database, now: float, expire: bool) -> tuple[Survey, int, list[float]]:
+    def _pass(self, store: Database, now: float, expire: bool) -> tuple[Survey, int, int, list[float]]:
         """Read, decide and place in one call on the store's thread (placing is pure computation
         between two store calls). Each hand-off to that thread waits its turn on a loop busy with
         the agent's jobs (1-2 ms under load in `repxd all`): with one per read, a pass took ~12 ms
         and the agent's slots stood idle waiting for placements. Returns what was read, the
-        attempts created, and how long each placed job had been ready."""
+        attempts created, the jobs settled from their SUCCESS markers, and how long each placed
+        job had been ready.
+
+        Only jobs that get room are looked at further (their marker on disk, another run's live
+        attempt of the same job): a pass costs the room it fills, not the length of the queue,
+        which in a wide sweep is thousands of jobs on every pass."""
         survey = _survey(store, now, self.policy, expire)
         if not survey.pending:
-            return survey, 0, []
-        pending, done = survey.pending, survey.done
+            return survey, 0, 0, []
         room, clusters = self._capacities(survey, now)
-        decisions, reasons = [], []
-        for row in pending:
-            agent, devices = None, []
-            if (row["base_path"], row["job_id"]) in done:
-                pass
-            elif row["target"] in clusters:  # the cluster places it; an agent only submits it
-                agent = max(clusters[row["target"]].items(), key=lambda kv: kv[1], default=(None, 0))
-                agent = agent[0] if agent[1] > 0 else None
-                if agent is not None:
-                    clusters[row["target"]][agent] -= 1
-                decisions.append((row["run_id"], row["job_id"], agent, devices))
+        decisions, settled, waits, reasons = [], [], [], []
+        for row in survey.pending:
+            cluster = clusters.get(row["target"])  # the cluster places it; an agent only submits it
+            if cluster is not None:
+                agent = max(cluster, key=cluster.__getitem__, default=None)
+                has_room = agent is not None and cluster[agent] > 0
+            else:
+                has_room = any(cap.slots > 0 for cap in room.values())
+            if has_room and _done_on_disk(row["base_path"], row["job_id"]):
+                settled.append((row["run_id"], row["job_id"]))
                 continue
+            if not has_room:
+                agent, devices = None, []
+            elif cluster is not None:
+                cluster[agent] -= 1
+                devices = []
             else:
                 agent, devices = self._choose(room, row["cpus"], row["mem"], row["gpus"], bool(row["gpu_optional"]))
-            decisions.append((row["run_id"], row["job_id"], agent, devices))
-            if agent is None and row["gpus"]:
+            if agent is not None:
+                decisions.append((row["run_id"], row["job_id"], agent, devices))
+                waits.append(max(0.0, now - row["ready_at"]) if row["ready_at"] else None)
+            elif row["gpus"]:
                 why = None if row["gpu_optional"] else unschedulable(room, row["gpus"])
                 current = row["reason"] if (row["reason"] or "").startswith(q.UNSCHEDULABLE) else None
                 if (q.UNSCHEDULABLE + why if why else None) != current:
                     reasons.append((row["run_id"], row["job_id"], why))
         if reasons:
             q.set_unschedulable(store, reasons)
-        created = q.place(store, decisions, done)
-        waits = [max(0.0, now - row["ready_at"]) for row, (_r, _j, agent, _d) in zip(pending, decisions, strict=True)
-                 if created and agent is not None and row["ready_at"]]
-        return survey, created, waits
+        created, settled_count = q.place(store, decisions, settled)
+        return survey, created, settled_count, [w for w in waits if w is not None] if created else []
 
     @staticmethod
     def _choose(room: dict[str, Capacity], cpus: int, mem: int, gpus: int = 0,
@@ -218,30 +226,23 @@ def unschedulable(room: dict[str, Capacity], gpus: int) -> str | None:
 
 @dataclass
 class Survey:
-    """What one pass reads from the store and the disk."""
+    """What one pass reads from the store."""
 
     lost: int  # attempts lost with agents whose lease lapsed (requeued)
     pending: list  # placeable jobs, in placement order
     agents: list = field(default_factory=list)
     load: dict = field(default_factory=dict)  # q.agent_load
     held: dict = field(default_factory=dict)  # q.held_devices
-    done: set = field(default_factory=set)  # (base path, job) of pending jobs with a SUCCESS marker
 
 
 def _survey(store: Database, now: float, policy: q.RetryPolicy, expire: bool) -> Survey:
-    """Everything a pass reads (see Scheduler._pass). The SUCCESS markers are checked here too:
-    stat calls, well under a millisecond for a pass."""
+    """Everything a pass reads from the store (see Scheduler._pass)."""
     lost = q.expire_agents(store, now, policy) if expire else 0
     pending = q.placeable(store, now, PLACEMENT_BATCH)
     if not pending:
         return Survey(lost, pending)
-    return Survey(lost, pending, reads.list_agents(store), q.agent_load(store), q.held_devices(store),
-                  _done_on_disk([(r["base_path"], r["job_id"]) for r in pending]))
+    return Survey(lost, pending, reads.list_agents(store), q.agent_load(store), q.held_devices(store))
 
 
-def _done_on_disk(executions: list[tuple[str, str]]) -> set[tuple[str, str]]:
-    done = set()
-    for base, job_id in set(executions):
-        if (OutputLayout(Path(base)).repx_dir(job_id) / SUCCESS).exists():
-            done.add((base, job_id))
-    return done
+def _done_on_disk(base_path: str, job_id: str) -> bool:
+    return os.path.exists(os.path.join(OutputLayout(Path(base_path)).repx_dir(job_id), SUCCESS))

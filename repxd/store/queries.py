@@ -131,19 +131,21 @@ def live_attempt_for(conn, base_path: str, job_id: str):
 UNSCHEDULABLE = "unschedulable: "
 
 
-def place(db: Database, decisions: list[tuple], done_on_disk: set[tuple[str, str]]) -> int:
-    """Apply placement decisions (run, job, agent or None when the job already runs elsewhere[,
-    assigned GPU ids]). Returns the number of attempts created."""
-    created = 0
+def place(db: Database, decisions: list[tuple], done_on_disk: list[tuple[str, str]]) -> tuple[int, int]:
+    """Apply placement decisions (run, job, agent, assigned GPU ids), and settle the pending jobs
+    found done on disk (run, job). A decided job another run's live attempt already runs is
+    shared with it instead. Returns (attempts created, jobs settled)."""
+    created = settled = 0
     now = time.time()
     with db.transaction() as conn:
-        for run_id, job_id, agent_id, *assigned in decisions:
-            devices = json.dumps(assigned[0]) if assigned and assigned[0] else None
+        for run_id, job_id in done_on_disk:
+            if _job_state(conn, run_id, job_id) == "pending":
+                _settle_job(conn, run_id, job_id, "succeeded", "already succeeded (SUCCESS marker)")
+                settled += 1
+        for run_id, job_id, agent_id, assigned in decisions:
+            devices = json.dumps(assigned) if assigned else None
             row = conn.execute("SELECT base_path, cpus, mem, state FROM jobs WHERE run_id=? AND job_id=?", (run_id, job_id)).fetchone()
             if row is None or row["state"] != "pending":
-                continue
-            if (row["base_path"], job_id) in done_on_disk:
-                _settle_job(conn, run_id, job_id, "succeeded", "already succeeded (SUCCESS marker)")
                 continue
             live = live_attempt_for(conn, row["base_path"], job_id)
             if live is not None:
@@ -151,16 +153,19 @@ def place(db: Database, decisions: list[tuple], done_on_disk: set[tuple[str, str
                              ("running" if live["state"] == "running" else "queued", run_id, job_id))
                 _event(conn, "job.shared", run_id, job_id, attempt=live["id"])
                 continue
-            if agent_id is None:
-                continue
             cur = conn.execute("INSERT INTO attempts(run_id, job_id, base_path, agent_id, state, cpus, mem, created, devices)"
                                " VALUES (?,?,?,?,?,?,?,?,?)", (run_id, job_id, row["base_path"], agent_id, "assigned", row["cpus"], row["mem"], now, devices))
             conn.execute("UPDATE jobs SET state='queued', tries=tries+1, reason=CASE WHEN reason LIKE ? THEN NULL ELSE reason END"
                          " WHERE run_id=? AND job_id=?", (UNSCHEDULABLE + "%", run_id, job_id))
             _event(conn, "attempt.assigned", run_id, job_id, attempt=cur.lastrowid, agent=agent_id,
-                   **({"devices": assigned[0]} if devices else {}))
+                   **({"devices": assigned} if devices else {}))
             created += 1
-    return created
+    return created, settled
+
+
+def _job_state(conn, run_id: str, job_id: str) -> str | None:
+    row = conn.execute("SELECT state FROM jobs WHERE run_id=? AND job_id=?", (run_id, job_id)).fetchone()
+    return row["state"] if row is not None else None
 
 
 def set_unschedulable(db: Database, updates: list[tuple[str, str, str | None]]) -> None:

@@ -12,6 +12,7 @@ from definitions import simple, sweep_scatter
 from service import Daemon
 
 from repxd.api.client import Api
+from repxd.lab.writer import LabWriter
 
 
 @pytest.fixture
@@ -79,6 +80,35 @@ def test_separate_roles_wake_each_other_instead_of_waiting_for_their_polls(tmp_p
         result = repxctl("run", "@all", "--lab", lab, "--json", env=api_env(d), timeout=60)
         assert result.code == 0, result.stderr + d.logs()
         assert result.json()["counts"] == {"succeeded": 4}
+    finally:
+        d.stop()
+
+
+def test_two_runs_of_the_same_jobs_run_each_job_once(tmp_path):
+    """Two runs of one Lab at once, with more jobs than slots: the second run's jobs wait in the
+    queue, then each either shares the first run's live attempt or is settled from the first
+    run's SUCCESS marker. No job executes twice and both runs succeed."""
+    d = Daemon.create(extra="", agent_extra="slots = 2\n")
+    executions = tmp_path / "executions.log"
+    writer = LabWriter()
+    run = writer.run("wide")
+    for i in range(8):
+        run.job(f"w{i}", f"#!/bin/sh\necho w{i} >> {executions}\nsleep 0.3\necho ok > \"$1/o\"\n", outputs={"o": "$out/o"})
+    lab = writer.write(tmp_path / "lab")
+    try:
+        d.start("all")
+        env = api_env(d)
+        first, second = (repxctl("run", "wide", "--lab", lab, "--detach", env=env).stdout.strip() for _ in range(2))
+        api = Api(str(d.socket))
+        deadline = time.monotonic() + 120
+        for run_id in (first, second):
+            while not (state := api.call("GET", f"/v1/runs/{run_id}"))["done"]:
+                assert time.monotonic() < deadline, state
+                time.sleep(0.1)
+            assert state["state"] == "succeeded" and state["counts"] == {"succeeded": 8}, state
+        assert sorted(executions.read_text().split()) == sorted(f"w{i}" for i in range(8))
+        attempts = api.call("GET", "/v1/attempts")
+        assert {a["run_id"] for a in attempts} == {first}, "the second run started attempts of its own"
     finally:
         d.stop()
 
