@@ -40,6 +40,7 @@ from .reports import ReportSender
 log = logging.getLogger("repx.agent")
 RETRY_SECONDS = 0.5
 CLAIM_MAX = 1000  # the API's bound on one claim
+REPORT_CLAIM_WAIT = 0.05  # seconds a report's answer may wait for work placed in the slots it frees
 
 
 def inventory(settings: Settings) -> dict:
@@ -93,8 +94,7 @@ class Agent:
         self._ssh_labs: set[tuple[str, str]] = set()  # (target, Lab) whose artifacts the host has
         self._ssh_lock = asyncio.Lock()
         self._new_handles: dict[int, str] = {}  # sent with the next heartbeat
-        self._reports = ReportSender(lambda reports: self._retrying("POST", f"/v1/agents/{self.id}/reports",
-                                                                    {"reports": reports}))
+        self._reports = ReportSender(self._send_reports)
         # The scheduler admits work; this only bounds processes of scatter-gather fan-out.
         self.admission = Admission(max(1, self.inventory["slots"]), self.inventory["cpus"], self.inventory["mem"])
 
@@ -192,6 +192,16 @@ class Agent:
                 continue
             for item in work:
                 self._start(item)
+
+    async def _send_reports(self, reports: list[dict]) -> None:
+        """The reports, and work for the slots they free (the scheduler places it while the call
+        waits): one request where a report and then a claim would be two. (A reply lost on the
+        way is like a lost claim's: the heartbeat names the attempts, and they are adopted.)"""
+        claim = len(reports) if self.state == "active" else 0
+        reply = await self._retrying("POST", f"/v1/agents/{self.id}/reports",
+                                     {"reports": reports, "claim": claim, "wait": REPORT_CLAIM_WAIT})
+        for item in reply.get("work", []):
+            self._start(item)
 
     def _start(self, item: dict) -> None:
         task = asyncio.create_task(self._execute(item))

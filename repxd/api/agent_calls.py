@@ -83,9 +83,10 @@ async def report(database: AsyncDatabase, settings: Settings, attempt: int, req:
     return {"recorded": recorded}
 
 
-async def reports(database: AsyncDatabase, settings: Settings, req: ReportsRequest) -> dict:
+async def reports(database: AsyncDatabase, settings: Settings, agent: str, req: ReportsRequest) -> dict:
     """Each report as `report` records it, all in one hand-off to the store's thread; `recorded`
-    in the reports' order (False for an attempt that had ended already or is unknown)."""
+    in the reports' order (False for an attempt that had ended already or is unknown), and `work`
+    as `claim` answers for req.claim and req.wait."""
     policy = _retry_policy(settings)
 
     def complete_all(db) -> list[bool]:
@@ -93,7 +94,8 @@ async def reports(database: AsyncDatabase, settings: Settings, req: ReportsReque
 
     recorded = await database.run(complete_all, database.db)
     wakeups(database).wake_scheduler()
-    return {"recorded": recorded}
+    work = await claim(database, agent, ClaimRequest(max=req.claim, wait=req.wait)) if req.claim else []
+    return {"recorded": recorded, "work": work}
 
 
 _AGENT_CALL = re.compile(r"/v1/agents/(?P<agent>[^/]+)/(?P<action>heartbeat|claim|reports)")
@@ -133,7 +135,7 @@ class InProcessApi:
             if m["action"] == "claim":
                 return await claim(self.database, m["agent"], body(ClaimRequest))
             if m["action"] == "reports":
-                return await reports(self.database, self.settings, body(ReportsRequest))
+                return await reports(self.database, self.settings, m["agent"], body(ReportsRequest))
             return await heartbeat(self.database, self.settings, m["agent"], body(HeartbeatRequest))
         if (m := _ATTEMPT.fullmatch(path)) and method == ("POST" if m["report"] else "GET"):
             if m["report"]:

@@ -399,7 +399,8 @@ async def report(request: web.Request) -> web.Response:
 
 async def reports(request: web.Request) -> web.Response:
     require_agent(caller(request))
-    return web.json_response(await agent_calls.reports(db(request), request.app[SETTINGS], await body(request, ReportsRequest)))
+    req = await body(request, ReportsRequest)
+    return web.json_response(await agent_calls.reports(db(request), request.app[SETTINGS], request.match_info["agent"], req))
 
 
 async def agent_state(request: web.Request) -> web.Response:

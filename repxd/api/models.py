@@ -54,6 +54,10 @@ class AttemptReport(ReportRequest):
 
 class ReportsRequest(_Body):
     """Several attempts' reports in one call: an agent sends what ended while its last call was
-    under way, so a busy agent makes one request for many jobs."""
+    under way, so a busy agent makes one request for many jobs. `claim`: the answer also carries
+    up to this many attempts placed on the agent meanwhile (waiting up to `wait` seconds for
+    them), for the slots the reported attempts held: one request instead of a report and a claim."""
     reports: list[AttemptReport] = Field(min_length=1, max_length=1000)
+    claim: int = Field(default=0, ge=0, le=1000)
+    wait: float = Field(default=0.0, ge=0, le=1)
 
