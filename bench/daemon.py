@@ -100,12 +100,19 @@ class Daemon:
         return self.call("POST", "/v1/runs", {"lab": str(lab), "selection": [RUN_NAME]})
 
     def cpu(self) -> float:
-        """CPU seconds of the roles and their finished children (the jobs) so far."""
-        total = 0
-        for proc in self.procs.values():
-            fields = Path(f"/proc/{proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
-            total += sum(int(f) for f in fields[11:15])
-        return total / os.sysconf("SC_CLK_TCK")
+        """CPU seconds of the roles and their descendants so far: the jobs (finished children) and
+        the listing helper of lab_access with its per-submitter workers (live ones too)."""
+        stats = {}
+        for stat_file in Path("/proc").glob("[0-9]*/stat"):
+            try:
+                fields = stat_file.read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue  # gone meanwhile
+            stats[int(stat_file.parent.name)] = (int(fields[1]), sum(int(f) for f in fields[11:15]))
+        ours = {proc.pid for proc in self.procs.values()}
+        while more := {pid for pid, (parent, _) in stats.items() if parent in ours and pid not in ours}:
+            ours |= more
+        return sum(stats[pid][1] for pid in ours if pid in stats) / os.sysconf("SC_CLK_TCK")
 
     def wait_done(self, run_id: str, timeout: float = 3600, poll: float = 0.1) -> dict:
         """Poll the run (a count over its jobs: not too often, it competes with the run)."""
