@@ -42,7 +42,7 @@ STREAM = ('if [ -d "$1" ]; then exec tar --create --dereference --sparse --file=
 
 
 class Lister:
-    """The daemon's end of lister_helper, started on first use (and again if it died)."""
+    """The daemon's end of lister_helper, started on first use (and again when a request to it fails)."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
@@ -52,11 +52,11 @@ class Lister:
     def _start(self, again: bool = False) -> socket.socket:
         """The running helper's control socket; `again`: a fresh helper, the last one failed us."""
         with self._lock:
-            if self._helper is not None and again:
+            if self._helper is not None and not again:
+                return self._control  # a dead helper shows as a failed send (its end is closed)
+            if self._helper is not None:
                 self._helper.kill()
                 self._helper.wait()
-            elif self._helper is not None and self._helper.poll() is None:
-                return self._control
             if self._control is not None:
                 self._control.close()
             ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
