@@ -92,6 +92,12 @@ class Database:
                             self.path, time.time() - self.full_since)
                 self.full_since, self.recovered_at = None, time.time()
 
+    def change_token(self) -> tuple[int, int]:
+        """Where the store's history stands: commits by other connections (PRAGMA data_version)
+        and rows changed through this one. The same token twice: nothing was stored in between."""
+        with self._lock:
+            return self.conn.execute("PRAGMA data_version").fetchone()[0], self.conn.total_changes
+
     def read(self, sql: str, params: tuple = ()) -> list[sqlite3.Row]:
         with self._lock:
             return self.conn.execute(sql, params).fetchall()
