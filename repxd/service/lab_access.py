@@ -32,6 +32,7 @@ from pathlib import Path
 from ..errors import LabError
 from ..exec.launcher import user_identity
 from ..lab.loader import MAX_TAR_BYTES, unpack_tar_lab
+from .lister_helper import REFUSED
 
 READ_TIMEOUT_SECONDS = 600
 SHELL_PATH = "/usr/bin:/bin"
@@ -74,22 +75,29 @@ class Lister:
         who = user_identity(uid)
         request = json.dumps({"uid": who.uid, "gid": who.gid, "groups": list(who.groups), "path": path,
                               "timeout": READ_TIMEOUT_SECONDS}).encode()
+        for _ in range(2):  # no answer at all: the worker died (its user may kill it); ask a new one
+            answer = self._ask(request)
+            if answer:
+                break
+        length, _, found = answer.partition(b"\n")
+        return found if length.isdigit() and int(length) == len(found) > 0 else None
+
+    def _ask(self, request: bytes) -> bytes:
         ours, theirs = socket.socketpair()
         with ours, theirs:
             try:
                 socket.send_fds(self._start(), [request], [theirs.fileno()])
             except OSError:  # the helper died: start another, once
                 socket.send_fds(self._start(again=True), [request], [theirs.fileno()])
-            theirs.close()  # the child holds the only writer now: its exit ends our read
+            theirs.close()  # the worker holds the only writer now: its answer or its end ends our read
             ours.settimeout(READ_TIMEOUT_SECONDS + 5)
             answer = bytearray()
             try:
                 while chunk := ours.recv(1 << 20):
                     answer += chunk
             except TimeoutError:
-                return None
-        length, _, found = bytes(answer).partition(b"\n")
-        return found if length.isdigit() and int(length) == len(found) > 0 else None
+                return REFUSED
+        return bytes(answer)
 
 
 _lister = Lister()

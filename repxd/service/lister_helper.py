@@ -10,8 +10,8 @@ another identity, so another worker. The helper imports only the standard librar
 over the socket it inherited (nobody else can reach it) and exits when the daemon closes its end.
 
 A request is one JSON message {"uid", "gid", "groups", "path", "timeout"} with one file
-descriptor; the answer written there is b"<length>\\n" and the listing, or nothing at all when
-the submitter cannot read every part of the Lab (missing and unreadable look the same)."""
+descriptor; the answer written there is b"<length>\\n" and the listing, or REFUSED when the
+submitter cannot read every part of the Lab (missing and unreadable look the same)."""
 
 import errno
 import json
@@ -25,6 +25,9 @@ from collections import OrderedDict
 # An idle worker ends after this long; beyond MAX_WORKERS identities, the least recently used ends.
 IDLE_SECONDS = 60
 MAX_WORKERS = 256
+# The answer when the submitter cannot read it all. No answer at all (the reply socket closed
+# empty) means the worker died before answering, and the daemon asks again.
+REFUSED = b"refused\n"
 
 
 def listing(root: str) -> bytes:
@@ -62,11 +65,11 @@ def answer(path: str, timeout: int, reply: int) -> None:
     signal.alarm(timeout)  # a listing that hangs (a stuck mount) ends the worker, and so the request
     try:
         found = listing(path)
+        out = memoryview(b"%d\n" % len(found) + found)
     except (OSError, RecursionError):
-        return  # nothing written: refused
+        out = memoryview(REFUSED)
     finally:
         signal.alarm(0)
-    out = memoryview(b"%d\n" % len(found) + found)
     try:
         while out:
             out = out[os.write(reply, out):]
