@@ -21,7 +21,7 @@ from ..service.daemon_config import Settings
 from ..service.submit import plan_submission
 from ..store import queries as q
 from ..store import reads
-from ..store.db import AsyncDatabase, StoreFull
+from ..store.db import AsyncDatabase, ChangeWatch, StoreFull
 from . import agent_calls
 from .auth import Authenticator, Caller, deny, require_admin, require_agent, require_owner
 from .models import (
@@ -44,10 +44,11 @@ SUBMITTING = web.AppKey("submitting", dict)  # submissions being loaded, per cal
 # Finished runs' answers to GET /v1/runs/{id}, encoded: status reads of them skip the store.
 DONE_RUNS = web.AppKey("done_runs", dict)
 DONE_RUNS_KEPT = 10_000
-# Active runs' answers, each with the store's change token it was read at (touched on the store's
-# thread only): a poll is answered from here until anything at all is stored, so an answer never
-# predates a stored change, and a run's reads cost at most one count per write to the store.
+# Active runs' answers, each with the store's version (ChangeWatch) read before it: a poll is
+# answered from here, without a trip to the store's thread, until anything at all is stored, so
+# an answer never predates a stored change, and a run's reads cost at most one count per commit.
 ACTIVE_RUNS = web.AppKey("active_runs", dict)
+WATCH = web.AppKey("watch", ChangeWatch)
 ACTIVE_RUNS_KEPT = 1_000
 # Loading, unpacking and verifying a Lab is heavy; one user may not occupy every worker thread.
 MAX_SUBMITS_PER_USER = 2
@@ -199,41 +200,30 @@ async def list_runs(request: web.Request) -> web.Response:
     return web.json_response(listed, headers=headers)
 
 
-def _run_answer(database, run_id: str, active: dict) -> tuple[bytes, dict | None] | None:
-    """On the store's thread: the encoded answer for `run_id` (None: no such run) and, when read
-    afresh, the run. The token is taken before the read: a write landing between the two leaves
-    the cached answer with an older token, so the next poll reads again."""
-    token = database.change_token()
-    if (known := active.get(run_id)) is not None and known[0] == token:
-        return known[1], None
-    run = reads.get_run(database, run_id)
-    if run is None:
-        return None
-    data = run_json(run)
-    encoded = json.dumps(data).encode()
-    # Keyed by the whole id only: a prefix may name another run (or none) once more runs exist.
-    if not data["done"] and data["id"] == run_id:
-        if len(active) >= ACTIVE_RUNS_KEPT:
-            active.clear()
-        active[run_id] = (token, encoded)
-    return encoded, data
-
-
 async def show_run(request: web.Request) -> web.Response:
     caller(request)
     run_id = request.match_info["run"]
-    done = request.app[DONE_RUNS]
+    done, active = request.app[DONE_RUNS], request.app[ACTIVE_RUNS]
     if (known := done.get(run_id)) is not None:
         return web.Response(body=known, content_type="application/json")
-    answer = await db(request).run(_run_answer, db(request).db, run_id, request.app[ACTIVE_RUNS])
-    if answer is None:
-        raise web.HTTPNotFound(text=json.dumps({"error": f"no run {run_id!r} (see `repxctl runs`)"}), content_type="application/json")
-    encoded, run = answer
-    # A finished run changes only by a retry through this API (which empties the cache).
-    if run is not None and run["done"] and run["id"] == run_id:
-        if len(done) >= DONE_RUNS_KEPT:
-            done.clear()
-        done[run_id] = encoded
+    # Taken before the read: a commit landing between the two leaves the answer kept with an older
+    # version, so the next poll reads again.
+    version = request.app[WATCH].version()
+    if version is not None and (kept := active.get(run_id)) is not None and kept[0] == version:
+        return web.Response(body=kept[1], content_type="application/json")
+    run = run_json(await _run_or_404(request))
+    encoded = json.dumps(run).encode()
+    # Keyed by the whole id only, since a prefix may name another run (or none) once more runs exist.
+    if run["id"] == run_id:
+        # A finished run changes only by a retry through this API (which empties the cache).
+        if run["done"]:
+            if len(done) >= DONE_RUNS_KEPT:
+                done.clear()
+            done[run_id] = encoded
+        elif version is not None:
+            if len(active) >= ACTIVE_RUNS_KEPT:
+                active.clear()
+            active[run_id] = (version, encoded)
     return web.Response(body=encoded, content_type="application/json")
 
 
@@ -491,12 +481,18 @@ async def openapi(request: web.Request) -> web.Response:
     return web.json_response(openapi_document(request.app["version"]))
 
 
+async def _close_watch(app: web.Application) -> None:
+    app[WATCH].close()
+
+
 def make_app(settings: Settings, database: AsyncDatabase, version: str, role_registries=()) -> web.Application:
     app = web.Application(middlewares=[observe])
     app[SETTINGS] = settings
     app[SUBMITTING] = {}
     app[DONE_RUNS] = {}
     app[ACTIVE_RUNS] = {}
+    app[WATCH] = ChangeWatch(database.db.path)
+    app.on_cleanup.append(_close_watch)
     app[DB] = database
     app[CALLER] = Authenticator(settings.api)
     app[METRICS] = ApiMetrics()
