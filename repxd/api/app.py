@@ -215,12 +215,14 @@ async def show_run(request: web.Request) -> web.Response:
     encoded = json.dumps(run).encode()
     # Keyed by the whole id only, since a prefix may name another run (or none) once more runs exist.
     if run["id"] == run_id:
-        # A finished run changes only by a retry through this API (which empties the cache).
-        if run["done"]:
+        # A finished run changes only by a retry through this API, which empties the cache; one
+        # that committed while this read was under way may have emptied it before this answer
+        # (read before the retry) is kept, so the answer is kept only when nothing was stored since.
+        if run["done"] and version is not None and request.app[WATCH].version() == version:
             if len(done) >= DONE_RUNS_KEPT:
                 done.clear()
             done[run_id] = encoded
-        elif version is not None:
+        elif not run["done"] and version is not None:
             if len(active) >= ACTIVE_RUNS_KEPT:
                 active.clear()
             active[run_id] = (version, encoded)
