@@ -21,7 +21,7 @@ from ..service.daemon_config import Settings
 from ..service.submit import plan_submission
 from ..store import queries as q
 from ..store import reads
-from ..store.db import AsyncDatabase, StoreFull
+from ..store.db import AsyncDatabase, ChangeWatch, StoreFull
 from . import agent_calls
 from .auth import Authenticator, Caller, deny, require_admin, require_agent, require_owner
 from .models import (
@@ -44,6 +44,12 @@ SUBMITTING = web.AppKey("submitting", dict)  # submissions being loaded, per cal
 # Finished runs' answers to GET /v1/runs/{id}, encoded: status reads of them skip the store.
 DONE_RUNS = web.AppKey("done_runs", dict)
 DONE_RUNS_KEPT = 10_000
+# Active runs' answers, each with the store's version (ChangeWatch) read before it: a poll is
+# answered from here, without a trip to the store's thread, until anything at all is stored, so
+# an answer never predates a stored change, and a run's reads cost at most one count per commit.
+ACTIVE_RUNS = web.AppKey("active_runs", dict)
+WATCH = web.AppKey("watch", ChangeWatch)
+ACTIVE_RUNS_KEPT = 1_000
 # Loading, unpacking and verifying a Lab is heavy; one user may not occupy every worker thread.
 MAX_SUBMITS_PER_USER = 2
 
@@ -196,17 +202,30 @@ async def list_runs(request: web.Request) -> web.Response:
 
 async def show_run(request: web.Request) -> web.Response:
     caller(request)
-    done = request.app[DONE_RUNS]
-    if (known := done.get(request.match_info["run"])) is not None:
+    run_id = request.match_info["run"]
+    done, active = request.app[DONE_RUNS], request.app[ACTIVE_RUNS]
+    if (known := done.get(run_id)) is not None:
         return web.Response(body=known, content_type="application/json")
+    # Taken before the read: a commit landing between the two leaves the answer kept with an older
+    # version, so the next poll reads again.
+    version = request.app[WATCH].version()
+    if version is not None and (kept := active.get(run_id)) is not None and kept[0] == version:
+        return web.Response(body=kept[1], content_type="application/json")
     run = run_json(await _run_or_404(request))
     encoded = json.dumps(run).encode()
-    # A finished run changes only by a retry through this API (which empties the cache); keyed by
-    # its whole id only, since a prefix may name another run (or none) once more runs exist.
-    if run["done"] and run["id"] == request.match_info["run"]:
-        if len(done) >= DONE_RUNS_KEPT:
-            done.clear()
-        done[run["id"]] = encoded
+    # Keyed by the whole id only, since a prefix may name another run (or none) once more runs exist.
+    if run["id"] == run_id:
+        # A finished run changes only by a retry through this API, which empties the cache; one
+        # that committed while this read was under way may have emptied it before this answer
+        # (read before the retry) is kept, so the answer is kept only when nothing was stored since.
+        if run["done"] and version is not None and request.app[WATCH].version() == version:
+            if len(done) >= DONE_RUNS_KEPT:
+                done.clear()
+            done[run_id] = encoded
+        elif not run["done"] and version is not None:
+            if len(active) >= ACTIVE_RUNS_KEPT:
+                active.clear()
+            active[run_id] = (version, encoded)
     return web.Response(body=encoded, content_type="application/json")
 
 
@@ -465,11 +484,18 @@ async def openapi(request: web.Request) -> web.Response:
     return web.json_response(openapi_document(request.app["version"]))
 
 
+async def _close_watch(app: web.Application) -> None:
+    app[WATCH].close()
+
+
 def make_app(settings: Settings, database: AsyncDatabase, version: str, role_registries=()) -> web.Application:
     app = web.Application(middlewares=[observe])
     app[SETTINGS] = settings
     app[SUBMITTING] = {}
     app[DONE_RUNS] = {}
+    app[ACTIVE_RUNS] = {}
+    app[WATCH] = ChangeWatch(database.db.path)
+    app.on_cleanup.append(_close_watch)
     app[DB] = database
     app[CALLER] = Authenticator(settings.api)
     app[METRICS] = ApiMetrics()

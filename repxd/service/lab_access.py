@@ -9,17 +9,22 @@ jobs) streams the Lab out as one tar (links followed, as the loader follows them
 daemon unpacks that stream, with the loader's member checks, into its own cache. Whatever the
 child read, the submitter could read; everything afterwards uses the daemon's copy.
 
-Repeated submissions of an unchanged Lab reuse the copy: the child also lists the identity of
-every file (device, inode, size, times) as the submitter sees it, and a copy is reused only for
-the same submitter and the same listing. Missing and unreadable give the same answer, so the
+Repeated submissions of an unchanged Lab reuse the copy: on every submission a child running as
+the submitter lists the identity of every file (device, inode, size, times, mode; each one must
+be readable by them), and a copy is reused only for the same submitter and the same listing.
+That child is forked from a small helper process (lister_helper), not from the daemon: forking
+the daemon for it was 40% of a submit. Missing and unreadable give the same answer, so the
 error reveals nothing about paths the submitter cannot see."""
 
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import shutil
+import socket
 import subprocess
+import sys
 import tempfile
 import threading
 from pathlib import Path
@@ -27,21 +32,81 @@ from pathlib import Path
 from ..errors import LabError
 from ..exec.launcher import user_identity
 from ..lab.loader import MAX_TAR_BYTES, unpack_tar_lab
+from .lister_helper import REFUSED
 
 READ_TIMEOUT_SECONDS = 600
 SHELL_PATH = "/usr/bin:/bin"
-# As the submitter: the identity of every file under the Lab, links followed; then, on request,
-# the Lab itself as a tar on stdout. A Lab given as a file (a tar Lab) is streamed as it is.
-# (find itself, no shell in front: this runs on every submission, and a process start is most of its cost)
-LIST = ["find", "-L", "{path}", "-printf", "%p %D %i %s %T@ %C@ %y\\n"]
+# As the submitter, when the listing is new: the Lab as a tar on stdout. A Lab given as a file (a
+# tar Lab) is streamed as it is.
 STREAM = ('if [ -d "$1" ]; then exec tar --create --dereference --sparse --file=- --directory="$1" .; '
           'else exec cat -- "$1"; fi')
 
 
-def _as(uid: int, script: str | list[str], path: str, **popen) -> subprocess.Popen:
-    """`script` (a shell script, or an argv with {path}) run as `uid`, on `path` (absolute: no option)."""
+class Lister:
+    """The daemon's end of lister_helper, started on first use (and again when a request to it fails)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._helper: subprocess.Popen | None = None
+        self._control: socket.socket | None = None
+
+    def _start(self, again: bool = False) -> socket.socket:
+        """The running helper's control socket; `again`: a fresh helper, the last one failed us."""
+        with self._lock:
+            if self._helper is not None and not again:
+                return self._control  # a dead helper shows as a failed send (its end is closed)
+            if self._helper is not None:
+                self._helper.kill()
+                self._helper.wait()
+            if self._control is not None:
+                self._control.close()
+            ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+            with theirs:
+                # -I -S: the standard library only, no site-packages: a small process to fork.
+                self._helper = subprocess.Popen([sys.executable, "-I", "-S", str(Path(__file__).with_name("lister_helper.py")),
+                                                 str(theirs.fileno())], pass_fds=(theirs.fileno(),), cwd="/",
+                                                stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL)
+            self._control = ours
+            return ours
+
+    def listing(self, uid: int, path: str) -> bytes | None:
+        """The listing of `path` as `uid` (with its gid and groups as of now), or None when
+        `uid` cannot read all of it."""
+        who = user_identity(uid)
+        request = json.dumps({"uid": who.uid, "gid": who.gid, "groups": list(who.groups), "path": path,
+                              "timeout": READ_TIMEOUT_SECONDS}).encode()
+        for _ in range(2):  # no answer at all: the worker died (its user may kill it); ask a new one
+            answer = self._ask(request)
+            if answer:
+                break
+        length, _, found = answer.partition(b"\n")
+        return found if length.isdigit() and int(length) == len(found) > 0 else None
+
+    def _ask(self, request: bytes) -> bytes:
+        ours, theirs = socket.socketpair()
+        with ours, theirs:
+            try:
+                socket.send_fds(self._start(), [request], [theirs.fileno()])
+            except OSError:  # the helper died: start another, once
+                socket.send_fds(self._start(again=True), [request], [theirs.fileno()])
+            theirs.close()  # the worker holds the only writer now: its answer or its end ends our read
+            ours.settimeout(READ_TIMEOUT_SECONDS + 5)
+            answer = bytearray()
+            try:
+                while chunk := ours.recv(1 << 20):
+                    answer += chunk
+            except TimeoutError:
+                return REFUSED
+        return bytes(answer)
+
+
+_lister = Lister()
+
+
+def _as(uid: int, script: str, path: str, **popen) -> subprocess.Popen:
+    """The shell `script` run as `uid`, on `path` (absolute: no option)."""
     who = user_identity(uid)
-    argv = [path if arg == "{path}" else arg for arg in script] if isinstance(script, list) else ["/bin/sh", "-c", script, "sh", path]
+    argv = ["/bin/sh", "-c", script, "sh", path]
     return subprocess.Popen(argv, user=who.uid, group=who.gid,
                             extra_groups=list(who.groups), cwd="/", env={"PATH": SHELL_PATH},
                             stdin=subprocess.DEVNULL, **popen)
@@ -59,14 +124,8 @@ def lab_as_submitter(path: str, uid: int, user: str, cache: Path) -> Path:
     if os.geteuid() != 0 or uid == 0:
         return Path(path)
     path = os.path.abspath(path)
-    lister = _as(uid, LIST, path, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
-    try:
-        listing, _ = lister.communicate(timeout=READ_TIMEOUT_SECONDS)
-    except subprocess.TimeoutExpired:
-        lister.kill()
-        lister.wait()
-        raise _refuse(path, user) from None
-    if lister.returncode != 0 or not listing:
+    listing = _lister.listing(uid, path)
+    if listing is None:
         raise _refuse(path, user)
     key = hashlib.sha256(listing).hexdigest()[:32]
     copies = cache / "submitted"

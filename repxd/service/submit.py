@@ -45,11 +45,12 @@ def lab_identity(path: Path) -> tuple:
     return tuple(found)
 
 
-def open_lab_cached(lab_path: Path, base: Path, verify: bool) -> Lab:
+def open_lab_cached(lab_path: Path, base: Path, verify: bool, content_keyed: bool = False) -> Lab:
     """The Lab at `lab_path`, loaded again only when one of its files changed (or it is new); a
-    verified copy also serves an unverified load."""
+    verified copy also serves an unverified load. `content_keyed`: the path names its content
+    (the daemon's unpacked copy, lab-<sha256>), so walking its files to tell would be wasted."""
     try:
-        key = (str(base), lab_identity(lab_path))
+        key = (str(base), ("unpacked", str(lab_path)) if content_keyed else lab_identity(lab_path))
     except OSError:
         return open_lab(lab_path, base, verify=verify)  # the loader names what is missing
     with _lab_cache_lock:
@@ -76,10 +77,14 @@ def plan_submission(settings: Settings, lab_path: str, selection: list[str], tar
     base = base_path_for(target_cfg, None, target_name) if target_cfg else settings.state_dir / "work"
     if target_cfg is not None and target_cfg.address:  # the daemon's copy of an SSH target, in its state
         base = settings.state_dir / "targets" / target_name
+    copied = False
     if read_as_submitter:
         options = {**options, "submitted_lab": os.path.abspath(lab_path)}
-        lab_path = lab_as_submitter(lab_path, uid, user, OutputLayout(base).cache)
-    lab = open_lab_cached(Path(lab_path), base, verify=not options.get("no_verify", False))
+        cache = OutputLayout(base).cache
+        lab_path = lab_as_submitter(lab_path, uid, user, cache)
+        # lab_access's own copy (unpacked under cache/labs), not the submitted path read as it is
+        copied = os.path.abspath(lab_path) != options["submitted_lab"] and Path(lab_path).is_relative_to(cache / "labs")
+    lab = open_lab_cached(Path(lab_path), base, verify=not options.get("no_verify", False), content_keyed=copied)
     plan = plan_run(lab, base, selection, target_name, target_cfg)
     after = inter_run_order(lab, plan.closure)
     jobs = []

@@ -135,5 +135,26 @@ class AsyncDatabase:
         self.db.close()
 
 
+class ChangeWatch:
+    """Whether anything was stored since, asked from the event loop without waiting: a connection
+    of its own that never writes, so every commit (this process's or another's) moves its PRAGMA
+    data_version. It reads only the WAL index; when that is locked (a recovery), it answers None
+    at once (busy timeout 0) and the caller reads the store as usual."""
+
+    def __init__(self, path: Path) -> None:
+        self.conn = sqlite3.connect(path, timeout=0, isolation_level=None, check_same_thread=False)
+        self.conn.execute("PRAGMA query_only=ON")
+
+    def version(self) -> int | None:
+        """Different from an earlier answer when a commit came in between; None: cannot tell now."""
+        try:
+            return self.conn.execute("PRAGMA data_version").fetchone()[0]
+        except sqlite3.Error:
+            return None
+
+    def close(self) -> None:
+        self.conn.close()
+
+
 def open_database(path: Path) -> Database:
     return Database(path)
