@@ -40,7 +40,7 @@ from .reports import ReportSender
 log = logging.getLogger("repx.agent")
 RETRY_SECONDS = 0.5
 CLAIM_MAX = 1000  # the API's bound on one claim
-REPORT_CLAIM_WAIT = 0.05  # seconds a report's answer may wait for work placed in the slots it frees
+REPORT_CLAIM_WAIT = 0.02  # seconds a report's answer may wait for work placed in the slots it frees
 
 
 def inventory(settings: Settings) -> dict:
@@ -194,12 +194,15 @@ class Agent:
                 self._start(item)
 
     async def _send_reports(self, reports: list[dict]) -> None:
-        """The reports, and work for the slots they free (the scheduler places it while the call
-        waits): one request where a report and then a claim would be two. (A reply lost on the
-        way is like a lost claim's: the heartbeat names the attempts, and they are adopted.)"""
+        """The reports, and work already placed for the slots they free. Over HTTP the answer may
+        wait briefly for the scheduler to place it: one request where a report and then a claim
+        would be two. In-process a call is cheap and the wait would hold back the reports queued
+        behind it, so it takes only what is placed. (A reply lost on the way is like a lost
+        claim's: the heartbeat names the attempts, and they are adopted.)"""
         claim = len(reports) if self.state == "active" else 0
+        wait = REPORT_CLAIM_WAIT if self.api.remote else 0.0
         reply = await self._retrying("POST", f"/v1/agents/{self.id}/reports",
-                                     {"reports": reports, "claim": claim, "wait": REPORT_CLAIM_WAIT})
+                                     {"reports": reports, "claim": claim, "wait": wait})
         for item in reply.get("work", []):
             self._start(item)
 

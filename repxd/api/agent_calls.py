@@ -112,6 +112,7 @@ class InProcessApi:
         self.database = database
         self.settings = settings
         self.address = "in-process"
+        self.remote = False  # calls cost no round trip
 
     async def call(self, method: str, path: str, payload=None, timeout: float | None = None):
         try:

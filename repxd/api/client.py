@@ -60,6 +60,7 @@ class AsyncApi:
 
     def __init__(self, api: str, token: str | None = None, timeout: float = 60.0) -> None:
         self.address = api
+        self.remote = True  # each call is a round trip to another process
         self._token = token
         self._timeout = timeout
         self._http: httpx.AsyncClient | None = None
