@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import errno
 import os
-import shutil
 from collections.abc import Callable
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -30,9 +29,8 @@ from .layout import (
     FAIL,
     SUCCESS,
     OutputLayout,
-    clear_markers,
+    Preparation,
     completion_line,
-    write_json,
     write_marker,
 )
 from .runtimes import Runtime
@@ -114,7 +112,8 @@ async def run_step(ctx: JobContext, script: Path, out: Path, repx: Path, inputs_
     """Run one process of the contract `<script> OUT INPUTS PARAMS` under admission, logging to
     `repx`, at most once at a time for this directory. Under the directory's guard: `done()`
     short-cuts when a concurrent launcher already finished it; an earlier launcher's finished
-    process is adopted; else `prepare()` and start. `record(status)` writes the outcome.
+    process is adopted; else `prepare()` and start (a launcher that `takes_preparation` is given a
+    `Preparation` to do as it starts the process). `record(status)` writes the outcome.
     `resources` (default: the job's) decide admission and the process's limits."""
     invocation = ctx.runtime.invocation(script, out, repx, [str(out), str(inputs_json), str(params_json)])
     request = ctx.launch_request(repx, ctx.resources if resources is None else resources)
@@ -126,8 +125,11 @@ async def run_step(ctx: JobContext, script: Path, out: Path, repx: Path, inputs_
         ctx.launched()
         status = guard.leftover_status
         if status is None:
-            prepare()
-            status = await ctx.launcher.run(invocation, repx, guard, request, ctx.on_spawn)
+            if isinstance(prepare, Preparation) and getattr(ctx.launcher, "takes_preparation", False):
+                status = await ctx.launcher.run(invocation, repx, guard, request, ctx.on_spawn, prepare=prepare)
+            else:
+                prepare()
+                status = await ctx.launcher.run(invocation, repx, guard, request, ctx.on_spawn)
         if status != 0 and getattr(status, "cause", None) is None and disk_full(repx):
             status = note_disk_full(guard.path, status)
         result = record(status)
@@ -136,23 +138,6 @@ async def run_step(ctx: JobContext, script: Path, out: Path, repx: Path, inputs_
         else:
             ctx.recorded_exits.append(guard.path)
         return result
-
-
-def prepare_dirs(out: Path, repx: Path, *, fresh_out: bool) -> None:
-    if out.parent == repx.parent:
-        try:  # a first attempt, the common case: three directory creations and nothing to clear
-            os.mkdir(out.parent)
-        except OSError:
-            pass
-        else:
-            os.mkdir(out)
-            os.mkdir(repx)
-            return
-    if fresh_out and out.exists():
-        shutil.rmtree(out)
-    out.mkdir(parents=True, exist_ok=True)
-    repx.mkdir(parents=True, exist_ok=True)
-    clear_markers(repx)
 
 
 # Less room than this left after a failed job: it most likely failed for want of space.
@@ -206,11 +191,7 @@ async def execute_single(ctx: JobContext, job: Job) -> JobResult:
     out, repx = layout.out_dir(job.id), layout.repx_dir(job.id)
     inputs = resolve_inputs(ctx.lab, job, layout)
 
-    def prepare() -> None:
-        prepare_dirs(out, repx, fresh_out=ctx.run_as is None)
-        write_json(repx / "inputs.json", inputs)
-        write_json(repx / "parameters.json", job.spec.params)
-
+    prepare = Preparation(out, repx, ctx.run_as is None, {"inputs.json": inputs, "parameters.json": job.spec.params})
     return await run_step(
         ctx, script_path(ctx, job.executables["main"].path), out, repx, repx / "inputs.json",
         repx / "parameters.json", prepare=prepare,

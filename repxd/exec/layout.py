@@ -5,8 +5,10 @@ from __future__ import annotations
 import errno
 import json
 import os
+import shutil
 import stat
 from collections.abc import Iterable
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..lab.graph import Outcome
@@ -118,6 +120,49 @@ def completion_line(job_id: str, outcome: Outcome) -> str:
 def clear_markers(repx_dir: Path) -> None:
     for name in (SUCCESS, FAIL):
         (repx_dir / name).unlink(missing_ok=True)
+
+
+def prepare_dirs(out: Path, repx: Path, *, fresh_out: bool) -> None:
+    if out.parent == repx.parent:
+        try:  # a first attempt, the common case: three directory creations and nothing to clear
+            os.mkdir(out.parent)
+        except OSError:
+            pass
+        else:
+            os.mkdir(out)
+            os.mkdir(repx)
+            return
+    if fresh_out and out.exists():
+        shutil.rmtree(out)
+    out.mkdir(parents=True, exist_ok=True)
+    repx.mkdir(parents=True, exist_ok=True)
+    clear_markers(repx)
+
+
+@dataclass
+class Preparation:
+    """A process's directories made ready before it starts: `out/` (emptied unless handed to
+    another user, `fresh_out` False) and `repx/` without markers, then `files` (names in `repx/`
+    and their JSON values) written. Called, it does that here; a launcher with a spawner has the
+    spawner do a first attempt's (`first_attempt`), off this process's event loop."""
+
+    out: Path
+    repx: Path
+    fresh_out: bool
+    files: dict[str, object] = field(default_factory=dict)
+
+    def __call__(self) -> None:
+        prepare_dirs(self.out, self.repx, fresh_out=self.fresh_out)
+        for name, value in self.files.items():
+            write_json(self.repx / name, value)
+
+    def first_attempt(self) -> dict | None:
+        """The spawner's `prepare` request (see spawner.prepare_first_attempt); None where only
+        the launcher prepares: an `out/` kept for another user, or not a job's own directory."""
+        if not self.fresh_out or self.out.parent != self.repx.parent:
+            return None
+        return {"dirs": [str(self.out.parent), str(self.out), str(self.repx)],
+                "json": [[str(self.repx / name), value] for name, value in self.files.items()]}
 
 
 def write_marker(repx_dir: Path, name: str) -> None:

@@ -3,10 +3,12 @@ their exit records.
 
 Run as `python -S spawner.py FD` (standard library only, so it starts without the package or
 site-packages), in its own session. The launcher sends it one request per job over the
-SOCK_SEQPACKET socket FD: a JSON object (argv, env_id, cwd, identity, logs, exit_record; env too
-when env_id is new) with the descriptors the child gets as 3, 4, ... attached (the guard's lock). It opens the logs (the
-child's stdout and stderr, truncated) and the exit record (a placeholder written) itself: three
-file creations a job fewer on the launcher's event loop, which is what limits throughput. It
+SOCK_SEQPACKET socket FD: a JSON object (argv, env_id, cwd, identity, logs, exit_record, prepare;
+env too when env_id is new) with the descriptors the child gets as 3, 4, ... attached (the guard's
+lock). For a first attempt it makes the job's directories and writes its inputs.json and
+parameters.json (`prepare`); it opens the logs (the child's stdout and stderr, truncated) and the
+exit record (a placeholder written) itself: eight file operations a job fewer on the launcher's
+event loop, which is what limits throughput, and the JSON encoding with them. It
 forks; the child becomes a child subreaper (descendants
 that leave the job's session and lose their parent stay under it, where a stop finds them),
 starts a new session, takes the identity and execs the job itself: no wrapper process. The
@@ -45,6 +47,33 @@ LOG_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC
 # No status: "-" is no number. It holds a block for the status, so that the overwrite when the
 # job exits finds room even after the job filled the disk.
 PLACEHOLDER = b"-\n"
+
+
+def prepare_first_attempt(request: dict) -> bool:
+    """The job's directories and its JSON files, when the request asks for them (`prepare`:
+    `dirs`, the job's directory then its `out/` and `repx/`; `json`, [path, value] pairs).
+    Only a first attempt is prepared here: False when the job's directory exists already (an
+    earlier attempt may have left outputs and markers to clear) or cannot be made, and the
+    launcher then prepares it itself. The same bytes as the launcher's `layout.write_json`."""
+    spec = request.get("prepare")
+    if not spec:
+        return True
+    root, *dirs = spec["dirs"]
+    try:
+        os.mkdir(root)
+    except OSError:
+        return False
+    for path in dirs:
+        os.mkdir(path)
+    for path, value in spec["json"]:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o666)
+        try:
+            data = memoryview(json.dumps(value, indent=2).encode())
+            while data:
+                data = data[os.write(fd, data):]
+        finally:
+            os.close(fd)
+    return True
 
 
 def open_files(request: dict) -> tuple[list[int], int | None]:
@@ -187,6 +216,11 @@ def serve(channel: socket.socket) -> None:
                         del environments[old]
                 opened: list[int] = []
                 try:
+                    if not prepare_first_attempt(request):
+                        children.tell({"id": request["id"], "unprepared": True})
+                        for fd in fds:
+                            os.close(fd)
+                        continue
                     logs, record = open_files(request)
                     opened = [*logs, *([] if record is None else [record])]
                     pid = start_child(request, environments[request["env_id"]], [*logs, *fds], devnull, libc, policy)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import errno
+import json
 import os
 import signal
 import subprocess
@@ -15,6 +16,7 @@ from pathlib import Path
 import pytest
 
 from repxd.exec.launcher import SubprocessLauncher, adoptable_status, guarded, launch_request
+from repxd.exec.layout import Preparation
 from repxd.exec.processes import SpawnerGone, spawner
 from repxd.exec.runtimes import Invocation
 
@@ -231,3 +233,39 @@ def test_jobs_started_at_once_past_the_sockets_queue_each_get_their_own_environm
 
     for wanted, seen in asyncio.run(main()):
         assert seen == wanted
+
+
+def _run_prepared(tmp_path: Path, params) -> tuple[int, str]:
+    """A job whose directories and JSON files a Preparation makes, as execute_single has it."""
+    out, repx = tmp_path / "outputs" / "job" / "out", tmp_path / "outputs" / "job" / "repx"
+    prepare = Preparation(out, repx, True, {"inputs.json": {"in": "/x/y"}, "parameters.json": params})
+    invocation = Invocation(["/bin/sh", "-c", 'ls -A; cat ../repx/parameters.json'], {"PATH": os.environ["PATH"]}, out)
+
+    async def main() -> int:
+        async with guarded(tmp_path / "guards" / "job") as guard:
+            return await SubprocessLauncher().run(invocation, repx, guard, launch_request("job", "", 1), prepare=prepare)
+
+    status = asyncio.run(main())
+    assert (repx / "inputs.json").read_text() == json.dumps({"in": "/x/y"}, indent=2)
+    return status, (repx / "stdout.log").read_text()
+
+
+@pytest.mark.parametrize("size", [10, 100_000])  # the spawner writes the files; too large for a request: the launcher
+def test_a_first_attempt_starts_in_directories_made_for_it_with_its_files_written(tmp_path, size):
+    params = {"offset": 1.5, "name": "é" * size, "nested": [None, True, {"k": 2}]}
+    status, stdout = _run_prepared(tmp_path, params)
+    assert status == 0
+    assert stdout == json.dumps(params, indent=2)  # an empty out/, and the job reads its parameters
+
+
+def test_a_retry_starts_in_an_emptied_out_without_the_earlier_markers(tmp_path):
+    job = tmp_path / "outputs" / "job"
+    (job / "out").mkdir(parents=True)
+    (job / "repx").mkdir()
+    (job / "out" / "stale").write_text("from the attempt before")
+    (job / "repx" / "FAIL").touch()
+    (job / "repx" / "parameters.json").write_text("old")
+    status, stdout = _run_prepared(tmp_path, {"offset": 2})
+    assert status == 0
+    assert stdout == json.dumps({"offset": 2}, indent=2)
+    assert sorted(p.name for p in (job / "repx").iterdir()) == ["inputs.json", "parameters.json", "stderr.log", "stdout.log"]
