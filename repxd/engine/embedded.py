@@ -176,7 +176,7 @@ class EmbeddedRun:
 
     def prepare(self) -> None:
         """Everything that can fail before the first job: artifacts and runtimes."""
-        sync_artifacts(self.plan.lab, self.plan.layout)
+        sync_artifacts(self.plan.lab, self.plan.layout, self.plan.to_run)
         for image in {self.plan.lab.image_of(j) for j in self.plan.to_run}:
             self._runtime(image)
 
