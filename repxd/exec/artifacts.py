@@ -22,19 +22,40 @@ def sync_artifacts(lab: Lab, layout: OutputLayout, job_ids: Iterable[str] | None
     files were placed. With `job_ids` (a run's selection), of `jobs/` only those jobs' directories:
     a run then costs the jobs it runs, not the size of its Lab. A Lab already synced whole (by its
     id) costs one stat."""
-    stamp = layout.artifacts / ".repx-labs" / lab.lab_id
-    if stamp.exists():
+    if synced(lab, layout):
         return 0
+    return place_lab(lab, layout) + place_jobs(lab, layout, job_ids)
+
+
+def synced(lab: Lab, layout: OutputLayout) -> bool:
+    return _stamp(lab, layout).exists()
+
+
+def _stamp(lab: Lab, layout: OutputLayout) -> Path:
+    return layout.artifacts / ".repx-labs" / lab.lab_id
+
+
+def place_lab(lab: Lab, layout: OutputLayout) -> int:
+    """The Lab's files outside `jobs/`: what runtimes and job inputs read (images, host tools,
+    the runs' metadata), so placed before any job starts."""
+    root = str(lab.root)
+    return _place_tree(lab, root, root, str(layout.artifacts), skip_jobs=True)
+
+
+def place_jobs(lab: Lab, layout: OutputLayout, job_ids: Iterable[str] | None = None) -> int:
+    """The directories under `jobs/` of `job_ids` (None: all of `jobs/`). Jobs run their scripts
+    from verified copies (`verified_executable`), so this may go on while they run. Once all of
+    the Lab's jobs are placed (with `place_lab` before), the Lab counts as synced."""
     root, artifacts = str(lab.root), str(layout.artifacts)
     whole = job_ids is None or not lab.jobs.keys() - set(job_ids)
-    trees = [root]
-    if not whole:
-        trees += [f"{root}/jobs/{name}" for name in sorted(_job_dirs(lab, job_ids))]
-    placed = sum(_place_tree(lab, tree, root, artifacts, skip_jobs=not whole) for tree in trees)
     if whole:
+        placed = _place_tree(lab, f"{root}/jobs", root, artifacts, skip_jobs=False)
+        stamp = _stamp(lab, layout)
         stamp.parent.mkdir(parents=True, exist_ok=True)
         stamp.touch()
-    return placed
+        return placed
+    return sum(_place_tree(lab, f"{root}/jobs/{name}", root, artifacts, skip_jobs=False)
+               for name in sorted(_job_dirs(lab, job_ids)))
 
 
 def _job_dirs(lab: Lab, job_ids: Iterable[str]) -> set[str]:
