@@ -42,6 +42,11 @@ class OutputLayout:
         `repx_dir`: one flat directory, so a job costs no directory creation."""
         return self.cache / "guards" / repx_dir.relative_to(self.outputs).as_posix().replace("/", "%")
 
+    def success_evidence(self, job_id: str, repx_dir: Path) -> dict:
+        """What `finish` writes for a success, for the spawner to write instead (spawner.record_success)."""
+        return {"marker": f"{repx_dir}/{SUCCESS}", "completions": str(self.completions),
+                "line": completion_line(job_id, Outcome.OK) + "\n"}
+
     # ---- evidence ------------------------------------------------------------------------
 
     def read_completions(self) -> dict[str, Outcome] | None:

@@ -14,8 +14,9 @@ that leave the job's session and lose their parent stay under it, where a stop f
 starts a new session, takes the identity and execs the job itself: no wrapper process. The
 spawner answers `{"id", "pid"}` right after the fork; when the child exits it writes the status
 into the exit record (negative for a signal, 127 if the exec failed, the reason then in stderr),
-and only then lets go of its copy of the guard's lock, so whoever takes the lock next finds the
-record; then it answers `{"pid", "status"}`.
+for a success also the job's marker and completion line when asked (`success`), and only then
+lets go of its copy of the guard's lock, so whoever takes the lock next finds the
+record; then it answers `{"pid", "status", "recorded"}`.
 
 Why a separate process: forking the launcher (a large asyncio process) with a `preexec_fn` for
 the subreaper costs a full fork and a wait for the exec on its event loop, asyncio watches every
@@ -134,7 +135,7 @@ class Children:
 
     def __init__(self, channel: socket.socket) -> None:
         self.channel: socket.socket | None = channel
-        self.held: dict[int, tuple[list[int], int | None]] = {}
+        self.held: dict[int, tuple[list[int], int | None, dict | None]] = {}
 
     def tell(self, answer: dict) -> None:
         if self.channel is not None:
@@ -150,12 +151,30 @@ class Children:
             if pid == 0:
                 return
             status = os.waitstatus_to_exitcode(wait_status)
-            fds, exit_record = self.held.pop(pid, ([], None))
+            fds, exit_record, success = self.held.pop(pid, ([], None, None))
             if exit_record is not None:
                 record_exit(exit_record, status)
+            # Under the guard's lock still, as the launcher would write them.
+            recorded = status == 0 and success is not None and record_success(success)
             for fd in fds:
                 os.close(fd)
-            self.tell({"pid": pid, "status": status})
+            self.tell({"pid": pid, "status": status, "recorded": recorded})
+
+
+def record_success(success: dict) -> bool:
+    """The evidence of a job that exited with 0, when its request asked for it (`success`): its
+    SUCCESS marker (empty: it exists or not), then its line appended to completions.jsonl in one
+    write. False when either failed: the launcher then writes them (and says why)."""
+    try:
+        os.close(os.open(success["marker"], os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644))
+        fd = os.open(success["completions"], os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        try:
+            os.write(fd, success["line"].encode())
+        finally:
+            os.close(fd)
+    except OSError:
+        return False
+    return True
 
 
 def record_exit(fd: int, status: int) -> None:
@@ -234,7 +253,7 @@ def serve(channel: socket.socket) -> None:
                     # Held until the child is reaped: the guard's lock (so no one takes it before
                     # the exit record is written) and the record itself, last.
                     kept = [*fds, record] if record is not None else fds
-                    children.held[pid] = (kept, record)
+                    children.held[pid] = (kept, record, request.get("success"))
                     children.tell({"id": request["id"], "pid": pid})
                     for fd in logs:
                         os.close(fd)

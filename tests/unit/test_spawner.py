@@ -16,9 +16,10 @@ from pathlib import Path
 import pytest
 
 from repxd.exec.launcher import SubprocessLauncher, adoptable_status, guarded, launch_request
-from repxd.exec.layout import Preparation
+from repxd.exec.layout import OutputLayout, Preparation
 from repxd.exec.processes import SpawnerGone, spawner
 from repxd.exec.runtimes import Invocation
+from repxd.lab.graph import Outcome
 
 
 def _run(tmp_path: Path, script: str, cwd: Path | None = None) -> tuple[int, str, str]:
@@ -269,3 +270,36 @@ def test_a_retry_starts_in_an_emptied_out_without_the_earlier_markers(tmp_path):
     assert status == 0
     assert stdout == json.dumps({"offset": 2}, indent=2)
     assert sorted(p.name for p in (job / "repx").iterdir()) == ["inputs.json", "parameters.json", "stderr.log", "stdout.log"]
+
+
+@pytest.mark.parametrize("script", ["exit 0", "exit 1"])
+def test_the_spawner_writes_a_successs_marker_and_completion_line_and_nothing_for_a_failure(tmp_path, script):
+    layout = OutputLayout(tmp_path)
+    out, repx = layout.out_dir("job"), layout.repx_dir("job")
+    invocation = Invocation(["/bin/sh", "-c", script], {"PATH": os.environ["PATH"]}, out)
+
+    async def main() -> int:
+        async with guarded(layout.guard(repx)) as guard:
+            return await SubprocessLauncher().run(invocation, repx, guard, launch_request("job", "", 1),
+                                                  prepare=Preparation(out, repx, True),
+                                                  success=layout.success_evidence("job", repx))
+
+    status = asyncio.run(main())
+    assert status.recorded is (status == 0)
+    assert (repx / "SUCCESS").exists() is (status == 0)
+    assert layout.read_completions() == ({"job": Outcome.OK} if status == 0 else None)
+
+
+def test_success_evidence_the_spawner_cannot_write_is_left_to_the_launcher(tmp_path):
+    layout = OutputLayout(tmp_path)
+    repx = layout.repx_dir("job")
+    repx.mkdir(parents=True)
+    evidence = {**layout.success_evidence("job", repx), "completions": str(tmp_path / "missing" / "c.jsonl")}
+
+    async def main() -> int:
+        async with guarded(layout.guard(repx)) as guard:
+            return await SubprocessLauncher().run(Invocation(["true"], {"PATH": os.environ["PATH"]}, repx), repx,
+                                                  guard, launch_request("job", "", 1), success=evidence)
+
+    status = asyncio.run(main())
+    assert status == 0 and status.recorded is False
