@@ -78,7 +78,7 @@ class JobContext:
         return step_resources(self.resources, hints, self.worker_resources)
 
     def launch_request(self, repx: Path, resources: dict[str, Any]) -> LaunchRequest:
-        job_id, *step, _ = repx.relative_to(self.layout.outputs).parts
+        job_id, *step, _ = self.layout.relative_to_outputs(repx).split("/")
         cpus = int(resources.get("cpus-per-task") or 1)
         mem = parse_memory(resources["mem"]) if resources.get("mem") else 0
         return launch_request(job_id, ".".join(step), self.attempt, run_id=self.run_id, cpus=cpus, mem=mem,

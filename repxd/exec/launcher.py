@@ -243,7 +243,7 @@ async def _start(invocation: Invocation, repx: Path, guard: Guard, identity: Ide
                  prepare: Preparation | None, success: dict | None) -> SpawnedProcess:
     def spawn(first_attempt: dict | None):
         return spawner().spawn(invocation.argv, invocation.env, str(invocation.cwd), [guard.fd], identity,
-                               logs=(str(repx / "stdout.log"), str(repx / "stderr.log")),
+                               logs=(f"{repx}/stdout.log", f"{repx}/stderr.log"),
                                exit_record=str(exit_file(guard.path)), prepare=first_attempt, success=success)
 
     first_attempt = None if prepare is None else prepare.first_attempt()
