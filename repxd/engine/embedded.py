@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import secrets
 from dataclasses import dataclass, field
@@ -9,7 +10,7 @@ from pathlib import Path
 
 from .. import hardware
 from ..errors import ConfigError
-from ..exec.artifacts import sync_artifacts
+from ..exec.artifacts import place_jobs, place_lab, sync_artifacts, synced
 from ..exec.execute import execute_job
 from ..exec.job import JobContext, JobResult
 from ..exec.launcher import SubprocessLauncher
@@ -159,6 +160,7 @@ class EmbeddedRun:
         self.runtimes: dict[str | None, Runtime] = {}
         self.gpus = GpuPool(hardware.agent_inventory)
         self.engine: LocalEngine | None = None
+        self.jobs_to_place = False  # prepare() decides
 
     def _runtime(self, image: str | None) -> Runtime:
         if image not in self.runtimes:
@@ -175,8 +177,13 @@ class EmbeddedRun:
         return self.runtimes[image]
 
     def prepare(self) -> None:
-        """Everything that can fail before the first job: artifacts and runtimes."""
-        sync_artifacts(self.plan.lab, self.plan.layout)
+        """Everything that can fail before the first job: artifacts and runtimes. Of a local
+        run's artifacts, its jobs' directories are placed while the jobs run (see `_run`)."""
+        self.jobs_to_place = self.remote is None and not synced(self.plan.lab, self.plan.layout)
+        if self.jobs_to_place:
+            place_lab(self.plan.lab, self.plan.layout)
+        else:
+            sync_artifacts(self.plan.lab, self.plan.layout, self.plan.to_run)
         for image in {self.plan.lab.image_of(j) for j in self.plan.to_run}:
             self._runtime(image)
 
@@ -217,7 +224,14 @@ class EmbeddedRun:
         self.engine = LocalEngine(self.plan.lab, self.plan.to_run, self._execute, self.admission,
                                   self.options.continue_on_failure, self.reporter,
                                   inter_run_order(self.plan.lab, self.plan.to_run), chainable)
-        return await self.engine.run()
+        if not self.jobs_to_place:
+            return await self.engine.run()
+        # On another core (its time is in system calls), instead of before the first job.
+        placing = asyncio.ensure_future(asyncio.to_thread(place_jobs, self.plan.lab, self.plan.layout, self.plan.to_run))
+        try:
+            return await self.engine.run()
+        finally:
+            await asyncio.shield(placing)
 
     def cancel(self) -> None:
         if self.engine is not None:

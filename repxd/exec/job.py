@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import errno
 import os
-import shutil
 from collections.abc import Callable
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -30,9 +29,8 @@ from .layout import (
     FAIL,
     SUCCESS,
     OutputLayout,
-    clear_markers,
+    Preparation,
     completion_line,
-    write_json,
     write_marker,
 )
 from .runtimes import Runtime
@@ -80,7 +78,7 @@ class JobContext:
         return step_resources(self.resources, hints, self.worker_resources)
 
     def launch_request(self, repx: Path, resources: dict[str, Any]) -> LaunchRequest:
-        job_id, *step, _ = repx.relative_to(self.layout.outputs).parts
+        job_id, *step, _ = self.layout.relative_to_outputs(repx).split("/")
         cpus = int(resources.get("cpus-per-task") or 1)
         mem = parse_memory(resources["mem"]) if resources.get("mem") else 0
         return launch_request(job_id, ".".join(step), self.attempt, run_id=self.run_id, cpus=cpus, mem=mem,
@@ -110,12 +108,15 @@ def script_path(ctx: JobContext, exe_path: str) -> Path:
 
 async def run_step(ctx: JobContext, script: Path, out: Path, repx: Path, inputs_json: Path,
                    params_json: Path, *, prepare: Callable[[], None], record: Callable[[int], T],
-                   done: Callable[[], T | None] = lambda: None, resources: dict[str, Any] | None = None) -> T:
+                   done: Callable[[], T | None] = lambda: None, resources: dict[str, Any] | None = None,
+                   success: dict | None = None) -> T:
     """Run one process of the contract `<script> OUT INPUTS PARAMS` under admission, logging to
     `repx`, at most once at a time for this directory. Under the directory's guard: `done()`
     short-cuts when a concurrent launcher already finished it; an earlier launcher's finished
-    process is adopted; else `prepare()` and start. `record(status)` writes the outcome.
-    `resources` (default: the job's) decide admission and the process's limits."""
+    process is adopted; else `prepare()` and start (a launcher that `takes_preparation` is given a
+    `Preparation` to do as it starts the process). `record(status)` writes the outcome.
+    `resources` (default: the job's) decide admission and the process's limits. `success`: the
+    evidence of a success such a launcher may have its spawner write (the status is then `recorded`)."""
     invocation = ctx.runtime.invocation(script, out, repx, [str(out), str(inputs_json), str(params_json)])
     request = ctx.launch_request(repx, ctx.resources if resources is None else resources)
     async with ctx.admission.hold(request.cpus, request.mem), ctx.launcher.guarded(ctx.layout.guard(repx), request) as guard:
@@ -126,8 +127,12 @@ async def run_step(ctx: JobContext, script: Path, out: Path, repx: Path, inputs_
         ctx.launched()
         status = guard.leftover_status
         if status is None:
-            prepare()
-            status = await ctx.launcher.run(invocation, repx, guard, request, ctx.on_spawn)
+            if isinstance(prepare, Preparation) and getattr(ctx.launcher, "takes_preparation", False):
+                status = await ctx.launcher.run(invocation, repx, guard, request, ctx.on_spawn, prepare=prepare,
+                                                success=success)
+            else:
+                prepare()
+                status = await ctx.launcher.run(invocation, repx, guard, request, ctx.on_spawn)
         if status != 0 and getattr(status, "cause", None) is None and disk_full(repx):
             status = note_disk_full(guard.path, status)
         result = record(status)
@@ -136,23 +141,6 @@ async def run_step(ctx: JobContext, script: Path, out: Path, repx: Path, inputs_
         else:
             ctx.recorded_exits.append(guard.path)
         return result
-
-
-def prepare_dirs(out: Path, repx: Path, *, fresh_out: bool) -> None:
-    if out.parent == repx.parent:
-        try:  # a first attempt, the common case: three directory creations and nothing to clear
-            os.mkdir(out.parent)
-        except OSError:
-            pass
-        else:
-            os.mkdir(out)
-            os.mkdir(repx)
-            return
-    if fresh_out and out.exists():
-        shutil.rmtree(out)
-    out.mkdir(parents=True, exist_ok=True)
-    repx.mkdir(parents=True, exist_ok=True)
-    clear_markers(repx)
 
 
 # Less room than this left after a failed job: it most likely failed for want of space.
@@ -184,18 +172,21 @@ def room_permitting():
             raise
 
 
-def finish(ctx: JobContext, job_id: str, repx: Path, ok: bool, reason: str | None = None) -> JobResult:
+def finish(ctx: JobContext, job_id: str, repx: Path, ok: bool, reason: str | None = None,
+           recorded: bool = False) -> JobResult:
+    """The outcome's marker and completion line (`recorded`: the spawner wrote them already)."""
     if not ok and (disk_full(repx) or (reason or "").endswith(OUT_OF_SPACE)):
         reason = f"{reason}; {disk_full_reason(ctx.layout.outputs)}" if reason else disk_full_reason(ctx.layout.outputs)
     if not ok and reason:
         with room_permitting(), open(repx / "stderr.log", "a") as fh:
             fh.write(f"repx: {reason}\n")
-    # Empty, so it needs no room on a full disk. If it cannot be written the exception leaves the
-    # process's exit record in place, and an agent re-attaching adopts it instead of running again.
-    write_marker(repx, SUCCESS if ok else FAIL)
     outcome = Outcome.OK if ok else Outcome.FAIL
-    with room_permitting():
-        ctx.layout.append_completion(job_id, outcome)
+    if not recorded:
+        # Empty, so it needs no room on a full disk. If it cannot be written the exception leaves the
+        # process's exit record in place, and an agent re-attaching adopts it instead of running again.
+        write_marker(repx, SUCCESS if ok else FAIL)
+        with room_permitting():
+            ctx.layout.append_completion(job_id, outcome)
     ctx.marked(repx, SUCCESS if ok else FAIL, completion_line(job_id, outcome))
     return JobResult(job_id, ok, reason)
 
@@ -206,16 +197,14 @@ async def execute_single(ctx: JobContext, job: Job) -> JobResult:
     out, repx = layout.out_dir(job.id), layout.repx_dir(job.id)
     inputs = resolve_inputs(ctx.lab, job, layout)
 
-    def prepare() -> None:
-        prepare_dirs(out, repx, fresh_out=ctx.run_as is None)
-        write_json(repx / "inputs.json", inputs)
-        write_json(repx / "parameters.json", job.spec.params)
-
+    prepare = Preparation(out, repx, ctx.run_as is None, {"inputs.json": inputs, "parameters.json": job.spec.params})
     return await run_step(
         ctx, script_path(ctx, job.executables["main"].path), out, repx, repx / "inputs.json",
         repx / "parameters.json", prepare=prepare,
-        record=lambda status: finish(ctx, job.id, repx, status == 0, None if status == 0 else exit_reason(status)),
-        done=lambda: JobResult(job.id, True) if (repx / SUCCESS).exists() else None)
+        record=lambda status: finish(ctx, job.id, repx, status == 0, None if status == 0 else exit_reason(status),
+                                     recorded=getattr(status, "recorded", False)),
+        done=lambda: JobResult(job.id, True) if (repx / SUCCESS).exists() else None,
+        success=layout.success_evidence(job.id, repx))
 
 
 def exit_reason(status: int) -> str:

@@ -23,8 +23,8 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .layout import UnreadableJobFile, read_job_file
-from .processes import Identity, SpawnedProcess, spawner
+from .layout import Preparation, UnreadableJobFile, read_job_file
+from .processes import Identity, NotPrepared, SpawnedProcess, spawner
 from .runtimes import Invocation
 
 TERMINATE_GRACE_SECONDS = 10.0
@@ -159,19 +159,25 @@ class SubprocessLauncher:
     `request.user` runs as that user with its groups, in an `out/` handed over to it."""
 
     name = "subprocess"
+    takes_preparation = True  # run() prepares the directories itself, through the spawner where it can
 
     def guarded(self, path: Path, request: LaunchRequest):
         return guarded(path)
 
     async def run(self, invocation: Invocation, repx: Path, guard: Guard, request: LaunchRequest,
-                  on_spawn: Callable[[str], None] | None = None) -> int:
+                  on_spawn: Callable[[str], None] | None = None, *, prepare: Preparation | None = None,
+                  success: dict | None = None) -> int:
         identity = None
         if request.user is not None:
+            if prepare is not None:  # out/ must exist to be handed over
+                prepare()
+                prepare = None
             identity = user_identity(request.user)
             await asyncio.to_thread(hand_over, invocation.cwd, identity)
         return await spawn_and_wait(invocation, repx, guard,
                                     None if on_spawn is None else lambda pid: on_spawn(f"pid:{pid}"),
-                                    identity=identity, time_limit=request.time_seconds)
+                                    identity=identity, time_limit=request.time_seconds, prepare=prepare,
+                                    success=success)
 
 
 def user_identity(uid: int) -> Identity:
@@ -197,21 +203,22 @@ def hand_over(out: Path, identity: Identity) -> None:
 
 async def spawn_and_wait(invocation: Invocation, repx: Path, guard: Guard,
                          on_spawn: Callable[[int], None] | None = None, *,
-                         identity: Identity | None = None, time_limit: int | None = None) -> int:
+                         identity: Identity | None = None, time_limit: int | None = None,
+                         prepare: Preparation | None = None, success: dict | None = None) -> int:
     """Run `invocation` with stdout/stderr written to `repx/{stdout,stderr}.log`; the process
     inherits the guard's lock, and the spawner writes its status into the exit file (the job's
     user may not write in the guards' directory). Returns the exit status (negative for a
     signal), with cause "timeout" when `time_limit` seconds ran out. Cancelling the awaiting task
     stops every process the job started, in or out of its session: the job's process is a child
     subreaper (the spawner makes it one), so descendants that leave the job's session and lose
-    their parent stay under it."""
+    their parent stay under it. `prepare`: done before the start, by the spawner for a first
+    attempt. `success`: evidence the spawner writes if the process exits with 0 (the status's
+    `recorded` then says so)."""
     # The job gets the guard's lock as descriptor 3 (held while it or a descendant runs). The
     # spawner creates the logs and the exit record (with a placeholder holding a block for the
     # status, so that its overwrite finds room even after the job filled the disk), and writes the
     # record when the job exits.
-    starting = asyncio.ensure_future(spawner().spawn(
-        invocation.argv, invocation.env, str(invocation.cwd), [guard.fd], identity,
-        logs=(str(repx / "stdout.log"), str(repx / "stderr.log")), exit_record=str(exit_file(guard.path))))
+    starting = asyncio.ensure_future(_start(invocation, repx, guard, identity, prepare, success))
     try:
         proc = await asyncio.shield(starting)
     except asyncio.CancelledError:
@@ -230,6 +237,24 @@ async def spawn_and_wait(invocation: Invocation, repx: Path, guard: Guard,
     except asyncio.CancelledError:
         await asyncio.shield(_stop_cancelled(proc, guard.path))
         raise
+
+
+async def _start(invocation: Invocation, repx: Path, guard: Guard, identity: Identity | None,
+                 prepare: Preparation | None, success: dict | None) -> SpawnedProcess:
+    def spawn(first_attempt: dict | None):
+        return spawner().spawn(invocation.argv, invocation.env, str(invocation.cwd), [guard.fd], identity,
+                               logs=(f"{repx}/stdout.log", f"{repx}/stderr.log"),
+                               exit_record=str(exit_file(guard.path)), prepare=first_attempt, success=success)
+
+    first_attempt = None if prepare is None else prepare.first_attempt()
+    if first_attempt is not None:
+        try:
+            return await spawn(first_attempt)
+        except NotPrepared:  # a retry: its out/ emptied and markers cleared here
+            pass
+    if prepare is not None:
+        prepare()
+    return await spawn(None)
 
 
 async def _stop_cancelled(proc: SpawnedProcess, guard: Path) -> None:

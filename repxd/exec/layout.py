@@ -5,8 +5,10 @@ from __future__ import annotations
 import errno
 import json
 import os
+import shutil
 import stat
 from collections.abc import Iterable
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..lab.graph import Outcome
@@ -38,7 +40,20 @@ class OutputLayout:
     def guard(self, repx_dir: Path) -> Path:
         """The stem of the launcher's lock and exit-status files for the process logging to
         `repx_dir`: one flat directory, so a job costs no directory creation."""
-        return self.cache / "guards" / repx_dir.relative_to(self.outputs).as_posix().replace("/", "%")
+        return self.cache / "guards" / self.relative_to_outputs(repx_dir).replace("/", "%")
+
+    def relative_to_outputs(self, path: Path) -> str:
+        """`path` relative to `outputs/` (ValueError when not under it), as plain text: a job's
+        launch asks twice, and pathlib's relative_to costs ~10 µs a call."""
+        text, outputs = str(path), str(self.outputs)
+        if not text.startswith(outputs + "/"):
+            raise ValueError(f"{path} is not under {outputs}")
+        return text[len(outputs) + 1:]
+
+    def success_evidence(self, job_id: str, repx_dir: Path) -> dict:
+        """What `finish` writes for a success, for the spawner to write instead (spawner.record_success)."""
+        return {"marker": f"{repx_dir}/{SUCCESS}", "completions": str(self.completions),
+                "line": completion_line(job_id, Outcome.OK) + "\n"}
 
     # ---- evidence ------------------------------------------------------------------------
 
@@ -118,6 +133,49 @@ def completion_line(job_id: str, outcome: Outcome) -> str:
 def clear_markers(repx_dir: Path) -> None:
     for name in (SUCCESS, FAIL):
         (repx_dir / name).unlink(missing_ok=True)
+
+
+def prepare_dirs(out: Path, repx: Path, *, fresh_out: bool) -> None:
+    if out.parent == repx.parent:
+        try:  # a first attempt, the common case: three directory creations and nothing to clear
+            os.mkdir(out.parent)
+        except OSError:
+            pass
+        else:
+            os.mkdir(out)
+            os.mkdir(repx)
+            return
+    if fresh_out and out.exists():
+        shutil.rmtree(out)
+    out.mkdir(parents=True, exist_ok=True)
+    repx.mkdir(parents=True, exist_ok=True)
+    clear_markers(repx)
+
+
+@dataclass
+class Preparation:
+    """A process's directories made ready before it starts: `out/` (emptied unless handed to
+    another user, `fresh_out` False) and `repx/` without markers, then `files` (names in `repx/`
+    and their JSON values) written. Called, it does that here; a launcher with a spawner has the
+    spawner do a first attempt's (`first_attempt`), off this process's event loop."""
+
+    out: Path
+    repx: Path
+    fresh_out: bool
+    files: dict[str, object] = field(default_factory=dict)
+
+    def __call__(self) -> None:
+        prepare_dirs(self.out, self.repx, fresh_out=self.fresh_out)
+        for name, value in self.files.items():
+            write_json(self.repx / name, value)
+
+    def first_attempt(self) -> dict | None:
+        """The spawner's `prepare` request (see spawner.prepare_first_attempt); None where only
+        the launcher prepares: an `out/` kept for another user, or not a job's own directory."""
+        if not self.fresh_out or self.out.parent != self.repx.parent:
+            return None
+        out, repx = str(self.out), str(self.repx)
+        return {"dirs": [os.path.dirname(out), out, repx], "json": [[f"{repx}/{name}", value] for name, value in self.files.items()]}
 
 
 def write_marker(repx_dir: Path, name: str) -> None:

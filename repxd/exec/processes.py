@@ -20,6 +20,22 @@ MAX_MESSAGE_BYTES = 4096  # the spawner's answers: a pid, a status or an error l
 KEPT_ENVIRONMENTS = 8
 
 
+# A request carrying a job's inputs and parameters up to this size has the spawner write them;
+# a larger one (a huge parameter set) is prepared here, well within the socket's message size.
+MAX_PREPARED_REQUEST_BYTES = 64 << 10
+
+
+class NotPrepared(Exception):
+    """The spawner did not prepare the job (not a first attempt): prepare it, then spawn again."""
+
+
+class ProcessExit(int):
+    """A process's exit status (negative for a signal). `recorded`: the spawner wrote the
+    evidence of its success that the request asked for (`success`)."""
+
+    recorded = False
+
+
 class SpawnerGone(RuntimeError):
     """The spawner process exited: the processes it was watching are no longer observed."""
 
@@ -74,12 +90,16 @@ class Spawner:
 
     async def spawn(self, argv: list[str], env: dict[str, str], cwd: str, fds: list[int],
                     identity: Identity | None, *, logs: tuple[str, str] | None = None,
-                    exit_record: str | None = None) -> SpawnedProcess:
+                    exit_record: str | None = None, prepare: dict | None = None,
+                    success: dict | None = None) -> SpawnedProcess:
         """Start `argv` with `fds` as its descriptors 3, 4, ... (in that order) and the files
         `logs` (created or truncated by the spawner) as its stdout and stderr; without `logs` the
         first two of `fds` are its stdout and stderr. With `exit_record` (a path) the spawner
         creates that file and writes the exit status there, before it closes its copies of `fds`.
-        A log or record that cannot be opened raises OSError, as opening it here would."""
+        A log or record that cannot be opened raises OSError, as opening it here would.
+        `prepare` (see `spawner.prepare_first_attempt`): the spawner makes the job's directories
+        and writes its JSON files first; NotPrepared when it did not (not a first attempt).
+        `success` (see `spawner.record_success`): the evidence it writes if the process exits with 0."""
         if not self.alive:
             raise SpawnerGone("the process that starts the jobs exited")
         request_id = next(self._ids)
@@ -90,10 +110,14 @@ class Spawner:
             kept_id = self._kept_environment(env)
             environment = {"env_id": self._next_environment_id, "env": env} if kept_id is None else {"env_id": kept_id}
             message = json.dumps({"id": request_id, "argv": argv, **environment, "cwd": cwd, "logs": logs,
-                                  "exit_record": exit_record,
+                                  "exit_record": exit_record, "prepare": prepare, "success": success,
                                   "identity": None if identity is None else [identity.uid, identity.gid, list(identity.groups)]})
+            encoded = message.encode()
+            if prepare is not None and len(encoded) > MAX_PREPARED_REQUEST_BYTES:
+                del self._starting[request_id]
+                raise NotPrepared()
             try:
-                socket.send_fds(self._channel, [message.encode()], fds)
+                socket.send_fds(self._channel, [encoded], fds)
                 break
             except BlockingIOError:  # its queue is full: wait for room
                 await asyncio.shield(self._room())
@@ -137,6 +161,10 @@ class Spawner:
             answer = json.loads(data)
             if "id" in answer:
                 started = self._starting.pop(answer["id"])
+                if "unprepared" in answer:
+                    if not started.cancelled():
+                        started.set_exception(NotPrepared())
+                    continue
                 if "error" in answer:
                     if answer.get("filename"):  # a log or the exit record: said as open() would
                         started.set_exception(OSError(answer["errno"], answer["error"], answer["filename"]))
@@ -150,7 +178,9 @@ class Spawner:
             else:
                 exited = self._running.pop(answer["pid"])
                 if not exited.done():
-                    exited.set_result(answer["status"])
+                    status = ProcessExit(answer["status"])
+                    status.recorded = answer.get("recorded", False)
+                    exited.set_result(status)
 
     def _gone(self) -> None:
         self.alive = False

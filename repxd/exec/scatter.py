@@ -10,8 +10,16 @@ from pathlib import Path
 
 from ..lab.model import Job
 from .inputs import resolve_inputs
-from .job import JobContext, JobResult, exit_reason, finish, prepare_dirs, run_step, script_path
-from .layout import FAIL, SUCCESS, clear_markers, read_job_file, write_json, write_marker
+from .job import JobContext, JobResult, exit_reason, finish, run_step, script_path
+from .layout import (
+    FAIL,
+    SUCCESS,
+    clear_markers,
+    prepare_dirs,
+    read_job_file,
+    write_json,
+    write_marker,
+)
 
 # The work items file is read whole; beyond this it is refused (the count's bound is ctx.max_work_items).
 MAX_WORK_ITEMS_BYTES = 16 << 20

@@ -3,17 +3,20 @@ their exit records.
 
 Run as `python -S spawner.py FD` (standard library only, so it starts without the package or
 site-packages), in its own session. The launcher sends it one request per job over the
-SOCK_SEQPACKET socket FD: a JSON object (argv, env_id, cwd, identity, logs, exit_record; env too
-when env_id is new) with the descriptors the child gets as 3, 4, ... attached (the guard's lock). It opens the logs (the
-child's stdout and stderr, truncated) and the exit record (a placeholder written) itself: three
-file creations a job fewer on the launcher's event loop, which is what limits throughput. It
+SOCK_SEQPACKET socket FD: a JSON object (argv, env_id, cwd, identity, logs, exit_record, prepare;
+env too when env_id is new) with the descriptors the child gets as 3, 4, ... attached (the guard's
+lock). For a first attempt it makes the job's directories and writes its inputs.json and
+parameters.json (`prepare`); it opens the logs (the child's stdout and stderr, truncated) and the
+exit record (a placeholder written) itself: eight file operations a job fewer on the launcher's
+event loop, which is what limits throughput, and the JSON encoding with them. It
 forks; the child becomes a child subreaper (descendants
 that leave the job's session and lose their parent stay under it, where a stop finds them),
 starts a new session, takes the identity and execs the job itself: no wrapper process. The
 spawner answers `{"id", "pid"}` right after the fork; when the child exits it writes the status
 into the exit record (negative for a signal, 127 if the exec failed, the reason then in stderr),
-and only then lets go of its copy of the guard's lock, so whoever takes the lock next finds the
-record; then it answers `{"pid", "status"}`.
+for a success also the job's marker and completion line when asked (`success`), and only then
+lets go of its copy of the guard's lock, so whoever takes the lock next finds the
+record; then it answers `{"pid", "status", "recorded"}`.
 
 Why a separate process: forking the launcher (a large asyncio process) with a `preexec_fn` for
 the subreaper costs a full fork and a wait for the exec on its event loop, asyncio watches every
@@ -45,6 +48,33 @@ LOG_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC
 # No status: "-" is no number. It holds a block for the status, so that the overwrite when the
 # job exits finds room even after the job filled the disk.
 PLACEHOLDER = b"-\n"
+
+
+def prepare_first_attempt(request: dict) -> bool:
+    """The job's directories and its JSON files, when the request asks for them (`prepare`:
+    `dirs`, the job's directory then its `out/` and `repx/`; `json`, [path, value] pairs).
+    Only a first attempt is prepared here: False when the job's directory exists already (an
+    earlier attempt may have left outputs and markers to clear) or cannot be made, and the
+    launcher then prepares it itself. The same bytes as the launcher's `layout.write_json`."""
+    spec = request.get("prepare")
+    if not spec:
+        return True
+    root, *dirs = spec["dirs"]
+    try:
+        os.mkdir(root)
+    except OSError:
+        return False
+    for path in dirs:
+        os.mkdir(path)
+    for path, value in spec["json"]:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o666)
+        try:
+            data = memoryview(json.dumps(value, indent=2).encode())
+            while data:
+                data = data[os.write(fd, data):]
+        finally:
+            os.close(fd)
+    return True
 
 
 def open_files(request: dict) -> tuple[list[int], int | None]:
@@ -105,7 +135,7 @@ class Children:
 
     def __init__(self, channel: socket.socket) -> None:
         self.channel: socket.socket | None = channel
-        self.held: dict[int, tuple[list[int], int | None]] = {}
+        self.held: dict[int, tuple[list[int], int | None, dict | None]] = {}
 
     def tell(self, answer: dict) -> None:
         if self.channel is not None:
@@ -121,12 +151,30 @@ class Children:
             if pid == 0:
                 return
             status = os.waitstatus_to_exitcode(wait_status)
-            fds, exit_record = self.held.pop(pid, ([], None))
+            fds, exit_record, success = self.held.pop(pid, ([], None, None))
             if exit_record is not None:
                 record_exit(exit_record, status)
+            # Under the guard's lock still, as the launcher would write them.
+            recorded = status == 0 and success is not None and record_success(success)
             for fd in fds:
                 os.close(fd)
-            self.tell({"pid": pid, "status": status})
+            self.tell({"pid": pid, "status": status, "recorded": recorded})
+
+
+def record_success(success: dict) -> bool:
+    """The evidence of a job that exited with 0, when its request asked for it (`success`): its
+    SUCCESS marker (empty: it exists or not), then its line appended to completions.jsonl in one
+    write. False when either failed: the launcher then writes them (and says why)."""
+    try:
+        os.close(os.open(success["marker"], os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644))
+        fd = os.open(success["completions"], os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        try:
+            os.write(fd, success["line"].encode())
+        finally:
+            os.close(fd)
+    except OSError:
+        return False
+    return True
 
 
 def record_exit(fd: int, status: int) -> None:
@@ -187,6 +235,11 @@ def serve(channel: socket.socket) -> None:
                         del environments[old]
                 opened: list[int] = []
                 try:
+                    if not prepare_first_attempt(request):
+                        children.tell({"id": request["id"], "unprepared": True})
+                        for fd in fds:
+                            os.close(fd)
+                        continue
                     logs, record = open_files(request)
                     opened = [*logs, *([] if record is None else [record])]
                     pid = start_child(request, environments[request["env_id"]], [*logs, *fds], devnull, libc, policy)
@@ -200,7 +253,7 @@ def serve(channel: socket.socket) -> None:
                     # Held until the child is reaped: the guard's lock (so no one takes it before
                     # the exit record is written) and the record itself, last.
                     kept = [*fds, record] if record is not None else fds
-                    children.held[pid] = (kept, record)
+                    children.held[pid] = (kept, record, request.get("success"))
                     children.tell({"id": request["id"], "pid": pid})
                     for fd in logs:
                         os.close(fd)

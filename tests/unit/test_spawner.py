@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import errno
+import json
 import os
 import signal
 import subprocess
@@ -15,8 +16,10 @@ from pathlib import Path
 import pytest
 
 from repxd.exec.launcher import SubprocessLauncher, adoptable_status, guarded, launch_request
+from repxd.exec.layout import OutputLayout, Preparation
 from repxd.exec.processes import SpawnerGone, spawner
 from repxd.exec.runtimes import Invocation
+from repxd.lab.graph import Outcome
 
 
 def _run(tmp_path: Path, script: str, cwd: Path | None = None) -> tuple[int, str, str]:
@@ -231,3 +234,72 @@ def test_jobs_started_at_once_past_the_sockets_queue_each_get_their_own_environm
 
     for wanted, seen in asyncio.run(main()):
         assert seen == wanted
+
+
+def _run_prepared(tmp_path: Path, params) -> tuple[int, str]:
+    """A job whose directories and JSON files a Preparation makes, as execute_single has it."""
+    out, repx = tmp_path / "outputs" / "job" / "out", tmp_path / "outputs" / "job" / "repx"
+    prepare = Preparation(out, repx, True, {"inputs.json": {"in": "/x/y"}, "parameters.json": params})
+    invocation = Invocation(["/bin/sh", "-c", 'ls -A; cat ../repx/parameters.json'], {"PATH": os.environ["PATH"]}, out)
+
+    async def main() -> int:
+        async with guarded(tmp_path / "guards" / "job") as guard:
+            return await SubprocessLauncher().run(invocation, repx, guard, launch_request("job", "", 1), prepare=prepare)
+
+    status = asyncio.run(main())
+    assert (repx / "inputs.json").read_text() == json.dumps({"in": "/x/y"}, indent=2)
+    return status, (repx / "stdout.log").read_text()
+
+
+@pytest.mark.parametrize("size", [10, 100_000])  # the spawner writes the files; too large for a request: the launcher
+def test_a_first_attempt_starts_in_directories_made_for_it_with_its_files_written(tmp_path, size):
+    params = {"offset": 1.5, "name": "é" * size, "nested": [None, True, {"k": 2}]}
+    status, stdout = _run_prepared(tmp_path, params)
+    assert status == 0
+    assert stdout == json.dumps(params, indent=2)  # an empty out/, and the job reads its parameters
+
+
+def test_a_retry_starts_in_an_emptied_out_without_the_earlier_markers(tmp_path):
+    job = tmp_path / "outputs" / "job"
+    (job / "out").mkdir(parents=True)
+    (job / "repx").mkdir()
+    (job / "out" / "stale").write_text("from the attempt before")
+    (job / "repx" / "FAIL").touch()
+    (job / "repx" / "parameters.json").write_text("old")
+    status, stdout = _run_prepared(tmp_path, {"offset": 2})
+    assert status == 0
+    assert stdout == json.dumps({"offset": 2}, indent=2)
+    assert sorted(p.name for p in (job / "repx").iterdir()) == ["inputs.json", "parameters.json", "stderr.log", "stdout.log"]
+
+
+@pytest.mark.parametrize("script", ["exit 0", "exit 1"])
+def test_the_spawner_writes_a_successs_marker_and_completion_line_and_nothing_for_a_failure(tmp_path, script):
+    layout = OutputLayout(tmp_path)
+    out, repx = layout.out_dir("job"), layout.repx_dir("job")
+    invocation = Invocation(["/bin/sh", "-c", script], {"PATH": os.environ["PATH"]}, out)
+
+    async def main() -> int:
+        async with guarded(layout.guard(repx)) as guard:
+            return await SubprocessLauncher().run(invocation, repx, guard, launch_request("job", "", 1),
+                                                  prepare=Preparation(out, repx, True),
+                                                  success=layout.success_evidence("job", repx))
+
+    status = asyncio.run(main())
+    assert status.recorded is (status == 0)
+    assert (repx / "SUCCESS").exists() is (status == 0)
+    assert layout.read_completions() == ({"job": Outcome.OK} if status == 0 else None)
+
+
+def test_success_evidence_the_spawner_cannot_write_is_left_to_the_launcher(tmp_path):
+    layout = OutputLayout(tmp_path)
+    repx = layout.repx_dir("job")
+    repx.mkdir(parents=True)
+    evidence = {**layout.success_evidence("job", repx), "completions": str(tmp_path / "missing" / "c.jsonl")}
+
+    async def main() -> int:
+        async with guarded(layout.guard(repx)) as guard:
+            return await SubprocessLauncher().run(Invocation(["true"], {"PATH": os.environ["PATH"]}, repx), repx,
+                                                  guard, launch_request("job", "", 1), success=evidence)
+
+    status = asyncio.run(main())
+    assert status == 0 and status.recorded is False
