@@ -24,7 +24,6 @@ def sync_artifacts(lab: Lab, layout: OutputLayout) -> int:
         return 0
     placed = 0
     root = lab.root
-    digests = {entry.path: entry.sha256 for entry in lab.manifest.files}
     for dirpath, _dirnames, filenames in os.walk(root):
         rel_dir = Path(dirpath).relative_to(root)
         top = rel_dir.parts[0] if rel_dir.parts else ""
@@ -39,7 +38,7 @@ def sync_artifacts(lab: Lab, layout: OutputLayout) -> int:
                 placed += 1
                 continue
             except FileExistsError:
-                if top in _IMMUTABLE_TOPS and _holds(dest, src, digests.get(str(rel_dir / name))):
+                if top in _IMMUTABLE_TOPS and _holds(dest, src, lab.manifest.digest_of(str(rel_dir / name))):
                     continue
             except OSError:
                 pass  # another filesystem: copied
@@ -76,8 +75,6 @@ def _place(src: Path, dest: Path) -> None:
     os.replace(tmp, dest)
 
 
-# A Lab's manifest digests by path, per loaded manifest (the agent keeps its Labs loaded).
-_digests: dict[int, tuple[object, dict[str, str]]] = {}
 CONTENT_DIR = ".repx-content"
 
 
@@ -85,11 +82,7 @@ def verified_executable(lab: Lab, layout: OutputLayout, rel: str) -> Path:
     """The Lab file `rel` as it runs: a copy under `artifacts/.repx-content/` named by the
     manifest's SHA-256 and written only after its bytes matched it. So a job runs what was
     verified, whatever another Lab placed at the same name or the Lab's owner changed since."""
-    cached = _digests.get(id(lab.manifest))
-    if cached is None or cached[0] is not lab.manifest:
-        cached = (lab.manifest, {entry.path: entry.sha256 for entry in lab.manifest.files})
-        _digests[id(lab.manifest)] = cached
-    digest = cached[1].get(rel)
+    digest = lab.manifest.digest_of(rel)
     if digest is None:
         raise LabError(f"{rel} is not listed in the Lab's manifest; a job may only run files the manifest lists")
     dest = layout.artifacts / CONTENT_DIR / digest[:2] / f"{digest}-{Path(rel).name}"

@@ -21,10 +21,11 @@ from pathlib import Path, PurePosixPath
 from pydantic import BaseModel, ValidationError
 
 from ..errors import LabError
-from . import tarsafe
+from . import schema, specs, tarsafe
 from .digests import all_match
 from .model import Job, Lab, Run
-from .schema import JobSpec, Manifest, RootMetadata, RunMetadata
+from .schema import RootMetadata, RunMetadata
+from .specs import JobSpec, Manifest, RunSpec
 
 MANIFEST_SUFFIX = "lab-metadata.json"
 SMALL_FILE = 1 << 16  # files up to this size are hashed from one read
@@ -55,10 +56,10 @@ def _load_lab(path: Path, verify: bool, unpack_dir: Path | None) -> Lab:
         path = unpack_tar_lab(path, unpack_dir)
     root = path.resolve()
     manifest_path = _find_manifest(root)
-    manifest = _parse(Manifest, manifest_path, root)
+    manifest = _parse_manifest(manifest_path, root)
     listed_in = f"{_rel(manifest_path, root)} lists"
-    for entry in manifest.files:
-        _check_relative(entry.path, listed_in)
+    for rel in manifest.paths():
+        _check_relative(rel, listed_in)
     if verify:
         verify_files(root, manifest)
     root_meta_path = _lab_file(root, manifest.metadata, "the manifest's `metadata`")
@@ -68,11 +69,11 @@ def _load_lab(path: Path, verify: bool, unpack_dir: Path | None) -> Lab:
 
 def _assemble(root: Path, manifest: Manifest, root_meta: RootMetadata) -> Lab:
     runs: dict[str, Run] = {}
-    run_metas: dict[str, RunMetadata] = {}
+    run_metas: dict[str, RunSpec] = {}
     path_to_run: dict[str, str] = {}
     for rel in root_meta.runs:
         meta_path = _lab_file(root, rel, "revision/metadata-top.json `runs`")
-        meta = _parse(RunMetadata, meta_path, root)
+        meta = _parse_run(meta_path, root)
         if meta.name in run_metas:
             raise LabError(f"{rel}: run name {meta.name!r} is used twice; each run needs its own name")
         run_metas[meta.name] = meta
@@ -303,9 +304,34 @@ def _rel(path: Path, root: Path) -> str:
         return str(path)
 
 
-def _parse(model: type[BaseModel], path: Path, root: Path):
+def _parse_manifest(path: Path, root: Path) -> Manifest:
+    data = _read(path, root)
     try:
-        return model.model_validate_json(path.read_bytes())
+        return Manifest.decode(data)
+    except specs.Refused:
+        pydantic = _parse(schema.Manifest, path, root, data)
+        return Manifest(pydantic.labId, pydantic.metadata, pydantic.lab_version,
+                        [f.path for f in pydantic.files], [f.sha256 for f in pydantic.files])
+
+
+def _parse_run(path: Path, root: Path) -> RunSpec:
+    data = _read(path, root)
+    try:
+        return specs.decode_run(data)
+    except specs.Refused:
+        return specs.from_model(_parse(RunMetadata, path, root, data))
+
+
+def _read(path: Path, root: Path) -> bytes:
+    try:
+        return path.read_bytes()
+    except OSError as exc:
+        raise LabError(f"{_rel(path, root)}: cannot read: {exc.strerror}") from None
+
+
+def _parse(model: type[BaseModel], path: Path, root: Path, data: bytes | None = None):
+    try:
+        return model.model_validate_json(path.read_bytes() if data is None else data)
     except ValidationError as exc:
         err = exc.errors()[0]
         where = ".".join(str(p) for p in err["loc"]) or "(top level)"
