@@ -9,7 +9,16 @@ import math
 from pathlib import Path
 
 import pytest
-from lab_factory import JOB_COUNT, MANIFEST, RUNS, build_lab, edit_json, read_json, rehash, run_meta_path
+from lab_factory import (
+    JOB_COUNT,
+    MANIFEST,
+    RUNS,
+    build_lab,
+    edit_json,
+    read_json,
+    rehash,
+    run_meta_path,
+)
 
 from repxd.errors import LabError
 from repxd.lab import specs
