@@ -360,24 +360,32 @@ def verify_files(root: Path, manifest: Manifest) -> None:
 
 
 BATCH_HASH_MIN = 2000
+# Files handed to sha256sum at once: names and digests of all 300,000 files of a 100,000-job Lab,
+# with what sha256sum reads and answers, held ~300 MB at once.
+BATCH_FILES = 32768
 
 
 def _all_match_in_batch(root: Path, manifest: Manifest) -> bool:
     base = str(root)
-    paths = [f"{base}/{entry.path}" for entry in manifest.files]
+    count = len(manifest.files)
     with ThreadPoolExecutor(max_workers=1) as pool:
-        # sha256sum runs in subprocesses; this thread meanwhile looks for links.
-        hashing = pool.submit(all_match, paths, [entry.sha256 for entry in manifest.files])
-        try:
-            linked = any(stat.S_ISLNK(os.lstat(p).st_mode) for p in paths)
-        except OSError:
-            linked = True
-        try:
-            matched = hashing.result()
-        except OSError:
-            return False
-    # Links are checked file by file for leading outside the Lab.
-    return bool(matched) and not linked
+        for start in range(0, count, BATCH_FILES):
+            batch = range(start, min(count, start + BATCH_FILES))
+            paths = [f"{base}/{manifest.path_at(i)}" for i in batch]
+            # sha256sum runs in subprocesses; this thread meanwhile looks for links.
+            hashing = pool.submit(all_match, paths, [manifest.digest_at(i) for i in batch])
+            try:
+                linked = any(stat.S_ISLNK(os.lstat(p).st_mode) for p in paths)
+            except OSError:
+                linked = True
+            try:
+                matched = hashing.result()
+            except OSError:
+                return False
+            # Links are checked file by file for leading outside the Lab.
+            if not matched or linked:
+                return False
+    return True
 
 
 def _verify_each(root: Path, manifest: Manifest) -> None:
@@ -398,8 +406,8 @@ def _verify_each(root: Path, manifest: Manifest) -> None:
             return f"{entry.path} has SHA-256 {digest[:16]}…, the manifest says {entry.sha256[:16]}…; the Lab was modified or corrupted (rebuild it, or pass --no-verify to run it anyway)"
         return None
 
-    def check_chunk(entries) -> str | None:
-        for entry in entries:
+    def check_chunk(start: int) -> str | None:
+        for entry in files[start:start + VERIFY_CHUNK]:
             problem = check(entry)
             if problem:
                 return problem
@@ -409,7 +417,7 @@ def _verify_each(root: Path, manifest: Manifest) -> None:
     # file costs more than hashing a small file. Chunks are checked in order, so the problem
     # reported is still the first in manifest order.
     files = manifest.files
-    chunks = [files[i:i + VERIFY_CHUNK] for i in range(0, len(files), VERIFY_CHUNK)]
+    chunks = range(0, len(files), VERIFY_CHUNK)  # each made into entries by its worker
     workers = min(32, (os.cpu_count() or 2) * 4, max(1, len(chunks)))
     with ThreadPoolExecutor(max_workers=workers) as pool:
         for problem in pool.map(check_chunk, chunks):
