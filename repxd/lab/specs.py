@@ -12,7 +12,8 @@ from __future__ import annotations
 import array
 import bisect
 import itertools
-from collections.abc import Iterator, Sequence
+import mmap
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Annotated, Any, Literal, overload
 
@@ -63,53 +64,106 @@ class RunSpec(msgspec.Struct, frozen=True):
     jobs: dict[str, JobSpec] = {}
 
 
-_RUN_DECODER = msgspec.json.Decoder(RunSpec)
+class _RunWire(msgspec.Struct):
+    """A run's file with its jobs left encoded: each is decoded and compacted in turn, so the
+    duplicates decoding makes (every mapping's copy of a job id...) never pile up."""
+
+    name: str
+    type: Literal["run"] = "run"
+    gitHash: str | None = None
+    dependencies: dict[str, str] = {}
+    image: str | None = None
+    jobs: dict[str, msgspec.Raw] = {}
+
+
+_RUN_DECODER = msgspec.json.Decoder(_RunWire)
+_JOB_DECODER = msgspec.json.Decoder(JobSpec)
 # What decoding refuses with: wrong shape, broken JSON, bytes that are not UTF-8, deep nesting.
 _DECODE_ERRORS = (msgspec.MsgspecError, UnicodeDecodeError, RecursionError)
+RELEASE_EVERY = 8 << 20  # bytes of a run's file decoded between calls of `release`
 
 
 class Refused(Exception):
     """The fast decoders cannot vouch for this file; pydantic must read it."""
 
 
-def decode_run(data: bytes) -> RunSpec:
-    """The run metadata in `data`; raises Refused for anything the fast path cannot vouch for."""
+def decode_run(data: bytes | mmap.mmap, release: Callable[[int], None] | None = None) -> RunSpec:
+    """The run metadata in `data`; raises Refused for anything the fast path cannot vouch for.
+    `release(n)` is told, now and then, that the first `n` bytes of `data` are no longer read."""
     try:
-        run = _RUN_DECODER.decode(data)
+        return _decode_run(data, release)
     except _DECODE_ERRORS:
-        raise Refused from None
-    _settle(run)
-    return run
+        pass  # not `raise ... from`: the error's frames refer to `data`, which the caller may unmap
+    raise Refused
+
+
+def _decode_run(data: bytes | mmap.mmap, release: Callable[[int], None] | None) -> RunSpec:
+    wire = _RUN_DECODER.decode(data)
+    compact = _Compactor()
+    jobs: dict[str, JobSpec] = {}
+    decoded = released = 0
+    for job_id, raw in wire.jobs.items():
+        jobs[compact.text(job_id)] = compact.job(_JOB_DECODER.decode(raw))
+        decoded += len(raw)  # short of the job's end by the keys and spaces between: a lower bound
+        if release is not None and decoded - released >= RELEASE_EVERY:
+            release(released := decoded)
+    return RunSpec(wire.name, wire.type, wire.gitHash, wire.dependencies, wire.image, jobs)
 
 
 def from_model(meta: RunMetadata) -> RunSpec:
-    """The same run from what pydantic accepted (its leniencies: "4" for 4 and the like)."""
+    """The same run from what pydantic accepted (its leniencies: NaN and the like)."""
     run = msgspec.convert(meta.model_dump(), RunSpec)
-    _settle(run)
+    compact = _Compactor()
+    for spec in run.jobs.values():
+        compact.job(spec)
     return run
 
 
-def _settle(run: RunSpec) -> None:
-    """Swap each resource-hints object for a validated ResourceHints (one per distinct object:
-    jobs of a stage share theirs). Raises Refused when one is invalid."""
-    hints_by_json: dict[bytes, ResourceHints] = {}
+class _Compactor:
+    """Makes the specs of a run share what repeats: one object per distinct string (stage names,
+    input and output names, job ids), per distinct outputs map and per distinct resource hints,
+    each hints object validated as a ResourceHints (raises Refused for an invalid one)."""
 
-    def validated(hints: Any) -> ResourceHints:
+    def __init__(self) -> None:
+        self.strings: dict[str, str] = {}
+        self.outputs: dict[tuple, dict[str, Any]] = {}
+        self.hints: dict[bytes, ResourceHints] = {}
+
+    def text(self, value: str) -> str:
+        return self.strings.setdefault(value, value)
+
+    def job(self, spec: JobSpec) -> JobSpec:
+        text, put = self.strings.setdefault, msgspec.structs.force_setattr
+        if spec.name is not None:
+            put(spec, "name", text(spec.name, spec.name))
+        if spec.resource_hints is not None:
+            put(spec, "resource_hints", self._hints(spec.resource_hints))
+        for exe in spec.executables.values():
+            for mapping in exe.inputs:
+                put(mapping, "target_input", text(mapping.target_input, mapping.target_input))
+                if mapping.job_id is not None:
+                    put(mapping, "job_id", text(mapping.job_id, mapping.job_id))
+                if mapping.source_output is not None:
+                    put(mapping, "source_output", text(mapping.source_output, mapping.source_output))
+            if exe.outputs:
+                try:
+                    key = tuple(exe.outputs.items())
+                    put(exe, "outputs", self.outputs.setdefault(key, exe.outputs))
+                except TypeError:  # an object among the values (a scatter's `worker__arg`): its own
+                    pass
+            if exe.resource_hints is not None:
+                put(exe, "resource_hints", self._hints(exe.resource_hints))
+        return spec
+
+    def _hints(self, hints: Any) -> ResourceHints:
         encoded = msgspec.json.encode(hints)
-        found = hints_by_json.get(encoded)
+        found = self.hints.get(encoded)
         if found is None:
             try:
-                found = hints_by_json[encoded] = ResourceHints.model_validate_json(encoded)
+                found = self.hints[encoded] = ResourceHints.model_validate_json(encoded)
             except ValueError:  # pydantic's ValidationError
                 raise Refused from None
         return found
-
-    for spec in run.jobs.values():
-        if spec.resource_hints is not None:
-            msgspec.structs.force_setattr(spec, "resource_hints", validated(spec.resource_hints))
-        for exe in spec.executables.values():
-            if exe.resource_hints is not None:
-                msgspec.structs.force_setattr(exe, "resource_hints", validated(exe.resource_hints))
 
 
 # ---- the manifest ----------------------------------------------------------------------------

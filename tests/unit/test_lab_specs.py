@@ -120,3 +120,35 @@ def test_manifest_decodes_as_pydantic_does(lab_dir: Path) -> None:
     model = ManifestModel.model_validate_json(data)
     assert [(f.path, f.sha256) for f in fast.files] == [(f.path, f.sha256) for f in model.files]
     assert fast.labId == model.labId and fast.metadata == model.metadata
+
+
+def test_repeated_values_are_shared(lab_dir: Path) -> None:
+    """What a 100,000-job Lab repeats per job is held once: stage names, mapping names, the ids
+    mappings refer to, identical outputs maps."""
+    lab = load_lab(lab_dir)
+    by_name: dict[str, list] = {}
+    for job in lab.jobs.values():
+        by_name.setdefault(job.spec.name, []).append(job)
+    repeated = [jobs for jobs in by_name.values() if len(jobs) > 1]
+    assert repeated
+    for jobs in repeated:
+        assert all(job.spec.name is jobs[0].spec.name for job in jobs)
+        main = [job.executables["main"] for job in jobs if "main" in job.executables]
+        assert all(exe.outputs is main[0].outputs for exe in main if exe.outputs == main[0].outputs)
+    ids = {job_id: job_id for job_id in lab.jobs}
+    mappings = [m for job in lab.jobs.values() for exe in job.executables.values() for m in exe.inputs
+                if m.job_id in ids]
+    assert mappings
+    assert all(m.job_id is ids[m.job_id] for m in mappings)
+
+
+def test_decoding_releases_what_it_has_read(lab_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The loader maps a run's file and drops the pages behind the decoder; the jobs come out the same."""
+    released: list[int] = []
+    data = run_meta_path(lab_dir, "sweep").read_bytes()
+    monkeypatch.setattr(specs, "RELEASE_EVERY", 1)
+    assert specs.decode_run(data, released.append) == specs.decode_run(data)
+    assert released == sorted(released) and 0 < released[-1] <= len(data)
+    assert len(released) == len(specs.decode_run(data).jobs)
+    everything = load_lab(lab_dir)  # through mmap and madvise, every job released as it goes
+    assert len(everything.jobs) == JOB_COUNT
