@@ -373,8 +373,8 @@ def verify_files(root: Path, manifest: Manifest) -> None:
 
 BATCH_HASH_MIN = 2000
 # Files handed to sha256sum at once: names and digests of all 300,000 files of a 100,000-job Lab,
-# with what sha256sum reads and answers, held ~300 MB at once.
-BATCH_FILES = 32768
+# with what sha256sum reads and answers, held ~300 MB at once; 8,192 at a time, a few MB.
+BATCH_FILES = 8192
 
 
 def _all_match_in_batch(root: Path, manifest: Manifest) -> bool:
