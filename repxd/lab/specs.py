@@ -192,7 +192,8 @@ class FileEntry:
 
 class Manifest:
     """`lab/lab-metadata.json`: the Lab's id and every file's path and SHA-256. The files are
-    packed: the paths as one string and their offsets, the digests as 32 bytes each, because one object per path and digest would pin ~100 MB for a 100,000-job Lab."""
+    packed: the paths as one string and their offsets, the digests as 32 bytes each, because one
+    object per path and digest would pin ~100 MB for a 100,000-job Lab."""
 
     __slots__ = ("labId", "lab_version", "metadata", "_paths", "_starts", "_digests", "_order")
 
