@@ -27,7 +27,7 @@ from .lab_access import lab_as_submitter
 # all only the newest. The agent of `repxd all` takes its Labs from here too (one copy in memory).
 LAB_CACHE_ENTRIES = 4
 LAB_CACHE_JOBS = 150_000
-_lab_cache: OrderedDict[tuple[str, bytes], tuple[Lab, bool]] = OrderedDict()  # key -> (Lab, verified)
+_lab_cache: OrderedDict[tuple[str, object], tuple[Lab, bool]] = OrderedDict()  # key -> (Lab, verified)
 _lab_cache_lock = threading.Lock()
 
 
