@@ -34,6 +34,7 @@ python3Packages.buildPythonApplication {
   # named systemd-python in newer nixpkgs, `systemd` in older ones.
   dependencies = with python3Packages; [
     pydantic
+    msgspec
     click
     aiohttp
     httpx

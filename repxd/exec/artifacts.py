@@ -93,7 +93,7 @@ def _place_tree(lab: Lab, tree: str, root: str, artifacts: str, *, skip_jobs: bo
                 continue
             except FileExistsError:
                 rel = f"{rel_dir}/{name}" if rel_dir else name
-                if top in _IMMUTABLE_TOPS and _holds(Path(dest), Path(src), manifest_digests(lab).get(rel)):
+                if top in _IMMUTABLE_TOPS and _holds(Path(dest), Path(src), lab.manifest.digest_of(rel)):
                     continue
             except OSError:
                 pass  # another filesystem: copied
@@ -130,25 +130,14 @@ def _place(src: Path, dest: Path) -> None:
     tmp.unlink(missing_ok=True)
 
 
-# A Lab's manifest digests by path, per loaded manifest (the agent keeps its Labs loaded).
-_digests: dict[int, tuple[object, dict[str, str]]] = {}
 CONTENT_DIR = ".repx-content"
-
-
-def manifest_digests(lab: Lab) -> dict[str, str]:
-    """The manifest's SHA-256 by path, built once per loaded manifest."""
-    cached = _digests.get(id(lab.manifest))
-    if cached is None or cached[0] is not lab.manifest:
-        cached = (lab.manifest, {entry.path: entry.sha256 for entry in lab.manifest.files})
-        _digests[id(lab.manifest)] = cached
-    return cached[1]
 
 
 def verified_executable(lab: Lab, layout: OutputLayout, rel: str) -> Path:
     """The Lab file `rel` as it runs: a copy under `artifacts/.repx-content/` named by the
     manifest's SHA-256 and written only after its bytes matched it. So a job runs what was
     verified, whatever another Lab placed at the same name or the Lab's owner changed since."""
-    digest = manifest_digests(lab).get(rel)
+    digest = lab.manifest.digest_of(rel)
     if digest is None:
         raise LabError(f"{rel} is not listed in the Lab's manifest; a job may only run files the manifest lists")
     dest = layout.artifacts / CONTENT_DIR / digest[:2] / f"{digest}-{Path(rel).name}"

@@ -22,7 +22,8 @@ from ..exec.layout import OutputLayout
 from .graph import JobStatus, matching_jobs, statuses, topological_order
 from .loader import load_lab
 from .model import Job, Lab, Run
-from .schema import Manifest, RootMetadata, RunMetadata
+from .schema import RootMetadata, RunMetadata
+from .specs import Manifest, from_model
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -272,7 +273,7 @@ class Experiment:
         raw = json.loads(meta_path.read_text())
         if raw.get("type") != "run":
             raise ValueError(f"Expected metadata type 'run', got '{raw.get('type')}' in {meta_path}")
-        meta = RunMetadata.model_validate(raw)
+        meta = from_model(RunMetadata.model_validate(raw))
         jobs = _link({job_id: Job(job_id, meta.name, spec, ()) for job_id, spec in meta.jobs.items()})
         run = Run(meta.name, f"revision/{meta_path.name}", {}, meta.image, list(meta.jobs))
         lab = Lab(meta_path.resolve().parent.parent, Manifest(labId="", metadata=""),

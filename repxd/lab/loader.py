@@ -8,6 +8,7 @@ import contextlib
 import gc
 import hashlib
 import lzma
+import mmap
 import os
 import shutil
 import stat
@@ -21,10 +22,11 @@ from pathlib import Path, PurePosixPath
 from pydantic import BaseModel, ValidationError
 
 from ..errors import LabError
-from . import tarsafe
+from . import schema, specs, tarsafe
 from .digests import all_match
 from .model import Job, Lab, Run
-from .schema import JobSpec, Manifest, RootMetadata, RunMetadata
+from .schema import RootMetadata, RunMetadata
+from .specs import JobSpec, Manifest, RunSpec
 
 MANIFEST_SUFFIX = "lab-metadata.json"
 SMALL_FILE = 1 << 16  # files up to this size are hashed from one read
@@ -55,10 +57,10 @@ def _load_lab(path: Path, verify: bool, unpack_dir: Path | None) -> Lab:
         path = unpack_tar_lab(path, unpack_dir)
     root = path.resolve()
     manifest_path = _find_manifest(root)
-    manifest = _parse(Manifest, manifest_path, root)
+    manifest = _parse_manifest(manifest_path, root)
     listed_in = f"{_rel(manifest_path, root)} lists"
-    for entry in manifest.files:
-        _check_relative(entry.path, listed_in)
+    for rel in manifest.paths():
+        _check_relative(rel, listed_in)
     if verify:
         verify_files(root, manifest)
     root_meta_path = _lab_file(root, manifest.metadata, "the manifest's `metadata`")
@@ -68,11 +70,11 @@ def _load_lab(path: Path, verify: bool, unpack_dir: Path | None) -> Lab:
 
 def _assemble(root: Path, manifest: Manifest, root_meta: RootMetadata) -> Lab:
     runs: dict[str, Run] = {}
-    run_metas: dict[str, RunMetadata] = {}
+    run_metas: dict[str, RunSpec] = {}
     path_to_run: dict[str, str] = {}
     for rel in root_meta.runs:
         meta_path = _lab_file(root, rel, "revision/metadata-top.json `runs`")
-        meta = _parse(RunMetadata, meta_path, root)
+        meta = _parse_run(meta_path, root)
         if meta.name in run_metas:
             raise LabError(f"{rel}: run name {meta.name!r} is used twice; each run needs its own name")
         run_metas[meta.name] = meta
@@ -303,9 +305,45 @@ def _rel(path: Path, root: Path) -> str:
         return str(path)
 
 
-def _parse(model: type[BaseModel], path: Path, root: Path):
+def _parse_manifest(path: Path, root: Path) -> Manifest:
+    data = _read(path, root)
     try:
-        return model.model_validate_json(path.read_bytes())
+        return Manifest.decode(data)
+    except specs.Refused:
+        pydantic = _parse(schema.Manifest, path, root, data)
+        return Manifest(pydantic.labId, pydantic.metadata, pydantic.lab_version,
+                        [f.path for f in pydantic.files], [f.sha256 for f in pydantic.files])
+
+
+def _parse_run(path: Path, root: Path) -> RunSpec:
+    # Mapped rather than read: the pages already decoded are dropped as decoding goes on, so a
+    # 100 MB file and the jobs made from it are not both resident at the end.
+    try:
+        with open(path, "rb") as fh:
+            mapped = mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ)
+    except (OSError, ValueError):  # empty, not a regular file, unreadable: read below, as ever
+        mapped = None
+    try:
+        if mapped is not None:
+            return specs.decode_run(mapped, lambda n: mapped.madvise(mmap.MADV_DONTNEED, 0, n))
+        return specs.decode_run(_read(path, root))
+    except specs.Refused:
+        return specs.from_model(_parse(RunMetadata, path, root))
+    finally:
+        if mapped is not None:
+            mapped.close()
+
+
+def _read(path: Path, root: Path) -> bytes:
+    try:
+        return path.read_bytes()
+    except OSError as exc:
+        raise LabError(f"{_rel(path, root)}: cannot read: {exc.strerror}") from None
+
+
+def _parse(model: type[BaseModel], path: Path, root: Path, data: bytes | None = None):
+    try:
+        return model.model_validate_json(path.read_bytes() if data is None else data)
     except ValidationError as exc:
         err = exc.errors()[0]
         where = ".".join(str(p) for p in err["loc"]) or "(top level)"
@@ -334,24 +372,32 @@ def verify_files(root: Path, manifest: Manifest) -> None:
 
 
 BATCH_HASH_MIN = 2000
+# Files handed to sha256sum at once: names and digests of all 300,000 files of a 100,000-job Lab,
+# with what sha256sum reads and answers, held ~300 MB at once; 8,192 at a time, a few MB.
+BATCH_FILES = 8192
 
 
 def _all_match_in_batch(root: Path, manifest: Manifest) -> bool:
     base = str(root)
-    paths = [f"{base}/{entry.path}" for entry in manifest.files]
+    count = len(manifest.files)
     with ThreadPoolExecutor(max_workers=1) as pool:
-        # sha256sum runs in subprocesses; this thread meanwhile looks for links.
-        hashing = pool.submit(all_match, paths, [entry.sha256 for entry in manifest.files])
-        try:
-            linked = any(stat.S_ISLNK(os.lstat(p).st_mode) for p in paths)
-        except OSError:
-            linked = True
-        try:
-            matched = hashing.result()
-        except OSError:
-            return False
-    # Links are checked file by file for leading outside the Lab.
-    return bool(matched) and not linked
+        for start in range(0, count, BATCH_FILES):
+            batch = range(start, min(count, start + BATCH_FILES))
+            paths = [f"{base}/{manifest.path_at(i)}" for i in batch]
+            # sha256sum runs in subprocesses; this thread meanwhile looks for links.
+            hashing = pool.submit(all_match, paths, [manifest.digest_at(i) for i in batch])
+            try:
+                linked = any(stat.S_ISLNK(os.lstat(p).st_mode) for p in paths)
+            except OSError:
+                linked = True
+            try:
+                matched = hashing.result()
+            except OSError:
+                return False
+            # Links are checked file by file for leading outside the Lab.
+            if not matched or linked:
+                return False
+    return True
 
 
 def _verify_each(root: Path, manifest: Manifest) -> None:
@@ -372,8 +418,8 @@ def _verify_each(root: Path, manifest: Manifest) -> None:
             return f"{entry.path} has SHA-256 {digest[:16]}…, the manifest says {entry.sha256[:16]}…; the Lab was modified or corrupted (rebuild it, or pass --no-verify to run it anyway)"
         return None
 
-    def check_chunk(entries) -> str | None:
-        for entry in entries:
+    def check_chunk(start: int) -> str | None:
+        for entry in files[start:start + VERIFY_CHUNK]:
             problem = check(entry)
             if problem:
                 return problem
@@ -383,7 +429,7 @@ def _verify_each(root: Path, manifest: Manifest) -> None:
     # file costs more than hashing a small file. Chunks are checked in order, so the problem
     # reported is still the first in manifest order.
     files = manifest.files
-    chunks = [files[i:i + VERIFY_CHUNK] for i in range(0, len(files), VERIFY_CHUNK)]
+    chunks = range(0, len(files), VERIFY_CHUNK)  # each made into entries by its worker
     workers = min(32, (os.cpu_count() or 2) * 4, max(1, len(chunks)))
     with ThreadPoolExecutor(max_workers=workers) as pool:
         for problem in pool.map(check_chunk, chunks):

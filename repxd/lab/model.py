@@ -6,7 +6,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .schema import Executable, JobSpec, Manifest, RootMetadata
+from .schema import RootMetadata
+from .specs import Executable, JobSpec, Manifest
 
 
 @dataclass(frozen=True, slots=True)

@@ -158,7 +158,7 @@ def test_scatter_gather_job(lab: Lab) -> None:
         job = lab.jobs[job_id]
         assert job.is_scatter_gather
         assert set(job.executables) == {"scatter", "step-square", "step-shift", "gather"}
-        assert job.executables["step-shift"].deps == ["square"]
+        assert job.executables["step-shift"].deps == ("square",)
         assert job.outputs == {"sum": "$out/sum.txt"}
 
 

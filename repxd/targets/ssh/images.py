@@ -79,7 +79,6 @@ def images_tree(lab: Lab, layout: OutputLayout, job_ids: list[str]) -> Path | No
         return None
     tree = layout.cache / IMAGES_TREE
     shutil.rmtree(tree, ignore_errors=True)
-    digests = {entry.path: entry.sha256 for entry in lab.manifest.files}
     for name in names:
         source = image_dir(lab, name)
         dest = tree / source.relative_to(lab.root)
@@ -91,7 +90,7 @@ def images_tree(lab: Lab, layout: OutputLayout, job_ids: list[str]) -> Path | No
             if rel not in layers:
                 _link(path, target)
                 continue
-            digest = digests.get(path.relative_to(lab.root).as_posix()) or _sha256(path)
+            digest = lab.manifest.digest_of(path.relative_to(lab.root).as_posix()) or _sha256(path)
             stored = tree / "store" / f"{digest}-layer.tar"
             if not stored.exists():
                 stored.parent.mkdir(parents=True, exist_ok=True)
