@@ -4,42 +4,39 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import time
 import weakref
 from dataclasses import asdict
-from pathlib import Path
 
 from aiohttp import web
-from pydantic import BaseModel, ValidationError
 
 from ..engine.wakeups import wakeups
 from ..errors import RepxError
-from ..exec.layout import FAIL, SUCCESS, OutputLayout, open_job_file
 from ..observe.metrics import ApiMetrics, exposition
 from ..service.daemon_config import Settings
 from ..service.submit import plan_submission
 from ..store import queries as q
 from ..store import reads
 from ..store.db import AsyncDatabase, ChangeWatch, StoreFull
-from . import agent_calls
-from .auth import Authenticator, Caller, deny, require_admin, require_agent, require_owner
-from .models import (
-    ClaimRequest,
-    HeartbeatRequest,
-    RegisterRequest,
-    ReportRequest,
-    ReportsRequest,
-    SubmitRequest,
-)
+from .agent_routes import attempt_details, claim, heartbeat, register_agent, report, reports
+from .auth import Authenticator, deny, require_admin, require_owner
+from .job_log import job_log
+from .models import SubmitRequest
 from .openapi import openapi_document
+from .requests import (
+    CALLER,
+    DB,
+    METRICS,
+    PEERS,
+    ROLE_REGISTRIES,
+    SETTINGS,
+    body,
+    caller,
+    db,
+    error,
+    int_query,
+)
 
-CALLER = web.AppKey("caller_factory", Authenticator)
-DB = web.AppKey("db", AsyncDatabase)
-SETTINGS = web.AppKey("settings", Settings)
-METRICS = web.AppKey("metrics", ApiMetrics)
-ROLE_REGISTRIES = web.AppKey("role_registries", tuple)
-PEERS = web.AppKey("peers", weakref.WeakKeyDictionary)
 SUBMITTING = web.AppKey("submitting", dict)  # submissions being loaded, per caller name
 # Finished runs' answers to GET /v1/runs/{id}, encoded: status reads of them skip the store.
 DONE_RUNS = web.AppKey("done_runs", dict)
@@ -52,44 +49,6 @@ WATCH = web.AppKey("watch", ChangeWatch)
 ACTIVE_RUNS_KEPT = 1_000
 # Loading, unpacking and verifying a Lab is heavy; one user may not occupy every worker thread.
 MAX_SUBMITS_PER_USER = 2
-
-
-def error(status: int, message: str) -> web.Response:
-    return web.json_response({"error": message}, status=status)
-
-
-def int_query(request: web.Request, name: str, default: int, low: int, high: int) -> int:
-    """A whole-number query parameter within [low, high]; anything else is the caller's 400."""
-    raw = request.query.get(name)
-    if raw is None:
-        return default
-    try:
-        value = int(raw)
-    except ValueError:
-        value = None
-    if value is None or not low <= value <= high:
-        raise web.HTTPBadRequest(text=json.dumps({"error": f"query parameter {name}={raw!r}: give a whole number from {low} to {high}"}),
-                                 content_type="application/json")
-    return value
-
-
-def choice_query(request: web.Request, name: str, choices: dict[str, object]) -> object:
-    """A query parameter with a few spellings; anything else is the caller's 400 naming them."""
-    raw = request.query.get(name)
-    if raw is None:
-        return next(iter(choices.values()))
-    if raw not in choices:
-        raise web.HTTPBadRequest(text=json.dumps({"error": f"query parameter {name}={raw!r}: give one of {', '.join(choices)}"}),
-                                 content_type="application/json")
-    return choices[raw]
-
-
-def attempt_id(request: web.Request) -> int:
-    """The attempt number in the path; anything but one SQLite can hold names no attempt (404)."""
-    raw = request.match_info["attempt"]
-    if raw.isascii() and raw.isdigit() and int(raw) < 1 << 63:
-        return int(raw)
-    raise web.HTTPNotFound(text=json.dumps({"error": f"no attempt {raw!r}: attempts are numbered"}), content_type="application/json")
 
 
 @web.middleware
@@ -110,33 +69,6 @@ async def observe(request: web.Request, handler):
     if isinstance(response, web.HTTPException):
         raise response
     return response
-
-
-async def body(request: web.Request, model: type[BaseModel]):
-    try:
-        raw = await request.read()
-        return model.model_validate_json(raw or b"{}")
-    except ValidationError as exc:
-        err = exc.errors()[0]
-        where = ".".join(str(p) for p in err["loc"]) or "body"
-        raise web.HTTPBadRequest(text=json.dumps({"error": f"{where}: {err['msg']}"}), content_type="application/json") from None
-
-
-def caller(request: web.Request) -> Caller:
-    """Who calls. A Unix-socket peer is resolved (SO_PEERCRED, passwd and group lookups) once per
-    connection: its credentials are the ones it connected with. Tokens are checked every request."""
-    transport = request.transport
-    known = request.app[PEERS].get(transport) if transport is not None else None
-    if known is not None:
-        return known
-    who = request.app[CALLER].caller(request)
-    if who.via == "socket" and transport is not None:
-        request.app[PEERS][transport] = who
-    return who
-
-
-def db(request: web.Request) -> AsyncDatabase:
-    return request.app[DB]
 
 
 def run_json(run) -> dict:
@@ -282,80 +214,6 @@ async def list_attempts(request: web.Request) -> web.Response:
     return web.json_response([asdict(a) for a in attempts], headers=headers)
 
 
-async def job_log(request: web.Request) -> web.StreamResponse:
-    caller(request)
-    job = request.match_info["job"]
-    rows = await db(request).run(db(request).db.read, "SELECT DISTINCT job_id, base_path FROM jobs WHERE job_id LIKE ? ESCAPE '\\' LIMIT 2",
-                                 (reads.prefix_like(job),))
-    if len(rows) != 1:
-        return error(404 if not rows else 400, f"no job matches {job!r}" if not rows else f"job prefix {job!r} is ambiguous")
-    layout = OutputLayout(Path(rows[0]["base_path"]))
-    repx = layout.repx_dir(rows[0]["job_id"])
-    path = repx / choice_query(request, "stream", {"stdout": "stdout.log", "stderr": "stderr.log"})
-    follow = choice_query(request, "follow", {"0": False, "1": True, "false": False, "true": True})
-    tail = int_query(request, "tail", 0, 0, MAX_TAIL_LINES)
-    offset = int_query(request, "offset", 0, 0, 1 << 62)  # a reader resuming where it stopped
-    if tail and offset:
-        return error(400, "give either tail= (the last lines) or offset= (from a byte on), not both")
-    response = web.StreamResponse(headers={"Content-Type": "text/plain; charset=utf-8"})
-    await response.prepare(request)
-    position = await asyncio.to_thread(_tail_start, path, tail) if tail else offset
-    while True:
-        # Bounded reads off the event loop: a log may be gigabytes, or something other than a file.
-        chunk = await asyncio.to_thread(_read_log_chunk, path, position)
-        if chunk:
-            position += len(chunk)
-            await response.write(chunk)
-            continue
-        finished = (repx / SUCCESS).exists() or (repx / FAIL).exists()
-        if not follow or finished:
-            break
-        await asyncio.sleep(0.25)
-    await response.write_eof()
-    return response
-
-
-LOG_CHUNK = 1 << 20
-MAX_TAIL_LINES = 100_000
-# A tail scans backwards at most this far: a log of few newlines (or a sparse one) then answers
-# with its last 16 MiB instead of occupying a worker thread for the whole file.
-MAX_TAIL_BYTES = 16 << 20
-
-
-def _read_log_chunk(path: Path, position: int) -> bytes:
-    try:
-        fd = open_job_file(path)
-    except (OSError, ValueError):
-        return b""
-    with os.fdopen(fd, "rb") as fh:
-        fh.seek(position)
-        return fh.read(LOG_CHUNK)
-
-
-def _tail_start(path: Path, lines: int) -> int:
-    """Where the last `lines` lines of the log begin, reading backwards block by block."""
-    try:
-        fd = open_job_file(path)
-    except (OSError, ValueError):
-        return 0
-    with os.fdopen(fd, "rb") as fh:
-        end = fh.seek(0, os.SEEK_END)
-        position, seen, floor = end, 0, max(0, end - MAX_TAIL_BYTES)
-        while position > floor:
-            step = min(LOG_CHUNK, position - floor)
-            position -= step
-            fh.seek(position)
-            block = fh.read(step)
-            if position + step == end and block.endswith(b"\n"):
-                seen -= 1  # the final newline ends the last line; it does not start one
-            index = len(block)
-            while (index := block.rfind(b"\n", 0, index)) >= 0:
-                seen += 1
-                if seen == lines:
-                    return position + index + 1
-        return floor
-
-
 # ---- agents ------------------------------------------------------------------------------
 
 
@@ -380,46 +238,6 @@ async def hardware(request: web.Request) -> web.Response:
         return error(404, f"no agent {name!r} (see `repxctl agents`)")
     return web.json_response([{"agent": a.id, "host": a.host, "state": a.state, "hardware": a.inventory.get("hardware"),
                                "gpus_in_use": sorted(held.get(a.id, ()))} for a in agents if not name or a.id == name])
-
-
-async def register_agent(request: web.Request) -> web.Response:
-    require_agent(caller(request))
-    return web.json_response(await agent_calls.register(db(request), request.app[SETTINGS], await body(request, RegisterRequest)))
-
-
-async def heartbeat(request: web.Request) -> web.Response:
-    require_agent(caller(request))
-    req = await body(request, HeartbeatRequest)
-    try:
-        return web.json_response(await agent_calls.heartbeat(db(request), request.app[SETTINGS], request.match_info["agent"], req))
-    except agent_calls.NotFound as exc:
-        return error(404, str(exc))
-
-
-async def claim(request: web.Request) -> web.Response:
-    require_agent(caller(request))
-    req = await body(request, ClaimRequest)
-    return web.json_response(await agent_calls.claim(db(request), request.match_info["agent"], req))
-
-
-async def attempt_details(request: web.Request) -> web.Response:
-    require_agent(caller(request))
-    try:
-        return web.json_response(await agent_calls.attempt_details(db(request), attempt_id(request)))
-    except agent_calls.NotFound as exc:
-        return error(404, str(exc))
-
-
-async def report(request: web.Request) -> web.Response:
-    require_agent(caller(request))
-    req = await body(request, ReportRequest)
-    return web.json_response(await agent_calls.report(db(request), request.app[SETTINGS], attempt_id(request), req))
-
-
-async def reports(request: web.Request) -> web.Response:
-    require_agent(caller(request))
-    req = await body(request, ReportsRequest)
-    return web.json_response(await agent_calls.reports(db(request), request.app[SETTINGS], request.match_info["agent"], req))
 
 
 async def agent_state(request: web.Request) -> web.Response:
