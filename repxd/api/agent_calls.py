@@ -99,7 +99,7 @@ async def reports(database: AsyncDatabase, settings: Settings, agent: str, req: 
 
 
 _AGENT_CALL = re.compile(r"/v1/agents/(?P<agent>[^/]+)/(?P<action>heartbeat|claim|reports)")
-_ATTEMPT = re.compile(r"/v1/attempts/(?P<attempt>[0-9]+)(?P<report>/report)?")
+_ATTEMPT = re.compile(r"/v1/attempts/(?P<attempt>[0-9]+)")
 
 
 class InProcessApi:
@@ -138,9 +138,7 @@ class InProcessApi:
             if m["action"] == "reports":
                 return await reports(self.database, self.settings, m["agent"], body(ReportsRequest))
             return await heartbeat(self.database, self.settings, m["agent"], body(HeartbeatRequest))
-        if (m := _ATTEMPT.fullmatch(path)) and method == ("POST" if m["report"] else "GET"):
-            if m["report"]:
-                return await report(self.database, self.settings, int(m["attempt"]), body(ReportRequest))
+        if method == "GET" and (m := _ATTEMPT.fullmatch(path)):
             return await attempt_details(self.database, int(m["attempt"]))
         raise ApiError(404, f"{method} {path} is no call of the in-process agent")
 
