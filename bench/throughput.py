@@ -5,6 +5,11 @@ output file: the same process starts and the same file writes, without a DAG to 
 figure is printed as a ratio against it, measured in the same invocation (runs interleaved),
 because a shared machine drifts between invocations.
 
+Beside it, the layout floor (bench/layout_floor.py): the same jobs started as cheaply as Python
+can, each with only the files and directories upstream's output layout asks for. What repx costs
+above the floor is its own; what the floor costs above the limit is the layout's, on this
+machine's filesystem.
+
 Each measurement is the wall time of one end-to-end command (interpreter startup, loading,
 planning, running every job) in a fresh output directory, with the same -j for both tools.
 Snakemake is installed into .bench/venv (never into this environment) when missing.
@@ -142,6 +147,21 @@ def run_limit(work: Path, n: int, jobs: int, timeout: float, env: dict) -> float
     return seconds
 
 
+def run_floor(work: Path, n: int, jobs: int, timeout: float, env: dict) -> float | None:
+    """The layout floor: N jobs of the Lab's script, each with upstream's output files only."""
+    base = fresh(work / "floor-base")
+    # The Lab's jobs all run the same script: it is the floor's job too.
+    script = next((work / "lab").glob("jobs/*/bin/node"), None)
+    if script is None:
+        raise RuntimeError(f"no job script under {work / 'lab'}")
+    argv = [sys.executable, "-S", str(Path(__file__).with_name("layout_floor.py")), str(n), str(jobs),
+            str(script), str(base)]
+    seconds, _ = timed(argv, base, timeout, env)
+    if seconds is not None and (made := len(list((base / "outputs").glob("*/repx/SUCCESS")))) != n:
+        raise RuntimeError(f"the layout floor finished {made} of {n} jobs")
+    return seconds
+
+
 def run_snakemake(work: Path, n: int, jobs: int, timeout: float, env: dict, exe: Path) -> float | None:
     cwd = fresh(work / "snakemake-wd")
     argv = [str(exe), "-s", str(work / "Snakefile"), "--cores", str(jobs), *SNAKEMAKE_FLAGS]
@@ -191,8 +211,8 @@ def main() -> None:
     parser.add_argument("-j", "--jobs", type=int, default=len(os.sched_getaffinity(0)))
     parser.add_argument("--repeat", type=int, default=1, help="runs per tool and size (median)")
     parser.add_argument("--timeout", type=float, default=600.0, help="seconds before a run is abandoned")
-    parser.add_argument("--tools", nargs="+", choices=["limit", "repx", "snakemake"],
-                        default=["limit", "repx", "snakemake"])
+    parser.add_argument("--tools", nargs="+", choices=["limit", "floor", "repx", "snakemake"],
+                        default=["limit", "floor", "repx", "snakemake"])
     parser.add_argument("--baseline", type=Path, metavar="SRC",
                         help="also run repx from this source tree (as 'repx@base'), interleaved")
     args = parser.parse_args()
@@ -213,6 +233,8 @@ def main() -> None:
         runners = {}
         if "limit" in args.tools:
             runners["limit"] = partial(run_limit, work, n, args.jobs, args.timeout, env)
+        if "floor" in args.tools:
+            runners["floor"] = partial(run_floor, work, n, args.jobs, args.timeout, env)
         if "repx" in args.tools:
             runners["repx"] = partial(run_repx, work, n, args.jobs, args.timeout, env)
         if args.baseline:
@@ -224,9 +246,13 @@ def main() -> None:
         if r.get("finished") and s.get("finished"):
             row["ratio"] = r["jobs_per_s"] / s["jobs_per_s"]
         if row.get("limit", {}).get("finished"):
-            for tool in ("repx", "repx@base", "snakemake"):
+            for tool in ("floor", "repx", "repx@base", "snakemake"):
                 if row.get(tool, {}).get("finished"):
                     row[tool]["of_limit"] = row[tool]["jobs_per_s"] / row["limit"]["jobs_per_s"]
+        if row.get("floor", {}).get("finished"):
+            for tool in ("repx", "repx@base"):
+                if row.get(tool, {}).get("finished"):
+                    row[tool]["of_floor"] = row[tool]["jobs_per_s"] / row["floor"]["jobs_per_s"]
         results.append(row)
 
     print_table(results)
@@ -240,9 +266,9 @@ def main() -> None:
 
 def print_table(results: list[dict]) -> None:
     """One line per tool and size: median wall time, jobs/s, CPU per job, share of the limit."""
-    print(f"\n{'N':>7} {'tool':<10} | {'s':>8} {'jobs/s':>8} {'CPU ms/job':>10} | {'of limit':>8} | vs snakemake")
+    print(f"\n{'N':>7} {'tool':<10} | {'s':>8} {'jobs/s':>8} {'CPU ms/job':>10} | {'of limit':>8} {'of floor':>8} | vs snakemake")
     for row in results:
-        for tool in ("limit", "repx", "repx@base", "snakemake"):
+        for tool in ("limit", "floor", "repx", "repx@base", "snakemake"):
             m = row.get(tool)
             if m is None:
                 continue
@@ -250,9 +276,10 @@ def print_table(results: list[dict]) -> None:
                 print(f"{row['n']:>7} {tool:<10} | did not finish in {m['timeout']:.0f} s")
                 continue
             share = f"{m['of_limit']:.0%}" if "of_limit" in m else ("100%" if tool == "limit" else "-")
+            of_floor = f"{m['of_floor']:.0%}" if "of_floor" in m else ("100%" if tool == "floor" else "-")
             versus = f"{row['ratio']:.2f}x" if tool == "repx" and "ratio" in row else ""
             print(f"{row['n']:>7} {tool:<10} | {m['seconds']:>8.2f} {m['jobs_per_s']:>8.0f} "
-                  f"{m['cpu_ms_per_job']:>10.2f} | {share:>8} | {versus}")
+                  f"{m['cpu_ms_per_job']:>10.2f} | {share:>8} {of_floor:>8} | {versus}")
 
 if __name__ == "__main__":
     main()

@@ -41,6 +41,7 @@ PR_SET_CHILD_SUBREAPER = 36
 MAX_REQUEST_BYTES = 1 << 20
 MAX_FDS = 8
 FIRST_KEPT_FD = 3  # the descriptors after stdout and stderr land on 3, 4, ... in the child
+CHILD_FDS = FIRST_KEPT_FD + MAX_FDS  # a child's descriptors are 0 .. CHILD_FDS - 1 at most
 KEPT_ENVIRONMENTS = 8  # as in processes.py: the launcher refers only to the newest this many
 
 
@@ -95,38 +96,88 @@ def open_files(request: dict) -> tuple[list[int], int | None]:
     return opened[:2] if request.get("logs") else [], record
 
 
-def start_child(request: dict, env: dict, given: list[int], devnull: int, libc, policy: int | None) -> int:
+class ChildDescriptors:
+    """The spawner's descriptors 0 .. CHILD_FDS - 1, pointed at a job's files right before its
+    fork and back right after. The child then finds them in place and has little to do between
+    fork and exec: every page it touches there is a copy-on-write fault, which on a VM costs
+    more than the system calls saved (measured: ~0.35 ms a job less than arranging them in the
+    child). So that nothing else lands on those numbers, they are held by placeholders (closed
+    on exec) and everything the spawner opens gets a higher number."""
+
+    def __init__(self, devnull: int) -> None:
+        self.devnull = devnull
+        self.own = [fcntl.fcntl(fd, fcntl.F_DUPFD_CLOEXEC, CHILD_FDS) for fd in (0, 1, 2)]
+        for fd in range(FIRST_KEPT_FD, CHILD_FDS):
+            os.dup2(devnull, fd, inheritable=False)
+        self.home = os.open(".", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+
+    @contextlib.contextmanager
+    def pointed_at(self, given: list[int], cwd: str):
+        """`given` as 1, 2, 3, ... (stdin from /dev/null) and `cwd` as the working directory for
+        the block; yields whether the child must still change into `cwd` (the spawner could not:
+        the child then fails on it and says why, as any failure before its exec)."""
+        try:
+            os.dup2(self.devnull, 0)
+            for target, fd in enumerate(given, 1):
+                os.dup2(fd, target)
+            try:
+                os.chdir(cwd)
+                moved = True
+            except OSError:
+                moved = False
+            yield not moved
+        finally:
+            for target, fd in enumerate(self.own):
+                os.dup2(fd, target)
+            for target in range(FIRST_KEPT_FD, len(given) + 1):
+                os.dup2(self.devnull, target, inheritable=False)
+            os.fchdir(self.home)
+
+
+def high_descriptor(fd: int) -> int:
+    """`fd` moved above the numbers the children's descriptors take (closed on exec)."""
+    if fd >= CHILD_FDS:
+        os.set_inheritable(fd, False)
+        return fd
+    moved = fcntl.fcntl(fd, fcntl.F_DUPFD_CLOEXEC, CHILD_FDS)
+    os.close(fd)
+    return moved
+
+
+def start_child(request: dict, env: dict, given: list[int], descriptors: ChildDescriptors, libc,
+                policy: int | None) -> int:
     """`given`: the child's stdout, stderr, then its descriptors 3, 4, ..."""
-    pid = os.fork()
-    if pid:
-        return pid
-    try:
-        # Every descriptor first above the ones it may land on, so no move overwrites another.
-        high = [fcntl.fcntl(fd, fcntl.F_DUPFD_CLOEXEC, FIRST_KEPT_FD + MAX_FDS) for fd in [devnull, *given]]
-        for target, fd in enumerate(high):
-            os.dup2(fd, target)  # 0 stdin, 1 stdout, 2 stderr, then the kept ones from FIRST_KEPT_FD
-        signal.set_wakeup_fd(-1)
-        # As a shell would start it: Python ignores SIGPIPE and SIGXFSZ.
-        for number in (signal.SIGCHLD, signal.SIGPIPE, signal.SIGXFSZ):
-            signal.signal(number, signal.SIG_DFL)
-        if libc is not None:
-            libc.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)
-        os.setsid()
-        if policy is not None:  # the launcher's scheduling policy, not the spawner's batch one
-            os.sched_setscheduler(0, policy, os.sched_param(0))
-        identity = request.get("identity")
-        if identity is not None:
-            uid, gid, groups = identity
-            os.setgroups(groups)
-            os.setgid(gid)
-            os.setuid(uid)
-        os.chdir(request["cwd"])
-        os.execvpe(request["argv"][0], request["argv"], env)  # found on the job's PATH
-    except BaseException as exc:  # noqa: BLE001 - anything before exec: say why on the job's stderr
-        with open(2, "w", closefd=False) as err:
-            err.write(f"repx: cannot start the job's process: {exc}\n")
-    finally:
-        os._exit(127)
+    with descriptors.pointed_at(given, request["cwd"]) as chdir_in_child:
+        pid = os.fork()
+        if pid:
+            return pid
+        try:
+            # As a shell would start it: Python ignores these two, and an ignored signal stays
+            # ignored across exec (the spawner's SIGCHLD handler does not: exec resets it).
+            signal.signal(signal.SIGPIPE, signal.SIG_DFL)
+            signal.signal(signal.SIGXFSZ, signal.SIG_DFL)
+            if libc is not None:
+                libc.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)
+            os.setsid()
+            if policy is not None:  # the launcher's scheduling policy, not the spawner's batch one
+                os.sched_setscheduler(0, policy, os.sched_param(0))
+            identity = request.get("identity")
+            if identity is not None:
+                uid, gid, groups = identity
+                os.setgroups(groups)
+                os.setgid(gid)
+                os.setuid(uid)
+            if chdir_in_child:
+                os.chdir(request["cwd"])
+            argv = request["argv"]
+            if "/" in argv[0]:
+                os.execve(argv[0], argv, env)
+            os.execvpe(argv[0], argv, env)  # found on the job's PATH
+        except BaseException as exc:  # noqa: BLE001 - anything before exec: say why on the job's stderr
+            with open(2, "w", closefd=False) as err:
+                err.write(f"repx: cannot start the job's process: {exc}\n")
+        finally:
+            os._exit(127)
 
 
 class Children:
@@ -204,7 +255,8 @@ def batch_scheduling() -> int | None:
 def serve(channel: socket.socket) -> None:
     libc = ctypes.CDLL(None, use_errno=True) if sys.platform == "linux" else None
     policy = batch_scheduling()
-    devnull = os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC)
+    devnull = high_descriptor(os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC))
+    descriptors = ChildDescriptors(devnull)
     wake_read, wake_write = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
     signal.set_wakeup_fd(wake_write)
     signal.signal(signal.SIGCHLD, lambda *_: None)  # a handler, so the wakeup byte gets written
@@ -242,7 +294,7 @@ def serve(channel: socket.socket) -> None:
                         continue
                     logs, record = open_files(request)
                     opened = [*logs, *([] if record is None else [record])]
-                    pid = start_child(request, environments[request["env_id"]], [*logs, *fds], devnull, libc, policy)
+                    pid = start_child(request, environments[request["env_id"]], [*logs, *fds], descriptors, libc, policy)
                 except OSError as exc:  # a log not writable, or fork failed (no memory, too many processes)
                     children.tell({"id": request["id"], "error": exc.strerror or str(exc), "errno": exc.errno,
                                    "filename": exc.filename})
@@ -268,6 +320,6 @@ def serve(channel: socket.socket) -> None:
 
 
 if __name__ == "__main__":
-    channel = socket.socket(fileno=int(sys.argv[1]))
-    channel.set_inheritable(False)  # the jobs must not hold it: the launcher's exit would go unseen
+    # Closed on exec: the jobs must not hold it, or the launcher's exit would go unseen.
+    channel = socket.socket(fileno=high_descriptor(int(sys.argv[1])))
     serve(channel)
