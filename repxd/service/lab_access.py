@@ -32,7 +32,7 @@ from pathlib import Path
 from ..errors import LabError
 from ..exec.launcher import user_identity
 from ..lab.loader import MAX_TAR_BYTES, unpack_tar_lab
-from .lister_helper import REFUSED
+from .lister_helper import NOT_A_FILE, REFUSED
 
 READ_TIMEOUT_SECONDS = 600
 SHELL_PATH = "/usr/bin:/bin"
@@ -71,7 +71,7 @@ class Lister:
 
     def listing(self, uid: int, path: str) -> bytes | None:
         """The listing of `path` as `uid` (with its gid and groups as of now), or None when
-        `uid` cannot read all of it."""
+        `uid` cannot read all of it. LabError when it holds what no Lab may (a FIFO, a device)."""
         who = user_identity(uid)
         request = json.dumps({"uid": who.uid, "gid": who.gid, "groups": list(who.groups), "path": path,
                               "timeout": READ_TIMEOUT_SECONDS}).encode()
@@ -80,6 +80,10 @@ class Lister:
             if answer:
                 break
         length, _, found = answer.partition(b"\n")
+        if length + b"\n" == NOT_A_FILE:
+            where, _, kind = found.partition(b"\0")
+            raise LabError(f"{os.fsdecode(where)} is a {kind.decode()}; a Lab holds only files, directories and links "
+                           "to them: remove it from the Lab and submit again")
         return found if length.isdigit() and int(length) == len(found) > 0 else None
 
     def _ask(self, request: bytes) -> bytes:

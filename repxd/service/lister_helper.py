@@ -10,8 +10,10 @@ another identity, so another worker. The helper imports only the standard librar
 over the socket it inherited (nobody else can reach it) and exits when the daemon closes its end.
 
 A request is one JSON message {"uid", "gid", "groups", "path", "timeout"} with one file
-descriptor; the answer written there is b"<length>\\n" and the listing, or REFUSED when the
-submitter cannot read every part of the Lab (missing and unreadable look the same)."""
+descriptor; the answer written there is b"<length>\\n" and the listing, REFUSED when the
+submitter cannot read every part of the Lab (missing and unreadable look the same), or
+NOT_A_FILE with the path and kind of the first entry that is neither a file nor a directory
+(a FIFO, a socket, a device: the copy and the loader would refuse it, or wait on it)."""
 
 import errno
 import json
@@ -28,6 +30,13 @@ MAX_WORKERS = 256
 # The answer when the submitter cannot read it all. No answer at all (the reply socket closed
 # empty) means the worker died before answering, and the daemon asks again.
 REFUSED = b"refused\n"
+NOT_A_FILE = b"not-a-file\n"
+KINDS = {stat.S_IFIFO: "FIFO", stat.S_IFSOCK: "socket", stat.S_IFCHR: "character device", stat.S_IFBLK: "block device"}
+
+
+class NotAFile(OSError):
+    def __init__(self, path: str, kind: str) -> None:
+        super().__init__(errno.EINVAL, kind, path)
 
 
 def listing(root: str) -> bytes:
@@ -40,6 +49,8 @@ def listing(root: str) -> bytes:
         path, above = pending.pop()
         st = os.stat(path)
         directory = stat.S_ISDIR(st.st_mode)
+        if not (directory or stat.S_ISREG(st.st_mode)):
+            raise NotAFile(path, KINDS.get(stat.S_IFMT(st.st_mode), "special file"))
         # stat proves the name is reachable; the loader reads contents, so reading must be allowed too
         if not os.access(path, os.R_OK | (os.X_OK if directory else 0)):
             raise PermissionError(errno.EACCES, "not readable", path)
@@ -66,6 +77,8 @@ def answer(path: str, timeout: int, reply: int) -> None:
     try:
         found = listing(path)
         out = memoryview(b"%d\n" % len(found) + found)
+    except NotAFile as exc:
+        out = memoryview(b"%s%s\0%s" % (NOT_A_FILE, os.fsencode(exc.filename), exc.strerror.encode()))
     except (OSError, RecursionError):
         out = memoryview(REFUSED)
     finally:

@@ -7,6 +7,7 @@ import os
 import pwd
 import shutil
 import subprocess
+import sys
 import tempfile
 from pathlib import Path
 
@@ -124,3 +125,40 @@ def test_a_killed_listing_worker_is_replaced(submitter, shared):
         os.kill(worker, 9)
     assert lab_as_submitter(str(lab), uid, USER, shared / "cache") == copy
     assert workers_of(uid) and not set(workers_of(uid)) & set(workers)
+
+
+SUBMIT_AS = """
+import sys
+from pathlib import Path
+from repxd.errors import LabError
+from repxd.lab.loader import load_lab
+from repxd.service.lab_access import lab_as_submitter
+try:
+    copy = lab_as_submitter(sys.argv[1], int(sys.argv[2]), sys.argv[3], Path(sys.argv[4]))
+    load_lab(copy)
+except LabError as exc:
+    print("refused:", exc)
+else:
+    print("loaded")
+"""
+
+
+@pytest.mark.parametrize("where", ["beside the Lab's files", "in place of a job's script"])
+def test_a_fifo_in_a_submitted_lab_blocks_nothing(submitter, shared, where):
+    """A submitter's FIFO in their Lab, listed or named by the manifest: the submission is
+    refused at once (no open waits for a writer that never comes), in one line naming the FIFO
+    by the submitter's path, not by the daemon's copy."""
+    uid, readers = submitter
+    lab = group_lab(shared, readers)
+    if where == "beside the Lab's files":
+        fifo = lab / "a-fifo"
+    else:
+        (fifo,) = lab.glob("jobs/*/bin/one")
+        fifo.unlink()
+    os.mkfifo(fifo, 0o640)
+    os.chown(fifo, 0, readers)
+    done = subprocess.run([sys.executable, "-c", SUBMIT_AS, str(lab), str(uid), USER, str(shared / "cache")],
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.startswith("refused:") and f"{fifo} is a FIFO;" in done.stdout, done.stdout
+    assert "Traceback" not in done.stdout + done.stderr and not (shared / "cache" / "labs").exists()
