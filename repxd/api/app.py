@@ -45,6 +45,10 @@ DONE_RUNS_KEPT = 10_000
 # answered from here, without a trip to the store's thread, until anything at all is stored, so
 # an answer never predates a stored change, and a run's reads cost at most one count per commit.
 ACTIVE_RUNS = web.AppKey("active_runs", dict)
+# Reads of an active run under way, by (run, store version taken before the read): a poll that
+# finds one for the version it sees joins it, since that read started after every commit the poll
+# must see. So while jobs finish, each commit costs one count however many clients poll.
+READING_RUNS = web.AppKey("reading_runs", dict)
 WATCH = web.AppKey("watch", ChangeWatch)
 ACTIVE_RUNS_KEPT = 1_000
 # Loading, unpacking and verifying a Lab is heavy; one user may not occupy every worker thread.
@@ -143,6 +147,28 @@ async def show_run(request: web.Request) -> web.Response:
     version = request.app[WATCH].version()
     if version is not None and (kept := active.get(run_id)) is not None and kept[0] == version:
         return web.Response(body=kept[1], content_type="application/json")
+    reading = request.app[READING_RUNS]
+    if version is None:
+        return await _read_run(request, run_id, version)
+    if (underway := reading.get((run_id, version))) is not None:
+        try:
+            return web.Response(body=await asyncio.shield(underway), content_type="application/json")
+        except asyncio.CancelledError:
+            if not underway.cancelled():
+                raise  # this request was cancelled, not the read it joined
+            return await _read_run(request, run_id, version)  # that read failed (say, 404): its own
+    underway = reading[run_id, version] = asyncio.get_running_loop().create_future()
+    try:
+        response = await _read_run(request, run_id, version)
+        underway.set_result(response.body)
+        return response
+    finally:
+        underway.cancel()  # no effect once it has its answer
+        del reading[run_id, version]
+
+
+async def _read_run(request: web.Request, run_id: str, version: int | None) -> web.Response:
+    done, active = request.app[DONE_RUNS], request.app[ACTIVE_RUNS]
     run = run_json(await _run_or_404(request))
     encoded = json.dumps(run).encode()
     # Keyed by the whole id only, since a prefix may name another run (or none) once more runs exist.
@@ -312,6 +338,7 @@ def make_app(settings: Settings, database: AsyncDatabase, version: str, role_reg
     app[SUBMITTING] = {}
     app[DONE_RUNS] = {}
     app[ACTIVE_RUNS] = {}
+    app[READING_RUNS] = {}
     app[WATCH] = ChangeWatch(database.db.path)
     app.on_cleanup.append(_close_watch)
     app[DB] = database
