@@ -53,6 +53,24 @@ def test_all_in_one_process(daemon, tmp_path):
     assert status["agents"]["active"] == 1
 
 
+def test_the_agent_places_the_labs_artifacts_as_upstream_does(daemon, tmp_path):
+    """Under the base path's artifacts/, as upstream's runner syncs them: the Lab's files outside
+    jobs/ before the first job starts, every job's directory while the jobs run."""
+    daemon.start("all")
+    lab = simple().write(tmp_path / "simple")
+    result = repxctl("run", "@all", "--lab", lab, "--json", env=api_env(daemon))
+    assert result.code == 0 and result.json()["state"] == "succeeded", result.stderr + daemon.logs()
+    artifacts = daemon.base / "artifacts"
+    assert {p.name for p in (artifacts / "revision").iterdir()} == {p.name for p in (lab / "revision").iterdir()}
+    wanted = sorted(str(p.relative_to(lab)) for p in (lab / "jobs").rglob("*") if p.is_file())
+    deadline = time.monotonic() + 30
+    while (placed := sorted(str(p.relative_to(artifacts)) for p in (artifacts / "jobs").rglob("*") if p.is_file())) != wanted:
+        assert time.monotonic() < deadline, f"placed {placed}, wanted {wanted}"
+        time.sleep(0.1)
+    for rel in wanted:
+        assert (artifacts / rel).read_bytes() == (lab / rel).read_bytes()
+
+
 def test_three_roles_as_separate_processes(daemon, tmp_path):
     for role in ("api", "scheduler", "agent"):
         daemon.start(role)
