@@ -34,6 +34,7 @@ from ..exec.launcher import (
     hand_over,
     user_identity,
 )
+from ..exec.layout import Preparation
 from ..exec.runtimes import Invocation
 from .batch import Process
 from .commands import CommandRunner, RunnerUnreachable
@@ -208,7 +209,14 @@ class ClusterLauncher:
         return words[0] if len(words) == 1 else ""
 
     async def run(self, invocation: Invocation, repx: Path, guard: Guard, request: LaunchRequest,
-                  on_spawn=None) -> int:
+                  prepare: Preparation, *, success: dict | None = None, on_spawn=None) -> ExitStatus:
+        """`success` is not written here (the batch script records the status only): `finish` does."""
+        prepare()  # `out/` is handed to the job's user, and the logs are made in `repx/`
+        return await self._submit_and_follow(invocation, repx, guard, request, on_spawn)
+
+    async def _submit_and_follow(self, invocation: Invocation, repx: Path, guard: Guard, request: LaunchRequest,
+                                 on_spawn=None) -> ExitStatus:
+        """Submit a prepared process, submitting again after losses, and follow it to its end."""
         stdout, stderr = repx / "stdout.log", repx / "stderr.log"
         identity = user_identity(request.user) if request.user is not None else None
         if identity is not None:  # the job runs as its submitter: `out/` and its logs become theirs
