@@ -19,6 +19,7 @@ from .artifacts import verified_executable
 from .inputs import resolve_inputs
 from .launcher import (
     DISK_FULL,
+    ExitStatus,
     LaunchRequest,
     SubprocessLauncher,
     forget_exit,
@@ -107,16 +108,16 @@ def script_path(ctx: JobContext, exe_path: str) -> Path:
 
 
 async def run_step(ctx: JobContext, script: Path, out: Path, repx: Path, inputs_json: Path,
-                   params_json: Path, *, prepare: Callable[[], None], record: Callable[[int], T],
+                   params_json: Path, *, prepare: Preparation, record: Callable[[ExitStatus], T],
                    done: Callable[[], T | None] = lambda: None, resources: dict[str, Any] | None = None,
                    success: dict | None = None) -> T:
     """Run one process of the contract `<script> OUT INPUTS PARAMS` under admission, logging to
     `repx`, at most once at a time for this directory. Under the directory's guard: `done()`
     short-cuts when a concurrent launcher already finished it; an earlier launcher's finished
-    process is adopted; else `prepare()` and start (a launcher that `takes_preparation` is given a
-    `Preparation` to do as it starts the process). `record(status)` writes the outcome.
-    `resources` (default: the job's) decide admission and the process's limits. `success`: the
-    evidence of a success such a launcher may have its spawner write (the status is then `recorded`)."""
+    process is adopted; else the launcher prepares (`prepare`) and starts it. `record(status)`
+    writes the outcome. `resources` (default: the job's) decide admission and the process's
+    limits. `success`: the evidence of a success, for a launcher that can write it (the status
+    is then `recorded`)."""
     invocation = ctx.runtime.invocation(script, out, repx, [str(out), str(inputs_json), str(params_json)])
     request = ctx.launch_request(repx, ctx.resources if resources is None else resources)
     async with ctx.admission.hold(request.cpus, request.mem), ctx.launcher.guarded(ctx.layout.guard(repx), request) as guard:
@@ -127,13 +128,9 @@ async def run_step(ctx: JobContext, script: Path, out: Path, repx: Path, inputs_
         ctx.launched()
         status = guard.leftover_status
         if status is None:
-            if isinstance(prepare, Preparation) and getattr(ctx.launcher, "takes_preparation", False):
-                status = await ctx.launcher.run(invocation, repx, guard, request, ctx.on_spawn, prepare=prepare,
-                                                success=success)
-            else:
-                prepare()
-                status = await ctx.launcher.run(invocation, repx, guard, request, ctx.on_spawn)
-        if status != 0 and getattr(status, "cause", None) is None and disk_full(repx):
+            status = await ctx.launcher.run(invocation, repx, guard, request, prepare, success=success,
+                                            on_spawn=ctx.on_spawn)
+        if status != 0 and status.cause is None and disk_full(repx):
             status = note_disk_full(guard.path, status)
         result = record(status)
         if ctx.recorded_exits is None:
@@ -174,7 +171,7 @@ def room_permitting():
 
 def finish(ctx: JobContext, job_id: str, repx: Path, ok: bool, reason: str | None = None,
            recorded: bool = False) -> JobResult:
-    """The outcome's marker and completion line (`recorded`: the spawner wrote them already)."""
+    """The outcome's marker and completion line (`recorded`: the launcher wrote them already)."""
     if not ok and (disk_full(repx) or (reason or "").endswith(OUT_OF_SPACE)):
         reason = f"{reason}; {disk_full_reason(ctx.layout.outputs)}" if reason else disk_full_reason(ctx.layout.outputs)
     if not ok and reason:
@@ -202,15 +199,15 @@ async def execute_single(ctx: JobContext, job: Job) -> JobResult:
         ctx, script_path(ctx, job.executables["main"].path), out, repx, repx / "inputs.json",
         repx / "parameters.json", prepare=prepare,
         record=lambda status: finish(ctx, job.id, repx, status == 0, None if status == 0 else exit_reason(status),
-                                     recorded=getattr(status, "recorded", False)),
+                                     recorded=status.recorded),
         done=lambda: JobResult(job.id, True) if (repx / SUCCESS).exists() else None,
         success=layout.success_evidence(job.id, repx))
 
 
-def exit_reason(status: int) -> str:
-    if getattr(status, "reason", None):
+def exit_reason(status: ExitStatus) -> str:
+    if status.reason:
         return status.reason
-    cause = getattr(status, "cause", None)
+    cause = status.cause
     if cause == "oom-kill":
         return "was killed for exceeding its memory limit (out of memory)"
     if cause == "timeout":

@@ -44,16 +44,20 @@ HAND_OVER = 'find "$1" -mindepth 1 -delete && chown "$2" "$1"'
 
 class ExitStatus(int):
     """A process's exit status (negative for a signal), with the cause when systemd knows more
-    than the number: `oom-kill` or `timeout`."""
+    than the number: `oom-kill` or `timeout`. `recorded`: whoever wrote this status also wrote
+    the evidence of the success it was given (`run`'s `success`), so `finish` does not again."""
 
     cause: str | None = None
     reason: str | None = None  # the whole sentence, when a cluster scheduler says more
+    recorded: bool = False
 
     @classmethod
-    def with_cause(cls, status: int, cause: str | None, reason: str | None = None) -> ExitStatus:
+    def with_cause(cls, status: int, cause: str | None, reason: str | None = None, *,
+                   recorded: bool = False) -> ExitStatus:
         result = cls(status)
         result.cause = cause
         result.reason = reason
+        result.recorded = recorded
         return result
 
 
@@ -156,28 +160,32 @@ def status_from_unit(code: str, status: str, result: str) -> ExitStatus | None:
 
 class SubprocessLauncher:
     """Jobs as child processes in their own sessions (no systemd needed). As root, a job with a
-    `request.user` runs as that user with its groups, in an `out/` handed over to it."""
+    `request.user` runs as that user with its groups, in an `out/` handed over to it.
+
+    The launcher interface (every launcher has it): `guarded(path, request)`, an async context
+    giving the directory's `Guard`; `run(invocation, repx, guard, request, prepare, *, success,
+    on_spawn)` makes the process's directories ready (calls `prepare` before it needs them, or
+    has its spawner do it), starts the process and returns its `ExitStatus`. `success`, the
+    evidence of a success, is written by a launcher that can (the status is then `recorded`) and
+    left to `finish` by the others."""
 
     name = "subprocess"
-    takes_preparation = True  # run() prepares the directories itself, through the spawner where it can
 
     def guarded(self, path: Path, request: LaunchRequest):
         return guarded(path)
 
     async def run(self, invocation: Invocation, repx: Path, guard: Guard, request: LaunchRequest,
-                  on_spawn: Callable[[str], None] | None = None, *, prepare: Preparation | None = None,
-                  success: dict | None = None) -> int:
+                  prepare: Preparation, *, success: dict | None = None,
+                  on_spawn: Callable[[str], None] | None = None) -> ExitStatus:
         identity = None
         if request.user is not None:
-            if prepare is not None:  # out/ must exist to be handed over
-                prepare()
-                prepare = None
+            prepare()  # here, not by the spawner: out/ must exist to be handed over
             identity = user_identity(request.user)
             await asyncio.to_thread(hand_over, invocation.cwd, identity)
         return await spawn_and_wait(invocation, repx, guard,
                                     None if on_spawn is None else lambda pid: on_spawn(f"pid:{pid}"),
-                                    identity=identity, time_limit=request.time_seconds, prepare=prepare,
-                                    success=success)
+                                    identity=identity, time_limit=request.time_seconds,
+                                    prepare=prepare if identity is None else None, success=success)
 
 
 def user_identity(uid: int) -> Identity:
@@ -204,16 +212,16 @@ def hand_over(out: Path, identity: Identity) -> None:
 async def spawn_and_wait(invocation: Invocation, repx: Path, guard: Guard,
                          on_spawn: Callable[[int], None] | None = None, *,
                          identity: Identity | None = None, time_limit: int | None = None,
-                         prepare: Preparation | None = None, success: dict | None = None) -> int:
+                         prepare: Preparation | None = None, success: dict | None = None) -> ExitStatus:
     """Run `invocation` with stdout/stderr written to `repx/{stdout,stderr}.log`; the process
     inherits the guard's lock, and the spawner writes its status into the exit file (the job's
     user may not write in the guards' directory). Returns the exit status (negative for a
     signal), with cause "timeout" when `time_limit` seconds ran out. Cancelling the awaiting task
     stops every process the job started, in or out of its session: the job's process is a child
     subreaper (the spawner makes it one), so descendants that leave the job's session and lose
-    their parent stay under it. `prepare`: done before the start, by the spawner for a first
-    attempt. `success`: evidence the spawner writes if the process exits with 0 (the status's
-    `recorded` then says so)."""
+    their parent stay under it. `prepare` (None: ready already): done before the start, by the
+    spawner for a first attempt. `success`: evidence the spawner writes if the process exits with
+    0 (the status's `recorded` then says so)."""
     # The job gets the guard's lock as descriptor 3 (held while it or a descendant runs). The
     # spawner creates the logs and the exit record (with a placeholder holding a block for the
     # status, so that its overwrite finds room even after the job filled the disk), and writes the
@@ -230,7 +238,8 @@ async def spawn_and_wait(invocation: Invocation, repx: Path, guard: Guard,
     if on_spawn is not None:
         on_spawn(proc.pid)
     try:
-        return await asyncio.wait_for(proc.wait(), time_limit)
+        status = await asyncio.wait_for(proc.wait(), time_limit)
+        return ExitStatus.with_cause(status, None, recorded=status.recorded)
     except TimeoutError:
         await asyncio.shield(_stop(proc))
         return ExitStatus.with_cause(proc.returncode if proc.returncode is not None else -signal.SIGKILL, "timeout")

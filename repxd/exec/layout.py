@@ -156,8 +156,9 @@ def prepare_dirs(out: Path, repx: Path, *, fresh_out: bool) -> None:
 class Preparation:
     """A process's directories made ready before it starts: `out/` (emptied unless handed to
     another user, `fresh_out` False) and `repx/` without markers, then `files` (names in `repx/`
-    and their JSON values) written. Called, it does that here; a launcher with a spawner has the
-    spawner do a first attempt's (`first_attempt`), off this process's event loop."""
+    and their JSON values) written. Every launcher's `run` is given one and calls it when it
+    needs the directories; the subprocess launcher has its spawner do a first attempt's instead
+    (`first_attempt`), off this process's event loop."""
 
     out: Path
     repx: Path

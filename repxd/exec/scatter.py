@@ -11,11 +11,12 @@ from pathlib import Path
 from ..lab.model import Job
 from .inputs import resolve_inputs
 from .job import JobContext, JobResult, exit_reason, finish, run_step, script_path
+from .launcher import ExitStatus
 from .layout import (
     FAIL,
     SUCCESS,
+    Preparation,
     clear_markers,
-    prepare_dirs,
     read_job_file,
     write_json,
     write_marker,
@@ -48,7 +49,7 @@ async def execute_scatter_gather(ctx: JobContext, job: Job) -> JobResult:
     if not ((scatter_repx / SUCCESS).exists() and items_path.exists()):
         status = await run_step(ctx, script_path(ctx, job.executables["scatter"].path), scatter_out,
                                 scatter_repx, inputs_json, params_json,
-                                prepare=lambda: prepare_dirs(scatter_out, scatter_repx, fresh_out=ctx.run_as is None),
+                                prepare=Preparation(scatter_out, scatter_repx, ctx.run_as is None),
                                 record=lambda status: _record_step(ctx, scatter_repx, status, items_path),
                                 done=lambda: 0 if (scatter_repx / SUCCESS).exists() and items_path.exists() else None)
         if status != 0:
@@ -82,11 +83,8 @@ async def execute_scatter_gather(ctx: JobContext, job: Job) -> JobResult:
             template = job.executables["scatter"].outputs.get(mapping.source_output, "")
             gather_inputs[mapping.target_input] = _resolve(template, scatter_out)
 
-    def prepare_gather() -> None:
-        prepare_dirs(out, repx, fresh_out=ctx.run_as is None)
-        write_json(repx / "worker_outs_manifest.json", manifest)
-        write_json(repx / "gather_inputs.json", gather_inputs)
-
+    prepare_gather = Preparation(out, repx, ctx.run_as is None,
+                                 {"worker_outs_manifest.json": manifest, "gather_inputs.json": gather_inputs})
     return await run_step(
         ctx, script_path(ctx, job.executables["gather"].path), out, repx, repx / "gather_inputs.json",
         params_json, prepare=prepare_gather,
@@ -154,7 +152,7 @@ def _previous_item(path: Path) -> bytes | None:
         return None
 
 
-def _record_step(ctx: JobContext, repx: Path, status: int, required: Path | None = None) -> int:
+def _record_step(ctx: JobContext, repx: Path, status: ExitStatus, required: Path | None = None) -> ExitStatus:
     """Markers of a scatter or step process; a scatter without work items is not a success."""
     ok = status == 0 and (required is None or required.exists())
     write_marker(repx, SUCCESS if ok else FAIL)
@@ -195,11 +193,7 @@ async def _run_branch(ctx: JobContext, job: Job, branch: Path, item, order: list
                 inputs[mapping.target_input] = _resolve(template, branch / f"step-{dep}" / "out")
             elif mapping.job_id and mapping.target_input in static_inputs:
                 inputs[mapping.target_input] = static_inputs[mapping.target_input]
-
-        def prepare(step_out=step_out, step_repx=step_repx, inputs=inputs) -> None:
-            prepare_dirs(step_out, step_repx, fresh_out=ctx.run_as is None)
-            write_json(step_repx / "inputs.json", inputs)
-
+        prepare = Preparation(step_out, step_repx, ctx.run_as is None, {"inputs.json": inputs})
         status = await run_step(ctx, script_path(ctx, exe.path), step_out, step_repx,
                                 step_repx / "inputs.json", params_json, prepare=prepare,
                                 resources=ctx.step_resources(exe.resource_hints.model_dump(exclude_none=True)

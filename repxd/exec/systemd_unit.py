@@ -35,6 +35,7 @@ from .launcher import (
     guarded,
     status_from_unit,
 )
+from .layout import Preparation
 from .runtimes import Invocation
 
 log = logging.getLogger("repx.launcher")
@@ -106,7 +107,11 @@ class SystemdLauncher:
             yield guard
 
     async def run(self, invocation: Invocation, repx: Path, guard: Guard, request: LaunchRequest,
-                  on_spawn: Callable[[str], None] | None = None) -> int:
+                  prepare: Preparation, *, success: dict | None = None,
+                  on_spawn: Callable[[str], None] | None = None) -> ExitStatus:
+        """`success` is not written here (the unit's ExecStopPost records the status only): the
+        status is not `recorded`, and `finish` writes the evidence."""
+        prepare()  # before the unit starts: its ExecStartPre hands `out/` to the job's user
         for log_name in ("stdout.log", "stderr.log"):
             (repx / log_name).write_bytes(b"")
         try:

@@ -11,17 +11,23 @@ import shlex
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..exec.launcher import exit_file
 from ..exec.runtimes import Invocation
 
 
 @dataclass(frozen=True)
 class Process:
-    """One process to run under the job contract: what the local launcher would fork."""
+    """One process to run under the job contract: what the local launcher would fork, and the
+    stem of its guard's files (`OutputLayout.guard`), beside which its exit status is written."""
 
     invocation: Invocation
     stdout: Path
     stderr: Path
-    exit_file: Path
+    guard: Path
+
+    @property
+    def exit_file(self) -> Path:
+        return exit_file(self.guard)
 
 
 _COMMON = """\

@@ -29,11 +29,11 @@ from ..exec.launcher import (
     Guard,
     Identity,
     LaunchRequest,
-    exit_file,
     guarded,
     hand_over,
     user_identity,
 )
+from ..exec.layout import Preparation
 from ..exec.runtimes import Invocation
 from .batch import Process
 from .commands import CommandRunner, RunnerUnreachable
@@ -70,7 +70,6 @@ class Pending:
     directives: Any  # the scheduler's frozen Directives: equal ones share an array
     name: str
     identity: Identity | None
-    record: Path  # beside the guard: the submission's intent, then the scheduler's id
     future: asyncio.Future
 
 
@@ -147,10 +146,10 @@ class ClusterLauncher:
 
     max_chunk_cost: ClassVar[int] = 1 << 62
 
-    async def _submit_first(self, process: Process, directives: Any, name: str, identity: Identity | None,
-                            record: Path) -> tuple[str, Any]:
+    async def _submit_first(self, process: Process, directives: Any, name: str,
+                            identity: Identity | None) -> tuple[str, Any]:
         """The first submission of a process; a scheduler may adjust its directives on refusal."""
-        return await self._submit(process, directives, name, identity, record), directives
+        return await self._submit(process, directives, name, identity), directives
 
     def _check_dependency(self, job_id: str, directives: Any, state: Any) -> None:
         """Raise DependencyCancelled when the scheduler cancelled the job for a failed predecessor."""
@@ -172,6 +171,7 @@ class ClusterLauncher:
     # ---- the launcher interface ------------------------------------------------------------
 
     def record_file(self, guard: Path) -> Path:
+        """Beside the guard: the submission's intent, then the scheduler's id."""
         return guard.with_name(f"{guard.name}.{self.record_suffix}")
 
     @asynccontextmanager
@@ -208,22 +208,28 @@ class ClusterLauncher:
         return words[0] if len(words) == 1 else ""
 
     async def run(self, invocation: Invocation, repx: Path, guard: Guard, request: LaunchRequest,
-                  on_spawn=None) -> int:
+                  prepare: Preparation, *, success: dict | None = None, on_spawn=None) -> ExitStatus:
+        """`success` is not written here (the batch script records the status only): `finish` does."""
+        prepare()  # `out/` is handed to the job's user, and the logs are made in `repx/`
+        return await self._submit_and_follow(invocation, repx, guard, request, on_spawn)
+
+    async def _submit_and_follow(self, invocation: Invocation, repx: Path, guard: Guard, request: LaunchRequest,
+                                 on_spawn=None) -> ExitStatus:
+        """Submit a prepared process, submitting again after losses, and follow it to its end."""
         stdout, stderr = repx / "stdout.log", repx / "stderr.log"
         identity = user_identity(request.user) if request.user is not None else None
         if identity is not None:  # the job runs as its submitter: `out/` and its logs become theirs
             await asyncio.to_thread(hand_over, invocation.cwd, identity)
         for log_file in (stdout, stderr):
             owned_empty(log_file, identity)
-        process = Process(invocation, stdout, stderr, exit_file(guard.path))
+        process = Process(invocation, stdout, stderr, guard.path)
         directives = self.directives_for(request)
         name = f"repx.{request.run_id or self.tag}.{request.job_id}"
         for lost in range(self.options.max_lost + 1):
             # The batch script writes the exit status as the job's user, into a file made for it.
-            owned_empty(exit_file(guard.path), identity, mode=0o600)
-            record = self.record_file(guard.path)
-            job_id, directives = await self._submit_first(process, directives, name, identity, record)
-            record.write_text(job_id)
+            owned_empty(process.exit_file, identity, mode=0o600)
+            job_id, directives = await self._submit_first(process, directives, name, identity)
+            self.record_file(guard.path).write_text(job_id)
             if on_spawn is not None:
                 on_spawn(f"{self.name}:{job_id}")
             self._notes[job_id] = stderr
@@ -258,14 +264,13 @@ class ClusterLauncher:
 
     # ---- submission -------------------------------------------------------------------------
 
-    async def _submit(self, process: Process, directives: Any, name: str, identity: Identity | None,
-                      record: Path) -> str:
+    async def _submit(self, process: Process, directives: Any, name: str, identity: Identity | None) -> str:
         async with self._room:
             limits = await self._cluster_limits()
             await self._room.wait_for(lambda: limits[1] is None or self._in_flight < limits[1])
             self._in_flight += 1
         future = asyncio.get_running_loop().create_future()
-        self._queue.append(Pending(process, directives, name, identity, record, future))
+        self._queue.append(Pending(process, directives, name, identity, future))
         if self._flush_task is None or self._flush_task.done():
             self._flush_task = asyncio.create_task(self._flush_later())
         try:
@@ -296,7 +301,7 @@ class ClusterLauncher:
     async def _submit_array(self, chunk: list[Pending]) -> None:
         name = self._array_name(chunk)
         for index, pending in enumerate(chunk):
-            pending.record.write_text(f"submitting {name} {index} {len(chunk)}\n")
+            self.record_file(pending.process.guard).write_text(f"submitting {name} {index} {len(chunk)}\n")
         job_ids = await self._submit_chunk(chunk, name)
         if job_ids is None:
             return

@@ -11,7 +11,13 @@ import pytest
 
 from repxd.errors import ConfigError
 from repxd.exec.job import exit_reason, time_limit
-from repxd.exec.launcher import SubprocessLauncher, adoptable_status, exit_file, launch_request
+from repxd.exec.launcher import (
+    ExitStatus,
+    SubprocessLauncher,
+    adoptable_status,
+    exit_file,
+    launch_request,
+)
 from repxd.exec.runtimes import Invocation
 from repxd.exec.systemd_unit import SystemdLauncher, choose_launcher
 
@@ -98,7 +104,7 @@ def test_reasons_name_out_of_memory_and_timeouts(tmp_path):
     assert "memory limit" in exit_reason(adoptable_status(guard))
     exit_file(guard).write_text("killed TERM timeout")
     assert "time limit" in exit_reason(adoptable_status(guard))
-    assert exit_reason(2) == "exited with status 2"
+    assert exit_reason(ExitStatus(2)) == "exited with status 2"
 
 
 def test_time_limits_from_resources():

@@ -16,7 +16,7 @@ def _process(tmp: Path, name: str, argv: list[str], env: dict[str, str] | None =
     cwd = tmp / name / "out"
     cwd.mkdir(parents=True)
     return Process(Invocation(argv, env or {"PATH": "/usr/bin:/bin"}, cwd), tmp / name / "stdout.log",
-                   tmp / name / "stderr.log", tmp / name / "exit")
+                   tmp / name / "stderr.log", tmp / name / "guard")
 
 
 def _run(script: str, index: int | None) -> int:

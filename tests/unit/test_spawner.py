@@ -22,6 +22,11 @@ from repxd.exec.runtimes import Invocation
 from repxd.lab.graph import Outcome
 
 
+def ready(out: Path, repx: Path) -> Preparation:
+    """The preparation of directories a test made itself: it keeps `out/` and clears markers only."""
+    return Preparation(out, repx, False)
+
+
 def _run(tmp_path: Path, script: str, cwd: Path | None = None) -> tuple[int, str, str]:
     out, repx = tmp_path / "out", tmp_path / "repx"
     out.mkdir(exist_ok=True)
@@ -30,7 +35,8 @@ def _run(tmp_path: Path, script: str, cwd: Path | None = None) -> tuple[int, str
 
     async def main() -> int:
         async with guarded(tmp_path / "guards" / "job") as guard:
-            return await SubprocessLauncher().run(invocation, repx, guard, launch_request("job", "", 1))
+            return await SubprocessLauncher().run(invocation, repx, guard, launch_request("job", "", 1),
+                                                  ready(out, repx))
 
     status = asyncio.run(main())
     return status, (repx / "stdout.log").read_text(), (repx / "stderr.log").read_text()
@@ -60,11 +66,13 @@ def test_record_is_written_before_the_lock_is_free_even_when_the_launcher_is_gon
 import asyncio, os, sys
 from pathlib import Path
 from repxd.exec.launcher import SubprocessLauncher, guarded, launch_request
+from repxd.exec.layout import Preparation
 from repxd.exec.runtimes import Invocation
 async def main():
     async with guarded(Path({str(guard)!r})) as g:
         await SubprocessLauncher().run(Invocation(["/bin/sh", "-c", "echo started; sleep 1; exit 5"], dict(os.environ),
-                                                  Path({str(tmp_path)!r})), Path({str(tmp_path)!r}), g, launch_request("job", "", 1))
+                                                  Path({str(tmp_path)!r})), Path({str(tmp_path)!r}), g, launch_request("job", "", 1),
+                                       Preparation(Path({str(tmp_path / "out")!r}), Path({str(tmp_path)!r}), False))
 asyncio.run(main())
 """])
     deadline = time.monotonic() + 20
@@ -87,7 +95,8 @@ def test_cancelled_job_leaves_no_status_for_the_next_attempt_to_adopt(tmp_path):
 
     async def main() -> None:
         async with guarded(tmp_path / "guards" / "job") as guard:
-            job = asyncio.create_task(SubprocessLauncher().run(invocation, tmp_path, guard, launch_request("job", "", 1)))
+            job = asyncio.create_task(SubprocessLauncher().run(invocation, tmp_path, guard, launch_request("job", "", 1),
+                                                               ready(tmp_path / "out", tmp_path)))
             await asyncio.sleep(0.5)
             job.cancel()
             with pytest.raises(asyncio.CancelledError):
@@ -129,10 +138,10 @@ def test_a_log_that_cannot_be_created_fails_the_start_naming_it_and_the_next_job
         async with guarded(tmp_path / "guards" / "job") as guard:
             with pytest.raises(OSError) as failed:
                 await SubprocessLauncher().run(Invocation(["/bin/true"], {}, out), gone, guard,
-                                               launch_request("job", "", 1))
+                                               launch_request("job", "", 1), ready(out, out))
         async with guarded(tmp_path / "guards" / "next") as guard:
             status = await SubprocessLauncher().run(Invocation(["/bin/sh", "-c", "echo ran"], {}, out),
-                                                    out, guard, launch_request("next", "", 1))
+                                                    out, guard, launch_request("next", "", 1), ready(out, out))
         return failed.value, status
 
     error, status = asyncio.run(main())
@@ -161,7 +170,8 @@ def test_a_run_cancelled_while_its_process_is_being_started_stops_that_process(t
 
     async def main() -> None:
         async with guarded(tmp_path / "guards" / "job") as guard:
-            run = asyncio.create_task(SubprocessLauncher().run(invocation, repx, guard, launch_request("job", "", 1)))
+            run = asyncio.create_task(SubprocessLauncher().run(invocation, repx, guard, launch_request("job", "", 1),
+                                                               ready(out, repx)))
             await asyncio.sleep(0)  # the request is sent; the spawner has not answered yet
             run.cancel()
             with pytest.raises(asyncio.CancelledError):
@@ -244,7 +254,7 @@ def _run_prepared(tmp_path: Path, params) -> tuple[int, str]:
 
     async def main() -> int:
         async with guarded(tmp_path / "guards" / "job") as guard:
-            return await SubprocessLauncher().run(invocation, repx, guard, launch_request("job", "", 1), prepare=prepare)
+            return await SubprocessLauncher().run(invocation, repx, guard, launch_request("job", "", 1), prepare)
 
     status = asyncio.run(main())
     assert (repx / "inputs.json").read_text() == json.dumps({"in": "/x/y"}, indent=2)
@@ -281,7 +291,7 @@ def test_the_spawner_writes_a_successs_marker_and_completion_line_and_nothing_fo
     async def main() -> int:
         async with guarded(layout.guard(repx)) as guard:
             return await SubprocessLauncher().run(invocation, repx, guard, launch_request("job", "", 1),
-                                                  prepare=Preparation(out, repx, True),
+                                                  Preparation(out, repx, True),
                                                   success=layout.success_evidence("job", repx))
 
     status = asyncio.run(main())
@@ -299,7 +309,8 @@ def test_success_evidence_the_spawner_cannot_write_is_left_to_the_launcher(tmp_p
     async def main() -> int:
         async with guarded(layout.guard(repx)) as guard:
             return await SubprocessLauncher().run(Invocation(["true"], {"PATH": os.environ["PATH"]}, repx), repx,
-                                                  guard, launch_request("job", "", 1), success=evidence)
+                                                  guard, launch_request("job", "", 1), ready(repx.parent / "out", repx),
+                                                  success=evidence)
 
     status = asyncio.run(main())
     assert status == 0 and status.recorded is False

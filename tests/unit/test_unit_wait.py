@@ -9,9 +9,13 @@ process has been forked, and the unit then is `active` with no job and no main-p
 from __future__ import annotations
 
 import asyncio
+from pathlib import Path
 
 from dbus_next import Message, MessageType, Variant
 
+from repxd.exec.launcher import guarded, launch_request
+from repxd.exec.layout import OutputLayout, Preparation
+from repxd.exec.runtimes import Invocation
 from repxd.exec.systemd_unit import SystemdLauncher
 
 UNIT = "repx-job-abc-generate-1.0-1.service"
@@ -50,6 +54,13 @@ class _Manager:
                 "Result": Variant("s", "success")}
 
     def _answer(self, message: Message) -> list:
+        if message.member == "StartTransientUnit":
+            # What systemd would find as it starts the unit: its working directory (`out/`, which a
+            # submitter's unit also hands over first) and the directory its logs go to.
+            properties = {name: variant.value for name, variant in message.body[2]}
+            found = Path(properties["WorkingDirectory"]), Path(properties["StandardOutputFileToAppend"]).parent
+            self.found_at_start = [sorted(p.name for p in d.iterdir()) if d.is_dir() else None for d in found]
+            return []
         if message.member == "GetUnit":
             return [UNIT_PATH]
         if message.member in ("Ref", "Unref"):
@@ -83,3 +94,26 @@ def test_a_unit_whose_start_job_runs_between_two_reads_is_waited_for_until_it_ex
     status = asyncio.run(asyncio.wait_for(launcher._wait(UNIT), 10))
     assert status == 0, f"a job that exited 0 was recorded with status {status}"
     assert manager.phase == len(PHASES) - 1, "the launcher stopped waiting while the job's process still ran"
+
+
+def test_a_unit_starts_in_directories_its_launcher_prepared_for_this_attempt(tmp_path):
+    """An attempt after a failed one: the launcher empties `out/`, clears the marker and writes
+    the job's files before it asks for the unit, and leaves the success's evidence to `finish`."""
+    layout = OutputLayout(tmp_path)
+    out, repx = layout.out_dir("abc-generate-1.0"), layout.repx_dir("abc-generate-1.0")
+    out.mkdir(parents=True)
+    repx.mkdir()
+    (out / "partial").write_text("from the attempt before")
+    (repx / "FAIL").touch()
+    manager = _Manager()
+    launcher = SystemdLauncher(manager)
+    prepare = Preparation(out, repx, True, {"inputs.json": {}, "parameters.json": {"n": 1}})
+
+    async def main():
+        async with guarded(layout.guard(repx)) as guard:
+            return await launcher.run(Invocation(["/bin/true"], {}, out), repx, guard,
+                                      launch_request("abc-generate-1.0", "", 1), prepare)
+
+    status = asyncio.run(asyncio.wait_for(main(), 10))
+    assert manager.found_at_start == [[], ["inputs.json", "parameters.json", "stderr.log", "stdout.log"]]
+    assert status == 0 and not status.recorded

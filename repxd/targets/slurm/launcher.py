@@ -108,15 +108,15 @@ class SlurmLauncher(ClusterLauncher):
     # ---- dependencies -----------------------------------------------------------------------
 
     async def _submit_first(self, process: Process, directives: Directives, name: str,
-                            identity: Identity | None, record: Path) -> tuple[str, Directives]:
+                            identity: Identity | None) -> tuple[str, Directives]:
         try:
-            return await self._submit(process, directives, name, identity, record), directives
+            return await self._submit(process, directives, name, identity), directives
         except SlurmError as exc:
             if not directives.after or "dependency" not in str(exc).lower():
                 raise
         # What it was to start after has ended and been forgotten: go in plainly if it succeeded.
         directives = await self._without_ended_dependencies(directives)
-        return await self._submit(process, directives, name, identity, record), directives
+        return await self._submit(process, directives, name, identity), directives
 
     def _resubmitted(self, directives: Directives) -> Directives:
         return replace(directives, after=())  # a resubmission's predecessors have all succeeded

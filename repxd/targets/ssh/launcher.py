@@ -34,7 +34,7 @@ from pathlib import Path
 from ...errors import RepxError
 from ...exec.job import DISK_FULL_BELOW
 from ...exec.launcher import DISK_FULL, ExitStatus, Guard, LaunchRequest, exit_file, guarded
-from ...exec.layout import COMPLETIONS
+from ...exec.layout import COMPLETIONS, Preparation
 from ...exec.runtimes import Invocation
 from ..commands import CommandResult, CommandRunner
 
@@ -140,7 +140,10 @@ class SshLauncher:
                 record_file(path).unlink(missing_ok=True)
 
     async def run(self, invocation: Invocation, repx: Path, guard: Guard, request: LaunchRequest,
-                  on_spawn=None) -> int:
+                  prepare: Preparation, *, success: dict | None = None, on_spawn=None) -> ExitStatus:
+        """`success` is not written here: the markers are written in the mirror by `finish`, and
+        sent to the remote from there (`mirror_marker`)."""
+        prepare()  # in the mirror, before the start sends the JSON files it wrote to the remote
         token = secrets.token_hex(8)
         record = record_file(guard.path)
         record.write_text(f"starting {token}\n")  # before the remote can start anything

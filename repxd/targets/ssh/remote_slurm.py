@@ -21,7 +21,8 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ...exec.launcher import LaunchRequest, exit_file
+from ...exec.launcher import ExitStatus, LaunchRequest, exit_file
+from ...exec.layout import Preparation
 from ...exec.runtimes import Invocation
 from ...user_config import TargetConfig
 from ..cluster import Phase, options_from
@@ -104,10 +105,12 @@ class RemoteSlurmLauncher(SlurmLauncher):
 
     # ---- the launcher interface ------------------------------------------------------------
 
-    async def run(self, invocation: Invocation, repx: Path, guard, request: LaunchRequest, on_spawn=None) -> int:
+    async def run(self, invocation: Invocation, repx: Path, guard, request: LaunchRequest, prepare: Preparation,
+                  *, success: dict | None = None, on_spawn=None) -> ExitStatus:
+        prepare()  # before staging: the job's JSON files in the mirror go to the remote with it
         self.commands.stage(self._staging(invocation.cwd, repx, guard.path, request))
         remote = Invocation(invocation.argv, self._job_env(invocation.env), invocation.cwd)
-        return await super().run(remote, repx, guard, request, on_spawn)
+        return await self._submit_and_follow(remote, repx, guard, request, on_spawn)
 
     def mirror_marker(self, repx: Path, marker: str, completion: str | None) -> None:
         self.markers.mirror_marker(repx, marker, completion)
