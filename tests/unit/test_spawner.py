@@ -314,3 +314,28 @@ def test_success_evidence_the_spawner_cannot_write_is_left_to_the_launcher(tmp_p
 
     status = asyncio.run(main())
     assert status == 0 and status.recorded is False
+
+
+def test_the_spawner_takes_back_its_own_descriptors_and_directory_after_each_start(tmp_path):
+    """It points its descriptors 0-3 and its working directory at a job's just for the fork: after
+    a start, a message of its own (on its stderr) cannot land in that job's log, and a removed job
+    directory is not its working directory."""
+    job_dir = tmp_path / "job"
+    job_dir.mkdir()
+
+    async def main() -> None:
+        starter = spawner()
+        with open(tmp_path / "log", "wb") as log:
+            process = await starter.spawn(["/bin/sleep", "30"], {}, str(job_dir), [log.fileno(), log.fileno()], None)
+        try:
+            proc = Path(f"/proc/{starter._process.pid}")
+            assert os.readlink(proc / "cwd") != str(job_dir)
+            for fd in ("0", "1", "2"):
+                assert os.readlink(proc / "fd" / fd) != str(tmp_path / "log"), fd
+            assert os.readlink(Path(f"/proc/{process.pid}/cwd")) == str(job_dir)
+            assert os.readlink(Path(f"/proc/{process.pid}/fd/1")) == str(tmp_path / "log")
+        finally:
+            os.kill(process.pid, signal.SIGKILL)
+            await process.wait()
+
+    asyncio.run(main())
