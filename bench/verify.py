@@ -16,7 +16,8 @@ import time
 
 from load import cached_lab
 
-from repxd.lab.loader import load_lab, verify_files
+from repxd.lab.loader import load_lab
+from repxd.lab.verification import verify_files
 
 GOAL = 0.8
 

@@ -9,8 +9,8 @@ from collections.abc import Iterable
 from pathlib import Path
 
 from ..errors import LabError
-from ..lab.loader import sha256_of
 from ..lab.model import Lab
+from ..lab.verification import sha256_of
 from .layout import OutputLayout
 
 # Content-addressed trees: an existing path that holds the same bytes is never rewritten.

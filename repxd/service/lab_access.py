@@ -31,7 +31,7 @@ from pathlib import Path
 
 from ..errors import LabError
 from ..exec.launcher import user_identity
-from ..lab.loader import MAX_TAR_BYTES, unpack_tar_lab
+from ..lab.tar_lab import MAX_TAR_BYTES, unpack_tar_lab
 from .lister_helper import NOT_A_FILE, REFUSED
 
 READ_TIMEOUT_SECONDS = 600

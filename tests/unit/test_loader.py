@@ -28,7 +28,7 @@ from lab_factory import (
 )
 
 from repxd.errors import LabError, SelectionError
-from repxd.lab import loader
+from repxd.lab import verification
 from repxd.lab.graph import JobStatus, Outcome, closure, select, statuses, topological_order
 from repxd.lab.loader import load_lab
 from repxd.lab.model import Lab
@@ -174,7 +174,7 @@ def test_verify_false_skips_hashing(lab_dir: Path, monkeypatch: pytest.MonkeyPat
     readme.write_text("changed after the build\n")
     lab_error(lab_dir, "readme/README.md", "SHA-256")
     calls = []
-    monkeypatch.setattr(loader, "sha256_of", lambda path: calls.append(path) or "0" * 64)
+    monkeypatch.setattr(verification, "sha256_of", lambda path: calls.append(path) or "0" * 64)
     lab = load_lab(lab_dir, verify=False)
     assert len(lab.jobs) == JOB_COUNT
     assert calls == []
@@ -183,8 +183,8 @@ def test_verify_false_skips_hashing(lab_dir: Path, monkeypatch: pytest.MonkeyPat
 def test_verify_hashes_every_listed_file(lab_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     listed = {e["path"] for e in read_json(lab_dir / MANIFEST)["files"]}
     seen = []
-    real = loader.sha256_of
-    monkeypatch.setattr(loader, "sha256_of", lambda path: seen.append(path) or real(path))
+    real = verification.sha256_of
+    monkeypatch.setattr(verification, "sha256_of", lambda path: seen.append(path) or real(path))
     load_lab(lab_dir)
     assert {p.relative_to(lab_dir.resolve()).as_posix() for p in seen} == listed
 

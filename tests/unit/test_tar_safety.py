@@ -17,7 +17,7 @@ from lab_factory import add_tar_member, build_tar
 
 from repxd.errors import LabError
 from repxd.exec.runtimes import _apply_layer
-from repxd.lab import loader
+from repxd.lab import tar_lab
 from repxd.lab.loader import load_lab
 
 WORKTREE = Path(__file__).resolve().parents[2]
@@ -78,7 +78,7 @@ def test_a_refused_tar_leaves_nothing_behind(tmp_path: Path) -> None:
 
 
 def test_a_gzip_bomb_is_refused_before_unpacking(tmp_path: Path, monkeypatch) -> None:
-    monkeypatch.setattr(loader, "MAX_TAR_BYTES", 8 << 20)
+    monkeypatch.setattr(tar_lab, "MAX_TAR_BYTES", 8 << 20)
     bomb = tmp_path / "bomb.tar.gz"
     with tarfile.open(bomb, "w:gz") as tf:
         info = tarfile.TarInfo("result/lab/zeros")
@@ -91,7 +91,7 @@ def test_a_gzip_bomb_is_refused_before_unpacking(tmp_path: Path, monkeypatch) ->
 
 
 def test_a_tar_of_too_many_members_is_refused(tmp_path: Path, monkeypatch) -> None:
-    monkeypatch.setattr(loader, "MAX_TAR_MEMBERS", 50)
+    monkeypatch.setattr(tar_lab, "MAX_TAR_MEMBERS", 50)
     tar = build_tar(tmp_path / "lab.tar", image=False)
     with pytest.raises(LabError, match="more than 50 members"):
         load_lab(tar, unpack_dir=tmp_path / "unpack")

@@ -8,7 +8,7 @@ import os
 import pytest
 
 from repxd.errors import LabError
-from repxd.lab import loader
+from repxd.lab import loader, verification
 from repxd.lab.digests import all_match
 from repxd.lab.writer import LabWriter
 
@@ -21,8 +21,8 @@ def batch(monkeypatch):
     def counted(paths, digests):
         calls.append(len(paths))
         return all_match(paths, digests)
-    monkeypatch.setattr(loader, "BATCH_HASH_MIN", 1)
-    monkeypatch.setattr(loader, "all_match", counted)
+    monkeypatch.setattr(verification, "BATCH_HASH_MIN", 1)
+    monkeypatch.setattr(verification, "all_match", counted)
     return calls
 
 
