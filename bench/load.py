@@ -3,6 +3,7 @@
 
     python bench/load.py                 # N = 100000 (the Lab is written once under .bench/load/)
     python bench/load.py --n 20000 --profile
+    python bench/load.py --baseline /tmp/repx-main --pairs 5   # against another tree, alternating
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import json
 import os
 import pstats
 import statistics
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -53,6 +55,43 @@ def time_load(lab: Path, verify: bool, repeat: int) -> list[float]:
     return times
 
 
+# One process per turn, so each tree imports its own `repxd`: a warm-up load, then the timed ones.
+TURN = """
+import sys, time
+from repxd.lab.loader import load_lab
+load_lab(sys.argv[1], verify=False)
+for _ in range(int(sys.argv[2])):
+    start, cpu = time.perf_counter(), time.process_time()
+    lab = load_lab(sys.argv[1], verify=False)
+    print(time.perf_counter() - start, time.process_time() - cpu)
+    del lab  # freed outside the timed span, as in time_load
+"""
+
+
+def alternate(lab: Path, baseline: Path, pairs: int, repeat: int) -> None:
+    """`load_lab(verify=False)` of this tree and of `baseline` (say, `git archive main` unpacked),
+    in turns, so drift and other work on the machine weigh on both alike."""
+    trees = {"this tree": ROOT, "baseline": baseline.resolve()}
+    wall: dict[str, list[float]] = {name: [] for name in trees}
+    cpu: dict[str, list[float]] = {name: [] for name in trees}
+    ratios = []
+    for pair in range(pairs):
+        medians = {}
+        for name, tree in sorted(trees.items(), reverse=pair % 2 == 1):  # who goes first alternates too
+            out = subprocess.run([sys.executable, "-c", TURN, str(lab), str(repeat)], check=True, text=True,
+                                 capture_output=True, env={**os.environ, "PYTHONPATH": str(tree)}).stdout
+            runs = [tuple(map(float, line.split())) for line in out.splitlines()]
+            wall[name] += [w for w, _ in runs]
+            cpu[name] += [c for _, c in runs]
+            medians[name] = statistics.median(w for w, _ in runs)
+        ratios.append(medians["this tree"] / medians["baseline"])
+        print(f"  pair {pair + 1}: this tree {medians['this tree']:.2f} s, baseline {medians['baseline']:.2f} s, "
+              f"ratio {ratios[-1]:.2f}  (load average {os.getloadavg()[0]:.1f})", flush=True)
+    print(f"load+validate, median of {len(wall['this tree'])}: this tree {statistics.median(wall['this tree']):.2f} s "
+          f"({statistics.median(cpu['this tree']):.2f} s CPU), baseline {statistics.median(wall['baseline']):.2f} s "
+          f"({statistics.median(cpu['baseline']):.2f} s CPU); median ratio of the pairs {statistics.median(ratios):.2f}")
+
+
 def describe(lab: Path) -> str:
     files = sum(len(names) for _, _, names in os.walk(lab))
     meta = sum(p.stat().st_size for p in (lab / "revision").iterdir())
@@ -65,9 +104,15 @@ def main() -> None:
     parser.add_argument("--n", type=int, default=100_000)
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--profile", action="store_true", help="print a cProfile of one load (verify=False)")
+    parser.add_argument("--baseline", type=Path, metavar="SRC",
+                        help="time only load+validate, this tree against the tree SRC in turns")
+    parser.add_argument("--pairs", type=int, default=5, help="turns of each tree with --baseline")
     args = parser.parse_args()
     lab = cached_lab(args.n)
     print(f"Lab: {args.n} jobs, {describe(lab)}; {len(os.sched_getaffinity(0))} CPUs")
+    if args.baseline:
+        alternate(lab, args.baseline, args.pairs, args.repeat)
+        return
 
     load_lab(lab, verify=False)  # warm the page cache and the imports
     results = {"n": args.n}

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import contextlib
 import os
-import stat
 from pathlib import Path, PurePosixPath
+from stat import S_ISDIR, S_ISREG
 
 from ..errors import LabError
 
@@ -33,17 +33,16 @@ class PlainTree:
         self.prefix = os.path.join(root, "")  # root is resolved: no symlinks up to here
         self.dirs: set[str] = set()  # relative paths known to be directories reached without symlinks
 
-    def _mode(self, rel: str) -> int:
-        try:
-            return os.lstat(self.prefix + rel).st_mode
-        except (OSError, ValueError):
-            return 0
-
     def _dir(self, rel: str) -> bool:
         if rel in self.dirs:
             return True
         parent = rel.rpartition("/")[0]
-        if (parent and not self._dir(parent)) or not stat.S_ISDIR(self._mode(rel)):
+        if parent and not self._dir(parent):
+            return False
+        try:
+            if not S_ISDIR(os.lstat(self.prefix + rel).st_mode):
+                return False
+        except (OSError, ValueError):
             return False
         self.dirs.add(rel)
         return True
@@ -65,9 +64,13 @@ class PlainTree:
         if not _plain(rel):
             return None
         parent = rel.rpartition("/")[0]
-        if (parent and not self._dir(parent)) or not stat.S_ISREG(self._mode(rel)):
+        if parent and not self._dir(parent):
             return None
-        return self.prefix + rel
+        path = self.prefix + rel
+        try:
+            return path if S_ISREG(os.lstat(path).st_mode) else None
+        except (OSError, ValueError):
+            return None
 
 
 def _plain(rel: str) -> bool:

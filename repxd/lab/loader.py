@@ -154,17 +154,19 @@ def _check_job_files(root: Path, jobs: dict[str, Job]) -> None:
     plain.scan("jobs")
     for job_id, job in jobs.items():
         check_relative(job_id, "job id")
-        if not (plain.is_dir(f"jobs/{job_id}") or probe((root / "jobs" / job_id).is_dir)):
+        job_dir = f"jobs/{job_id}"
+        if not (job_dir in plain.dirs or plain.is_dir(job_dir) or probe((root / "jobs" / job_id).is_dir)):
             raise LabError(f"job {job_id} has no directory jobs/{job_id} in the Lab; the Lab is incomplete")
-        for exe_name, exe in job.executables.items():
+        executables = job.spec.executables
+        for exe_name, exe in executables.items():
             exe_path = plain.file(exe.path) or lab_file(root, exe.path, f"job {job_id} executable {exe_name!r}")
             if not os.access(exe_path, os.X_OK):
                 raise LabError(f"job {job_id} executable {exe.path} is not executable (mode {os.stat(exe_path).st_mode & 0o777:o})")
-        if job.is_scatter_gather:
-            names = set(job.executables)
+        if job.spec.stage_type == "scatter-gather":
+            names = set(executables)
             if not {"scatter", "gather"} <= names or not any(n.startswith("step-") for n in names):
                 raise LabError(f"scatter-gather job {job_id} needs executables scatter, step-<name> and gather; it has {sorted(names)}")
-            for exe_name, exe in job.executables.items():
+            for exe_name, exe in executables.items():
                 for dep in exe.deps:
                     if f"step-{dep}" not in names and dep not in names:
                         raise LabError(f"job {job_id} step {exe_name!r} depends on unknown step {dep!r}")

@@ -122,6 +122,19 @@ def test_manifest_decodes_as_pydantic_does(lab_dir: Path) -> None:
     assert fast.labId == model.labId and fast.metadata == model.metadata
 
 
+@pytest.mark.parametrize("digest", ["A" * 64, "a" * 63, "a" * 65, "a" * 62 + " a", "g" * 64, "\u00e9" * 64,
+                                    "a" * 63 + "\n", " " + "a" * 63])
+def test_a_malformed_digest_gets_pydantic_message(lab_dir: Path, digest: str) -> None:
+    """The fast path checks all digests at once; whatever is not 64 lowercase hex digits is still
+    refused with pydantic's message naming the entry."""
+    edit_json(lab_dir / MANIFEST, lambda m: m["files"][2].update(sha256=digest))
+    with pytest.raises(specs.Refused):
+        specs.Manifest.decode((lab_dir / MANIFEST).read_bytes())
+    with pytest.raises(LabError) as info:
+        load_lab(lab_dir, verify=False)
+    assert "files.2.sha256" in str(info.value) and "pattern" in str(info.value)
+
+
 def test_repeated_values_are_shared(lab_dir: Path) -> None:
     """What a 100,000-job Lab repeats per job is held once: stage names, mapping names, the ids
     mappings refer to, identical outputs maps."""
