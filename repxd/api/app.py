@@ -113,15 +113,9 @@ async def submit(request: web.Request) -> web.Response:
                                             read_as_submitter=who.via == "socket")
     finally:
         busy[who.name] -= 1
-    stored = await db(request).write(_store_run, db(request).db, run, jobs)
+    stored = await db(request).write(q.create_run, db(request).db, run, jobs)
     wakeups(db(request)).wake_scheduler()
     return web.json_response(run_json(stored), status=201)
-
-
-def _store_run(store, run, jobs):
-    """The run stored, and read back (its state and counts) in the same trip to the store's thread."""
-    q.create_run(store, run, jobs)
-    return reads.get_run(store, run.id)
 
 
 # A listing shows this many selection entries per run (and the count): forty runs of 1 MB

@@ -17,7 +17,7 @@ from ..lab.graph import Outcome, topological_order
 from ..lab.model import Lab
 from ..store.queries import PlannedJob
 from ..store.records import RunRecord
-from ..user_config import parse_memory
+from ..user_config import TargetConfig, parse_memory
 from .daemon_config import Settings
 from .lab_access import lab_as_submitter
 
@@ -71,20 +71,32 @@ def open_lab_cached(lab_path: Path, base: Path, verify: bool, content_keyed: boo
     return lab
 
 
+# A submission's target worked out once per name and daemon (the settings do not change while it
+# runs): redoing it, base path resolved, on every submit was a tenth of planning a 10-job run.
+_targets: dict[str | None, tuple[Settings, str, TargetConfig | None, Path, Path]] = {}
+
+
+def _target(settings: Settings, target: str | None) -> tuple[str, TargetConfig | None, Path, Path]:
+    """The target's name and configuration, its base path and that base path's cache."""
+    if (known := _targets.get(target)) is not None and known[0] is settings:
+        return known[1:]
+    target_name, target_cfg = resolve_target(settings.target_config(), target)  # raises for an unknown name: not kept
+    base = base_path_for(target_cfg, None, target_name) if target_cfg else settings.state_dir / "work"
+    if target_cfg is not None and target_cfg.address:  # the daemon's copy of an SSH target, in its state
+        base = settings.state_dir / "targets" / target_name
+    _targets[target] = known = (settings, target_name, target_cfg, base, OutputLayout(base).cache)
+    return known[1:]
+
+
 def plan_submission(settings: Settings, lab_path: str, selection: list[str], target: str | None,
                     options: dict, uid: int, user: str, *, read_as_submitter: bool = False) -> tuple[RunRecord, list[PlannedJob]]:
     """Load the Lab, resolve the selection and its closure against the target's base path.
     `read_as_submitter`: the Lab is read as `uid` could read it (lab_access). Raises RepxError
     subclasses for anything the submitter must fix."""
-    config = settings.target_config()
-    target_name, target_cfg = resolve_target(config, target)
-    base = base_path_for(target_cfg, None, target_name) if target_cfg else settings.state_dir / "work"
-    if target_cfg is not None and target_cfg.address:  # the daemon's copy of an SSH target, in its state
-        base = settings.state_dir / "targets" / target_name
+    target_name, target_cfg, base, cache = _target(settings, target)
     copied = False
     if read_as_submitter:
         options = {**options, "submitted_lab": os.path.abspath(lab_path)}
-        cache = OutputLayout(base).cache
         lab_path = lab_as_submitter(lab_path, uid, user, cache)
         # lab_access's own copy (unpacked under cache/labs), not the submitted path read as it is
         copied = os.path.abspath(lab_path) != options["submitted_lab"] and Path(lab_path).is_relative_to(cache / "labs")

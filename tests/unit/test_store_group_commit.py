@@ -14,6 +14,7 @@ from prometheus_client import CollectorRegistry, generate_latest
 
 from repxd.api.app import StoreCommits
 from repxd.store import queries as q
+from repxd.store import reads
 from repxd.store.db import AsyncDatabase, Database
 from repxd.store.records import RunRecord
 
@@ -69,7 +70,7 @@ def test_queued_submits_are_one_commit_and_a_failing_one_is_undone_alone(store, 
     outcomes = asyncio.run(submit_all(store, planned, hold_writer=True))
 
     assert isinstance(outcomes[37], sqlite3.IntegrityError)
-    assert [o for n, o in enumerate(outcomes) if n != 37] == [None] * (SUBMITS - 1)
+    assert [o.id for n, o in enumerate(outcomes) if n != 37] == [run.id for n, (run, _) in enumerate(planned) if n != 37]
     assert store.db.commits - commits == 1
     runs, jobs, deps, events = stored(tmp_path / "state.db")
     good = {run.id for run, _ in planned} - {bad_run.id}
@@ -84,7 +85,7 @@ def test_submits_at_once_share_commits_and_each_is_stored_once(store, tmp_path):
     commits = store.db.commits
     outcomes = asyncio.run(submit_all(store, planned, hold_writer=False))
 
-    assert outcomes == [None] * SUBMITS
+    assert [o.id for o in outcomes] == [run.id for run, _ in planned]
     assert 1 <= store.db.commits - commits < SUBMITS
     runs, jobs, _deps, events = stored(tmp_path / "state.db")
     assert runs == dict.fromkeys((run.id for run, _ in planned), 1)
@@ -96,7 +97,7 @@ def test_a_run_submitted_twice_in_one_group_is_stored_once(store, tmp_path):
     """The second submit of the same run id breaks the runs' primary key: it alone fails."""
     run, jobs = planned_run(1)
     outcomes = asyncio.run(submit_all(store, [(run, jobs), (run, jobs), planned_run(2)], hold_writer=True))
-    assert outcomes[0] is None and outcomes[2] is None
+    assert outcomes[0].id == "run0001" and outcomes[2].id == "run0002"
     assert isinstance(outcomes[1], sqlite3.IntegrityError)
     runs, jobs_stored, _deps, events = stored(tmp_path / "state.db")
     assert runs == {"run0001": 1, "run0002": 1}
@@ -111,3 +112,16 @@ def test_the_api_exposes_the_commits_as_repx_store_commits_total(store):
     asyncio.run(submit_all(store, [planned_run(n) for n in range(10)], hold_writer=True))
     exposed = generate_latest(registry).decode()
     assert f"repx_store_commits_total {float(before + 1)}" in exposed, exposed
+
+
+@pytest.mark.parametrize("already_done", [0, 4, JOBS], ids=["none-done", "some-done", "all-done"])
+def test_the_stored_run_returned_is_what_a_read_of_it_answers(tmp_path, already_done):
+    """The API answers a submit with create_run's return, not with a read of the store."""
+    database = Database(tmp_path / "state.db")
+    run, jobs = planned_run(1)
+    for job in jobs[:already_done]:
+        job.done = True
+    returned = q.create_run(database, run, jobs)
+    assert returned == reads.get_run(database, run.id)
+    assert returned.state == ("succeeded" if already_done == JOBS else "active")
+    database.close()
