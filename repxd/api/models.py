@@ -22,7 +22,7 @@ class SubmitRequest(_Body):
     # Run names, job-id prefixes and group names: short words, a bounded number of them.
     selection: list[Annotated[str, Field(min_length=1, max_length=512)]] = Field(min_length=1, max_length=10_000)
     target: str | None = None
-    options: SubmitOptions = SubmitOptions()
+    options: SubmitOptions = Field(default_factory=SubmitOptions)  # no copy of a default per request
 
 
 class RegisterRequest(_Body):

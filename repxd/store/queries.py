@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import json
 import time
-from collections import deque
-from dataclasses import dataclass
+from collections import Counter, deque
+from dataclasses import dataclass, replace
 
 from .db import Database
 from .records import (
@@ -36,8 +36,11 @@ class PlannedJob:
     gpu_optional: bool = False
 
 
-def create_run(db: Database, run: RunRecord, jobs: list[PlannedJob]) -> None:
+def create_run(db: Database, run: RunRecord, jobs: list[PlannedJob]) -> RunRecord:
+    """Store the run and its jobs. Returns the run as stored, with its jobs counted by state: done
+    at once when every job had succeeded already (as a read of it would answer, without the read)."""
     done = {j.job_id for j in jobs if j.done}
+    counts: Counter[str] = Counter()
     with db.transaction() as conn:
         conn.execute(
             "INSERT INTO runs(id, lab_path, lab_id, selection, target, base_path, options, submitter_uid,"
@@ -49,6 +52,7 @@ def create_run(db: Database, run: RunRecord, jobs: list[PlannedJob]) -> None:
             for seq, job in enumerate(jobs):
                 waiting_on = sum(1 for dep, _soft in job.deps if dep not in done)
                 state = "succeeded" if job.done else ("pending" if waiting_on == 0 else "waiting")
+                counts[state] += 1
                 yield (run.id, job.job_id, run.base_path, state, waiting_on, job.cpus, job.mem, seq, run.created,
                        job.gpus, int(job.gpu_optional))
         conn.executemany("INSERT INTO jobs(run_id, job_id, base_path, state, waiting_on, cpus, mem, seq, ready_at, gpus, gpu_optional)"
@@ -56,7 +60,12 @@ def create_run(db: Database, run: RunRecord, jobs: list[PlannedJob]) -> None:
         conn.executemany("INSERT INTO job_deps(run_id, job_id, dep_id, soft) VALUES (?,?,?,?)",
                          ((run.id, job.job_id, dep, int(soft)) for job in jobs for dep, soft in job.deps))
         _event(conn, "run.submitted", run.id, jobs=len(jobs), already_succeeded=len(done), by=run.submitter_name)
-        _finish_run_if_done(conn, run.id)
+        stored = replace(run, state="active", finished=None, counts=dict(sorted(counts.items())))
+        if not counts["pending"] and not counts["waiting"]:  # its jobs are new: none can have failed
+            stored.state, stored.finished = "succeeded", time.time()
+            conn.execute("UPDATE runs SET state=?, finished=? WHERE id=?", (stored.state, stored.finished, run.id))
+            _event(conn, "run.succeeded", run.id)
+    return stored
 
 
 def _finish_run_if_done(conn, run_id: str) -> None:
