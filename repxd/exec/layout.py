@@ -7,11 +7,12 @@ import json
 import os
 import shutil
 import stat
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..lab.graph import Outcome
+from .completions import read_outcomes
 
 SUCCESS = "SUCCESS"
 FAIL = "FAIL"
@@ -57,21 +58,10 @@ class OutputLayout:
 
     # ---- evidence ------------------------------------------------------------------------
 
-    def read_completions(self) -> dict[str, Outcome] | None:
-        """The last outcome per job from completions.jsonl; None when the file is absent.
+    def read_completions(self) -> Mapping[str, Outcome] | None:
+        """The last outcome per job from completions.jsonl (read-only); None when the file is absent.
         Corrupt lines (a crash mid-append, manual edits) are skipped."""
-        try:
-            data = self.completions.read_bytes()
-        except FileNotFoundError:
-            return None
-        outcomes: dict[str, Outcome] = {}
-        for line in data.splitlines():
-            try:
-                record = json.loads(line)
-                outcomes[record["id"]] = Outcome(record["s"])
-            except (ValueError, KeyError, TypeError):
-                continue
-        return outcomes
+        return read_outcomes(self.completions)
 
     def scan_markers(self, job_ids: Iterable[str]) -> dict[str, Outcome]:
         outcomes = {}

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -140,3 +141,36 @@ def test_json_summary_counts_are_consistent(tmp_path):
     accounted = set(summary.succeeded) | set(summary.failed) | set(summary.blocked) | set(summary.not_started)
     assert accounted == set(ids)
     json.dumps(summary.__dict__)
+
+
+def test_the_completion_log_is_read_on_from_where_the_last_read_ended(tmp_path):
+    """Each read sees every line appended before it, including a line whose first half was there
+    at the previous read; a replaced or truncated log is read from its start."""
+    layout = OutputLayout(tmp_path)
+    layout.outputs.mkdir()
+    layout.append_completion("a", Outcome.OK)
+    assert layout.read_completions() == {"a": Outcome.OK}
+    with open(layout.completions, "a") as fh:
+        fh.write('{"id":"b","s":"fa')  # an append under way
+    assert layout.read_completions() == {"a": Outcome.OK}
+    with open(layout.completions, "a") as fh:
+        fh.write('il"}\n')
+    layout.append_completion("a", Outcome.FAIL)
+    assert layout.read_completions() == {"a": Outcome.FAIL, "b": Outcome.FAIL}
+    replacement = layout.outputs / "new.jsonl"
+    replacement.write_text('{"id":"c","s":"ok"}\n' * 3)
+    os.replace(replacement, layout.completions)
+    assert layout.read_completions() == {"c": Outcome.OK}
+    layout.completions.write_text('{"id":"d","s":"ok"}\n')  # truncated in place, then written
+    assert layout.read_completions() == {"d": Outcome.OK}
+    layout.completions.write_text('{"id":"e","s":"ok"}\n' * 2)  # again, now longer than before
+    assert layout.read_completions() == {"e": Outcome.OK}
+
+
+def test_a_fifo_in_place_of_the_completion_log_is_no_log(tmp_path):
+    layout = OutputLayout(tmp_path)
+    layout.repx_dir("x").mkdir(parents=True)
+    write_marker(layout.repx_dir("x"), "SUCCESS")
+    os.mkfifo(layout.completions)  # a read would wait for a writer that never comes
+    assert layout.read_completions() is None
+    assert layout.outcomes(["x", "y"]) == {"x": Outcome.OK}
