@@ -16,6 +16,7 @@ from repxd.exec.gcroots import (
     collect,
     drop_auto_roots,
     drop_root,
+    forget_guards,
     forget_synced_labs,
     garbage,
     garbage_artifacts,
@@ -88,6 +89,7 @@ def gc(ctx, base_path, target, config_path, dry_run, yes, pinned_only, show_root
             drop_auto_roots(layout)
         try:
             freed = collect(doomed) + collect(doomed_artifacts)
+            forget_guards(layout, {p.name for p in doomed})
         except OSError as exc:
             raise RepxError(f"cannot delete {exc.filename}: {exc.strerror}") from None
         if doomed_artifacts:

@@ -10,6 +10,7 @@ every Lab's files rather than one metadata file per Lab. Records of the earlier 
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -166,6 +167,23 @@ def size_of(path: Path) -> int:
     if path.is_file() or path.is_symlink():
         return path.lstat().st_size
     return sum(f.lstat().st_size for f in path.rglob("*") if f.is_file() and not f.is_symlink())
+
+
+def forget_guards(layout: OutputLayout, job_ids: set[str]) -> int:
+    """Delete the guards (lock and exit record, `layout.guard`) of the processes of these jobs'
+    deleted output directories: there is one for every job directory ever run, so without this
+    they outgrow the outputs they served. Returns how many files went."""
+    removed = 0
+    try:
+        entries = list(os.scandir(layout.cache / "guards"))
+    except FileNotFoundError:
+        return 0
+    for entry in entries:
+        if entry.name.split("%", 1)[0] in job_ids:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(entry.path)
+                removed += 1
+    return removed
 
 
 def collect(paths: list[Path]) -> int:

@@ -186,6 +186,8 @@ def test_gc_roots_pins_and_pinned_only(cli, home, simple_lab):
     assert sorted(done["deleted"]) == sorted(sweep.ids) and done["bytes_freed"] > 0
     assert output_dirs(base) == set(simple.ids)
     assert {p.name for p in (base / "artifacts" / "jobs").iterdir()} == set(simple.ids)
+    # the deleted jobs' guards (lock files) went with them; the kept jobs' stay
+    assert {p.name.split("%")[0] for p in (base / "cache" / "guards").iterdir()} == set(simple.ids)
     # the swept-away Lab runs again from scratch: its artifacts are placed anew
     sweep("run", "sweep")
     assert output_dirs(base) == set(simple.ids) | set(sweep.ids)
